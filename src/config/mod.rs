@@ -1,0 +1,764 @@
+//! The configuration: TOML → serde structs (`*Config`) → [`Config::compile`]
+//! → a validated [`Config`].
+//!
+//! Every `[[endpoint]]` and `[[target]]` is deserialised on its own, so one
+//! broken table does not hide the mistakes in the others: all problems are
+//! reported at once, each with file, line, column and the endpoint it is in.
+
+mod values;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::schedule::Schedule;
+pub use values::{
+    ByteSize, CronExpr, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
+};
+
+/// Where the daemon looks when neither `-c` nor `POLLHOOK_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pollhook/config.toml";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_BODY: u64 = 10 << 20;
+const DEFAULT_KEEP_HISTORY: usize = 10;
+const DEFAULT_MAX_CONCURRENT_POLLS: usize = 64;
+const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Top-level keys other than the `[[endpoint]]` and `[[target]]` arrays.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopConfig {
+    state_dir: Option<PathBuf>,
+    max_concurrent_polls: Option<Spanned<usize>>,
+    #[serde(default)]
+    defaults: DefaultsConfig,
+}
+
+/// `[defaults]`: values every endpoint inherits unless it sets its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultsConfig {
+    every: Option<Spanned<HumanDuration>>,
+    cron: Option<Spanned<CronExpr>>,
+    timeout: Option<HumanDuration>,
+    max_body: Option<ByteSize>,
+    keep_history: Option<Spanned<usize>>,
+    emit_initial: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointConfig {
+    name: Spanned<String>,
+    url: HttpUrl,
+    method: Option<HttpMethod>,
+    #[serde(default)]
+    headers: BTreeMap<HeaderKey, HeaderText>,
+    body: Option<EnvString>,
+    every: Option<Spanned<HumanDuration>>,
+    cron: Option<Spanned<CronExpr>>,
+    timeout: Option<HumanDuration>,
+    max_body: Option<ByteSize>,
+    format: Option<Format>,
+    #[serde(default)]
+    ignore: Vec<JsonPointer>,
+    targets: Option<Vec<Spanned<String>>>,
+    emit_initial: Option<bool>,
+    keep_history: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetConfig {
+    name: Spanned<String>,
+    url: HttpUrl,
+    secret: Option<WebhookSecret>,
+    timeout: Option<HumanDuration>,
+}
+
+/// How a response body is read. Without it, the Content-Type decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Text,
+}
+
+/// An HTTP method, upper-cased.
+#[derive(Debug, Clone)]
+struct HttpMethod(reqwest::Method);
+
+impl FromStr for HttpMethod {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map(HttpMethod)
+            .map_err(|_| format!("invalid HTTP method `{text}`"))
+    }
+}
+
+/// A header name, checked while parsing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct HeaderKey(String);
+
+impl FromStr for HeaderKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        HeaderName::from_str(text)
+            .map(|name| HeaderKey(name.as_str().to_string()))
+            .map_err(|_| format!("invalid header name `{text}`"))
+    }
+}
+
+/// A header value with `${ENV}` expanded. Values that came from the
+/// environment are marked sensitive, so `Debug` and logs never show them.
+#[derive(Debug, Clone)]
+struct HeaderText(HeaderValue);
+
+impl FromStr for HeaderText {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expanded: EnvString = text.parse()?;
+        let mut value = HeaderValue::from_str(&expanded.value)
+            .map_err(|_| format!("invalid header value `{text}`"))?;
+        value.set_sensitive(expanded.expanded);
+        Ok(HeaderText(value))
+    }
+}
+
+/// An RFC 6901 JSON pointer (`/items/0/price`).
+#[derive(Debug, Clone)]
+struct JsonPointer(String);
+
+impl FromStr for JsonPointer {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.starts_with('/') {
+            Ok(JsonPointer(text.to_string()))
+        } else {
+            Err(format!(
+                "invalid JSON pointer `{text}`: it must start with `/`"
+            ))
+        }
+    }
+}
+
+// The macro in `values` covers its own types; these are local to this module.
+macro_rules! deserialize_via_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_via_from_str!(HttpMethod, HeaderKey, HeaderText, JsonPointer);
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages and reloads.
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub max_concurrent_polls: usize,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// One watched URL, with every default already applied.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: url::Url,
+    pub method: reqwest::Method,
+    pub headers: HeaderMap,
+    pub body: Option<String>,
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    pub max_body: u64,
+    pub format: Option<Format>,
+    pub ignore: Vec<String>,
+    /// Names of the targets that receive this endpoint's events.
+    pub targets: Vec<String>,
+    pub emit_initial: bool,
+    pub keep_history: usize,
+    /// A hash of everything that shapes the extracted document (url, method,
+    /// headers, body, ignore, format). When it changes, the next poll
+    /// re-baselines quietly instead of sending a diff between two different
+    /// questions.
+    pub definition: String,
+}
+
+impl Endpoint {
+    /// The URL as it may be logged or sent: without credentials.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Where webhooks go.
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub url: url::Url,
+    pub secret: Option<WebhookSecret>,
+    pub timeout: Duration,
+}
+
+/// One mistake in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// `endpoint `name`` or `target `name`` when the mistake is inside one.
+    pub context: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|problem| {
+            let context = problem
+                .context
+                .as_ref()
+                .map(|context| format!("{context}: "))
+                .unwrap_or_default();
+            format!(
+                "{}:{}:{}: {context}{}",
+                path.display(),
+                problem.line,
+                problem.column,
+                problem.message
+            )
+        })
+        .collect();
+    lines.join("\n")
+}
+
+impl Config {
+    /// Reads and compiles a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::compile(&source, path)
+    }
+
+    /// Compiles TOML text; `path` is only used in messages and for `check`.
+    pub fn compile(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut compiler = Compiler {
+            source,
+            problems: Vec::new(),
+        };
+        let config = compiler.compile(path);
+        match config {
+            Some(config) if compiler.problems.is_empty() => Ok(config),
+            _ => {
+                let mut problems = compiler.problems;
+                problems.sort_by_key(|problem| (problem.line, problem.column));
+                Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    problems,
+                })
+            }
+        }
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|endpoint| endpoint.name == name)
+    }
+}
+
+/// Walks the parsed document, collecting problems instead of stopping.
+struct Compiler<'s> {
+    source: &'s str,
+    problems: Vec<Problem>,
+}
+
+impl<'s> Compiler<'s> {
+    fn problem(&mut self, offset: usize, context: Option<String>, message: impl fmt::Display) {
+        let (line, column) = line_column(self.source, offset);
+        self.problems.push(Problem {
+            line,
+            column,
+            context,
+            message: message.to_string(),
+        });
+    }
+
+    fn toml_problem(&mut self, error: toml::de::Error, context: Option<String>) {
+        let offset = error.span().map(|span| span.start).unwrap_or(0);
+        self.problem(offset, context, error.message().trim_end());
+    }
+
+    fn compile(&mut self, path: &Path) -> Option<Config> {
+        let mut root = match DeTable::parse(self.source) {
+            Ok(root) => root.into_inner(),
+            Err(error) => {
+                self.toml_problem(error, None);
+                return None;
+            }
+        };
+        let endpoint_tables = self.take_array_of_tables(&mut root, "endpoint");
+        let target_tables = self.take_array_of_tables(&mut root, "target");
+
+        let root_span = 0..self.source.len();
+        let top = match TopConfig::deserialize(toml::de::ValueDeserializer::from(Spanned::new(
+            root_span,
+            DeValue::Table(root),
+        ))) {
+            Ok(top) => Some(top),
+            Err(error) => {
+                self.toml_problem(error, None);
+                None
+            }
+        };
+        let empty_defaults = DefaultsConfig::default();
+        let defaults = top
+            .as_ref()
+            .map(|top| &top.defaults)
+            .unwrap_or(&empty_defaults);
+        if let (Some(_), Some(cron)) = (&defaults.every, &defaults.cron) {
+            self.problem(
+                cron.span().start,
+                Some("defaults".into()),
+                "set `every` or `cron`, not both",
+            );
+        }
+
+        let targets = self.compile_targets(target_tables);
+        let target_names: Vec<String> = targets.iter().map(|target| target.name.clone()).collect();
+        let endpoints = self.compile_endpoints(endpoint_tables, defaults, &target_names);
+
+        let top = top?;
+        let max_concurrent_polls = match top.max_concurrent_polls {
+            Some(value) if *value.get_ref() == 0 => {
+                self.problem(
+                    value.span().start,
+                    None,
+                    "`max_concurrent_polls` must be at least 1",
+                );
+                DEFAULT_MAX_CONCURRENT_POLLS
+            }
+            Some(value) => value.into_inner(),
+            None => DEFAULT_MAX_CONCURRENT_POLLS,
+        };
+        Some(Config {
+            path: path.to_path_buf(),
+            state_dir: top.state_dir.unwrap_or_else(default_state_dir),
+            max_concurrent_polls,
+            endpoints,
+            targets,
+        })
+    }
+
+    /// Removes `key` from the root and returns its tables, each with its span.
+    fn take_array_of_tables(
+        &mut self,
+        root: &mut DeTable<'s>,
+        key: &str,
+    ) -> Vec<Spanned<DeValue<'s>>> {
+        let Some(value) = root.remove(key) else {
+            return Vec::new();
+        };
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Array(items) => items.into_iter().collect(),
+            _ => {
+                self.problem(
+                    span.start,
+                    None,
+                    format!("`{key}` must be an array of tables: write `[[{key}]]`"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn compile_targets(&mut self, tables: Vec<Spanned<DeValue<'s>>>) -> Vec<Arc<Target>> {
+        let mut targets = Vec::new();
+        let mut seen = HashSet::new();
+        for table in tables {
+            let context = table_context("target", &table);
+            // Checked before deserialising, so a broken table still counts.
+            if let Some((name, offset)) = table_name(&table)
+                && !seen.insert(name.clone())
+            {
+                self.problem(
+                    offset,
+                    context.clone(),
+                    format!("duplicate target name `{name}`"),
+                );
+            }
+            let Some(raw) = self.deserialize_table::<TargetConfig>(table, &context) else {
+                continue;
+            };
+            self.check_name(&raw.name, &context);
+            targets.push(Arc::new(Target {
+                name: raw.name.into_inner(),
+                url: raw.url.0,
+                secret: raw.secret,
+                timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
+            }));
+        }
+        targets
+    }
+
+    fn compile_endpoints(
+        &mut self,
+        tables: Vec<Spanned<DeValue<'s>>>,
+        defaults: &DefaultsConfig,
+        target_names: &[String],
+    ) -> Vec<Arc<Endpoint>> {
+        let mut endpoints = Vec::new();
+        let mut seen = HashSet::new();
+        for table in tables {
+            let table_start = table.span().start;
+            let context = table_context("endpoint", &table);
+            // Checked before deserialising, so a broken table still counts.
+            if let Some((name, offset)) = table_name(&table)
+                && !seen.insert(name.clone())
+            {
+                self.problem(
+                    offset,
+                    context.clone(),
+                    format!("duplicate endpoint name `{name}`"),
+                );
+            }
+            let Some(raw) = self.deserialize_table::<EndpointConfig>(table, &context) else {
+                continue;
+            };
+            self.check_name(&raw.name, &context);
+            let schedule = match (&raw.every, &raw.cron) {
+                (Some(_), Some(cron)) => {
+                    self.problem(
+                        cron.span().start,
+                        context.clone(),
+                        "set `every` or `cron`, not both",
+                    );
+                    None
+                }
+                (Some(every), None) => Some(Schedule::Every(every.get_ref().0)),
+                (None, Some(cron)) => Some(Schedule::Cron(Box::new(cron.get_ref().clone()))),
+                (None, None) => match (&defaults.every, &defaults.cron) {
+                    (Some(every), _) => Some(Schedule::Every(every.get_ref().0)),
+                    (None, Some(cron)) => Some(Schedule::Cron(Box::new(cron.get_ref().clone()))),
+                    (None, None) => {
+                        self.problem(
+                            table_start,
+                            context.clone(),
+                            "no schedule: set `every` or `cron` here or in `[defaults]`",
+                        );
+                        None
+                    }
+                },
+            };
+            let targets = match &raw.targets {
+                Some(names) => {
+                    for name in names {
+                        if !target_names.contains(name.get_ref()) {
+                            self.problem(
+                                name.span().start,
+                                context.clone(),
+                                format!("unknown target `{}`", name.get_ref()),
+                            );
+                        }
+                    }
+                    names.iter().map(|name| name.get_ref().clone()).collect()
+                }
+                None => target_names.to_vec(),
+            };
+            let keep_history = raw.keep_history.as_ref().or(defaults.keep_history.as_ref());
+            let keep_history = match keep_history {
+                Some(keep) if *keep.get_ref() == 0 => {
+                    self.problem(
+                        keep.span().start,
+                        context.clone(),
+                        "`keep_history` must be at least 1: the newest version is the snapshot",
+                    );
+                    1
+                }
+                Some(keep) => *keep.get_ref(),
+                None => DEFAULT_KEEP_HISTORY,
+            };
+            let Some(schedule) = schedule else {
+                continue;
+            };
+            let mut headers = HeaderMap::new();
+            for (name, value) in raw.headers {
+                if let Ok(name) = HeaderName::from_str(&name.0) {
+                    headers.insert(name, value.0);
+                }
+            }
+            let ignore: Vec<String> = raw.ignore.into_iter().map(|pointer| pointer.0).collect();
+            let body = raw.body.map(|body| body.value);
+            let method = raw.method.map_or(reqwest::Method::GET, |method| method.0);
+            let definition = definition_hash(
+                &raw.url.0,
+                &method,
+                &headers,
+                body.as_deref(),
+                &ignore,
+                raw.format,
+            );
+            endpoints.push(Arc::new(Endpoint {
+                name: raw.name.into_inner(),
+                url: raw.url.0,
+                method,
+                headers,
+                body,
+                schedule,
+                timeout: raw
+                    .timeout
+                    .or(defaults.timeout)
+                    .map_or(DEFAULT_TIMEOUT, |t| t.0),
+                max_body: raw
+                    .max_body
+                    .or(defaults.max_body)
+                    .map_or(DEFAULT_MAX_BODY, |size| size.0),
+                format: raw.format,
+                ignore,
+                targets,
+                emit_initial: raw.emit_initial.or(defaults.emit_initial).unwrap_or(false),
+                keep_history,
+                definition,
+            }));
+        }
+        endpoints
+    }
+
+    fn deserialize_table<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        table: Spanned<DeValue<'s>>,
+        context: &Option<String>,
+    ) -> Option<T> {
+        match T::deserialize(toml::de::ValueDeserializer::from(table)) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.toml_problem(error, context.clone());
+                None
+            }
+        }
+    }
+
+    /// Names end up in store keys, URLs and logs: keep them plain.
+    fn check_name(&mut self, name: &Spanned<String>, context: &Option<String>) {
+        let text = name.get_ref();
+        let plain = !text.is_empty()
+            && text.len() <= 128
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            self.problem(
+                name.span().start,
+                context.clone(),
+                format!("invalid name `{text}`: use 1-128 letters, digits, `-`, `_` or `.`"),
+            );
+        }
+    }
+}
+
+/// `endpoint `name`` for messages, read before the table is deserialised so
+/// that even a table that fails to deserialise is named.
+fn table_context(kind: &str, table: &Spanned<DeValue<'_>>) -> Option<String> {
+    Some(match table_name(table) {
+        Some((name, _)) => format!("{kind} `{name}`"),
+        None => format!("{kind} without a name"),
+    })
+}
+
+/// The `name` of a table and where it is written, if it is a string.
+fn table_name(table: &Spanned<DeValue<'_>>) -> Option<(String, usize)> {
+    let name = table.get_ref().get("name")?;
+    Some((name.get_ref().as_str()?.to_string(), name.span().start))
+}
+
+fn definition_hash(
+    url: &url::Url,
+    method: &reqwest::Method,
+    headers: &HeaderMap,
+    body: Option<&str>,
+    ignore: &[String],
+    format: Option<Format>,
+) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    field(url.as_str().as_bytes());
+    field(method.as_str().as_bytes());
+    for (name, value) in headers {
+        field(name.as_str().as_bytes());
+        field(value.as_bytes());
+    }
+    field(body.unwrap_or_default().as_bytes());
+    for pointer in ignore {
+        field(pointer.as_bytes());
+    }
+    field(format!("{format:?}").as_bytes());
+    hex(&hasher.finalize())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `./pollhook-state`.
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            // systemd separates several directories with colons; the first is ours.
+            let dirs = dirs.to_string_lossy().into_owned();
+            dirs.split(':')
+                .next()
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("pollhook-state"))
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(source: &str) -> Vec<String> {
+        match Config::compile(source, Path::new("c.toml")) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .into_iter()
+                .map(|p| {
+                    format!(
+                        "{}:{} {} {}",
+                        p.line,
+                        p.column,
+                        p.context.unwrap_or_default(),
+                        p.message
+                    )
+                })
+                .collect(),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn full_config_compiles() {
+        let config = Config::compile(
+            r#"
+state_dir = "/tmp/x"
+[defaults]
+every = "1m"
+[[target]]
+name = "ha"
+url = "http://127.0.0.1:1/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+[[endpoint]]
+name = "a"
+url = "http://127.0.0.1:1/a"
+ignore = ["/meta/at"]
+headers = { Accept = "application/json" }
+[[endpoint]]
+name = "b"
+url = "http://127.0.0.1:1/b"
+cron = "*/5 * * * *"
+targets = []
+"#,
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.endpoints.len(), 2);
+        assert_eq!(config.endpoints[0].targets, vec!["ha".to_string()]);
+        assert!(config.endpoints[1].targets.is_empty());
+        assert!(
+            matches!(config.endpoints[0].schedule, Schedule::Every(d) if d == Duration::from_secs(60))
+        );
+        assert!(matches!(config.endpoints[1].schedule, Schedule::Cron(_)));
+        assert_ne!(
+            config.endpoints[0].definition,
+            config.endpoints[1].definition
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let found = problems(
+            r#"[defaults]
+every = "1m"
+[[endpoint]]
+name = "one"
+url = "ftp://x"
+
+[[endpoint]]
+name = "two"
+url = "http://x"
+every = "soon"
+
+[[endpoint]]
+name = "one"
+url = "http://x"
+targets = ["nowhere"]
+"#,
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].starts_with("5:7 endpoint `one`"), "{found:#?}");
+        assert!(found[1].starts_with("10:9 endpoint `two`"), "{found:#?}");
+        assert!(
+            found[2].starts_with("13:8 endpoint `one` duplicate"),
+            "{found:#?}"
+        );
+        assert!(
+            found[3].starts_with("15:12 endpoint `one` unknown target `nowhere`"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_column("", 5), (1, 1));
+    }
+}

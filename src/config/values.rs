@@ -1,0 +1,416 @@
+//! Values that validate themselves while the TOML is deserialised.
+//!
+//! Each newtype's `FromStr` error goes through `serde::de::Error::custom`, so
+//! the toml crate attaches the span of the offending value and the user sees
+//! the line and column of the mistake, not just its description.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, de};
+
+/// Deserialises any `FromStr` value from a TOML string, keeping its error text.
+fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(de::Error::custom)
+}
+
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                from_str(deserializer)
+            }
+        }
+    )*};
+}
+
+deserialize_from_str!(
+    HumanDuration,
+    HttpUrl,
+    CronExpr,
+    ByteSize,
+    EnvString,
+    WebhookSecret
+);
+
+/// A duration written as people write it: `30s`, `5m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let duration = humantime::parse_duration(text.trim()).map_err(|err| {
+            format!("invalid duration `{text}`: {err} (write e.g. `30s`, `5m`, `1h`)")
+        })?;
+        if duration.is_zero() {
+            return Err(format!("invalid duration `{text}`: must be more than zero"));
+        }
+        Ok(HumanDuration(duration))
+    }
+}
+
+/// An absolute `http` or `https` URL, after `${ENV}` expansion.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpUrl(pub url::Url);
+
+impl FromStr for HttpUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expanded = expand_env(text)?;
+        // The expanded text may hold a token: quote only what the user wrote.
+        let url =
+            url::Url::parse(&expanded).map_err(|err| format!("invalid URL `{text}`: {err}"))?;
+        match url.scheme() {
+            "http" | "https" => Ok(HttpUrl(url)),
+            other => Err(format!(
+                "invalid URL `{text}`: scheme `{other}` is not `http` or `https`"
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// The URL without user name and password, for logs and event bodies.
+pub fn redact_url(url: &url::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Both setters only fail on URLs that cannot have credentials at all.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// A cron expression: the 5-field crontab users write (`*/5 * * * *`), or the
+/// 6/7-field form with seconds (and years) that the `cron` crate reads.
+#[derive(Clone)]
+pub struct CronExpr {
+    pub source: String,
+    pub schedule: cron::Schedule,
+}
+
+impl fmt::Debug for CronExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CronExpr({:?})", self.source)
+    }
+}
+
+impl FromStr for CronExpr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let expression = match fields.as_slice() {
+            [minute, hour, day_of_month, month, day_of_week] => {
+                let day_of_week = crontab_day_of_week(day_of_week)
+                    .map_err(|err| format!("invalid cron expression `{text}`: {err}"))?;
+                format!("0 {minute} {hour} {day_of_month} {month} {day_of_week}")
+            }
+            [_, _, _, _, _, _] | [_, _, _, _, _, _, _] => fields.join(" "),
+            [single] if single.starts_with('@') => single.to_string(),
+            _ => {
+                return Err(format!(
+                    "invalid cron expression `{text}`: expected 5 fields (`min hour day month weekday`), or 6/7 with seconds and year"
+                ));
+            }
+        };
+        let schedule = cron::Schedule::from_str(&expression)
+            .map_err(|err| format!("invalid cron expression `{text}`: {err}"))?;
+        Ok(CronExpr {
+            source: text.to_string(),
+            schedule,
+        })
+    }
+}
+
+const WEEKDAYS: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+
+/// Crontab numbers weekdays 0-7 with Sunday as 0 and 7; the `cron` crate
+/// numbers them 1-7 from Sunday. Names mean the same in both, so numbers are
+/// rewritten as names, and a range that wraps past Saturday (`5-7`) is split.
+fn crontab_day_of_week(field: &str) -> Result<String, String> {
+    let weekday = |text: &str| -> Result<Option<&'static str>, String> {
+        if text.chars().all(|c| c.is_ascii_digit()) {
+            let number: usize = text.parse().map_err(|_| format!("bad weekday `{text}`"))?;
+            WEEKDAYS
+                .get(number)
+                .map(|name| Some(*name))
+                .ok_or_else(|| format!("weekday `{text}` is out of range 0-7"))
+        } else {
+            Ok(None)
+        }
+    };
+    let mut parts = Vec::new();
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (part, None),
+        };
+        let step_suffix = step.map(|step| format!("/{step}")).unwrap_or_default();
+        match range.split_once('-') {
+            Some((start, end)) => match (weekday(start)?, weekday(end)?) {
+                (Some(start_name), Some(end_name)) => {
+                    let start_number: usize = start.parse().unwrap_or(0);
+                    let end_number: usize = end.parse().unwrap_or(0);
+                    if end_number == 7 && start_number == 0 {
+                        parts.push(format!("SUN-SAT{step_suffix}"));
+                    } else if end_number == 7 {
+                        // `5-7` is Friday to Sunday: Friday-Saturday plus Sunday.
+                        if step.is_some() {
+                            return Err(format!(
+                                "a step on a range ending at Sunday (`{part}`) is not supported"
+                            ));
+                        }
+                        parts.push(format!("{start_name}-SAT"));
+                        parts.push("SUN".to_string());
+                    } else {
+                        parts.push(format!("{start_name}-{end_name}{step_suffix}"));
+                    }
+                }
+                _ => parts.push(part.to_string()),
+            },
+            None => match weekday(range)? {
+                Some(name) => parts.push(format!("{name}{step_suffix}")),
+                None => parts.push(part.to_string()),
+            },
+        }
+    }
+    Ok(parts.join(","))
+}
+
+/// A size such as `10MiB`, `512KiB`, `1MB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let number: u64 = number.parse().map_err(|_| {
+            format!("invalid size `{text}`: write e.g. `10MiB`, `512KiB` or a number of bytes")
+        })?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            other => return Err(format!("invalid size `{text}`: unknown unit `{other}`")),
+        };
+        let bytes = number
+            .checked_mul(multiplier)
+            .ok_or_else(|| format!("invalid size `{text}`: too large"))?;
+        if bytes == 0 {
+            return Err(format!("invalid size `{text}`: must be more than zero"));
+        }
+        Ok(ByteSize(bytes))
+    }
+}
+
+/// A string with `${NAME}` expanded from the environment. It may carry a
+/// secret (a token in a header), so its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvString {
+    pub value: String,
+    /// True when the value came (partly) from the environment or a file.
+    pub expanded: bool,
+}
+
+impl FromStr for EnvString {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let value = expand_env(text)?;
+        Ok(EnvString {
+            expanded: value != text,
+            value,
+        })
+    }
+}
+
+impl fmt::Debug for EnvString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.expanded {
+            f.write_str("EnvString(<redacted>)")
+        } else {
+            write!(f, "EnvString({:?})", self.value)
+        }
+    }
+}
+
+/// Expands `${NAME}` from the environment; `$${` stands for a literal `${`.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+            let name = &tail[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name `{name}` in `${{...}}`"));
+            }
+            let value = std::env::var(name)
+                .map_err(|_| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A Standard Webhooks signing secret: `whsec_` followed by base64 (the
+/// prefix is optional). Holds the decoded key; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret {
+    pub key: Vec<u8>,
+}
+
+impl FromStr for WebhookSecret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expanded = expand_env(text)?;
+        let encoded = expanded.strip_prefix("whsec_").unwrap_or(&expanded);
+        // Never echo the value: it is the secret itself.
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| {
+                "invalid webhook secret: expected `whsec_` followed by base64".to_string()
+            })?;
+        if key.is_empty() {
+            return Err("invalid webhook secret: it is empty".to_string());
+        }
+        Ok(WebhookSecret { key })
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crontab_weekdays_become_names() {
+        let check = |input: &str, expected: &str| {
+            assert_eq!(
+                crontab_day_of_week(input).unwrap(),
+                expected,
+                "input {input}"
+            );
+        };
+        check("*", "*");
+        check("0", "SUN");
+        check("7", "SUN");
+        check("1-5", "MON-FRI");
+        check("5-7", "FRI-SAT,SUN");
+        check("0-7", "SUN-SAT");
+        check("0-6/2", "SUN-SAT/2");
+        check("mon,wed", "mon,wed");
+        check("*/2", "*/2");
+        assert!(crontab_day_of_week("8").is_err());
+    }
+
+    #[test]
+    fn cron_accepts_crontab_and_seconds_forms() {
+        for ok in [
+            "*/5 * * * *",
+            "0 9 * * 1-5",
+            "30 */5 * * * *",
+            "0 0 12 * * MON 2030",
+            "@hourly",
+        ] {
+            assert!(ok.parse::<CronExpr>().is_ok(), "{ok}");
+        }
+        for bad in ["* * *", "61 * * * *", "* * * * 9", "nonsense"] {
+            assert!(bad.parse::<CronExpr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn crontab_weekday_means_the_same_day() {
+        use chrono::{Datelike, TimeZone, Utc, Weekday};
+        let monday_only: CronExpr = "0 9 * * 1".parse().unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+        let next = monday_only.schedule.after(&start).next().unwrap();
+        assert_eq!(next.weekday(), Weekday::Mon);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!("10MiB".parse::<ByteSize>().unwrap().0, 10 << 20);
+        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+        assert!("10 parsecs".parse::<ByteSize>().is_err());
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert!("5 fortnights and a bit".parse::<HumanDuration>().is_err());
+        assert!("0s".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn env_expansion() {
+        // SAFETY: the variable name is unique to this test.
+        unsafe { std::env::set_var("POLLHOOK_TEST_EXPAND", "abc") };
+        assert_eq!(expand_env("x${POLLHOOK_TEST_EXPAND}y").unwrap(), "xabcy");
+        assert_eq!(
+            expand_env("cost $5 $${literal}").unwrap(),
+            "cost $5 ${literal}"
+        );
+        let missing = expand_env("${POLLHOOK_TEST_SURELY_MISSING}").unwrap_err();
+        assert!(
+            missing.contains("POLLHOOK_TEST_SURELY_MISSING"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn secrets_and_credentials_never_show() {
+        let secret: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
+        assert!(!format!("{secret:?}").contains("MfKQ"));
+        let bad = "whsec_not base64!".parse::<WebhookSecret>().unwrap_err();
+        assert!(!bad.contains("not base64"), "{bad}");
+        let url: HttpUrl = "https://user:hunter2@example.com/x".parse().unwrap();
+        assert_eq!(format!("{url:?}"), "https://example.com/x");
+    }
+}

@@ -1,0 +1,146 @@
+//! What changed between two documents: pure, no IO.
+//!
+//! JSON gives an RFC 6902 JSON Patch, text a unified diff, anything else
+//! only the two hashes. Identical documents (same hash) short-circuit before
+//! any diff work.
+
+use serde_json::Value;
+
+use crate::extract::{Document, Kind};
+
+/// How a document changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// RFC 6902 operations that turn the previous document into the current.
+    Json { patch: Value },
+    /// A unified diff, `previous` → `current`.
+    Text { diff: String },
+    /// Not diffable: only the hashes differ.
+    Bytes {
+        previous_hash: String,
+        current_hash: String,
+    },
+}
+
+/// The change from `previous` to `current`, or `None` when they are equal.
+/// With no previous document (an initial event), everything is new.
+pub fn diff(previous: Option<&Document>, current: &Document) -> Option<Change> {
+    if previous.is_some_and(|previous| previous.hash == current.hash) {
+        return None;
+    }
+    let previous_kind = previous.map_or(current.kind, |previous| previous.kind);
+    Some(
+        match (
+            previous_kind,
+            current.kind,
+            previous.and_then(|p| p.json.as_ref()),
+            &current.json,
+        ) {
+            (Kind::Json, Kind::Json, previous_json, Some(current_json)) => {
+                let patch = json_patch::diff(previous_json.unwrap_or(&Value::Null), current_json);
+                Change::Json {
+                    patch: serde_json::to_value(patch).unwrap_or(Value::Null),
+                }
+            }
+            (Kind::Bytes, _, _, _) | (_, Kind::Bytes, _, _) => Change::Bytes {
+                previous_hash: previous.map(Document::hash_hex).unwrap_or_default(),
+                current_hash: current.hash_hex(),
+            },
+            // Text, or a document that switched between JSON and text.
+            _ => {
+                let previous_text = previous.map(Document::text).unwrap_or_default();
+                let current_text = current.text();
+                let diff =
+                    similar::TextDiff::from_lines(previous_text.as_ref(), current_text.as_ref())
+                        .unified_diff()
+                        .context_radius(3)
+                        .header("previous", "current")
+                        .to_string();
+                Change::Text { diff }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+    use crate::extract::{Rules, extract};
+    use serde_json::json;
+
+    fn json(text: &str) -> Document {
+        extract(
+            text.as_bytes(),
+            None,
+            Rules {
+                format: Some(Format::Json),
+                ignore: &[],
+            },
+        )
+        .unwrap()
+    }
+
+    fn text(text: &str) -> Document {
+        extract(
+            text.as_bytes(),
+            None,
+            Rules {
+                format: Some(Format::Text),
+                ignore: &[],
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn json_changes_become_patches() {
+        let check = |old: &str, new: &str, expected: Option<Value>| {
+            let change = diff(Some(&json(old)), &json(new));
+            let patch = change.map(|change| match change {
+                Change::Json { patch } => patch,
+                other => panic!("expected a patch, got {other:?}"),
+            });
+            assert_eq!(patch, expected, "{old} -> {new}");
+        };
+        check(r#"{"a":1}"#, r#"{"a":1}"#, None);
+        check(r#"{"b":2,"a":1}"#, r#"{"a":1,"b":2}"#, None);
+        check(
+            r#"{"a":1}"#,
+            r#"{"a":2}"#,
+            Some(json!([{"op": "replace", "path": "/a", "value": 2}])),
+        );
+        check(
+            r#"{"a":1}"#,
+            r#"{"a":1,"b":"é"}"#,
+            Some(json!([{"op": "add", "path": "/b", "value": "é"}])),
+        );
+        check(
+            r#"{"a":1,"b":2}"#,
+            r#"{"a":1}"#,
+            Some(json!([{"op": "remove", "path": "/b"}])),
+        );
+    }
+
+    #[test]
+    fn initial_event_carries_the_whole_document() {
+        let change = diff(None, &json(r#"{"a":1}"#)).unwrap();
+        assert_eq!(
+            change,
+            Change::Json {
+                patch: json!([{"op": "replace", "path": "", "value": {"a": 1}}])
+            }
+        );
+    }
+
+    #[test]
+    fn text_changes_become_unified_diffs() {
+        let change = diff(Some(&text("one\ntwo\nthree\n")), &text("one\n2\nthree\n")).unwrap();
+        let Change::Text { diff } = change else {
+            panic!("expected text")
+        };
+        assert!(diff.contains("--- previous\n+++ current\n"), "{diff}");
+        assert!(diff.contains("-two\n+2\n"), "{diff}");
+        assert!(super::diff(Some(&text("same")), &text("same")).is_none());
+    }
+}

@@ -1,0 +1,369 @@
+//! From a response body to the document that is compared: pure, no IO.
+//!
+//! JSON is parsed, the `ignore` pointers are removed, and it is written back
+//! in canonical form (object keys sorted, no whitespace), so key order and
+//! formatting never make a change. Text is kept as it is. Anything else is
+//! compared by hash only.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::Format;
+
+/// What kind of document an endpoint produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Json = 1,
+    Text = 2,
+    Bytes = 3,
+}
+
+impl Kind {
+    pub fn from_u8(byte: u8) -> Option<Kind> {
+        match byte {
+            1 => Some(Kind::Json),
+            2 => Some(Kind::Text),
+            3 => Some(Kind::Bytes),
+            _ => None,
+        }
+    }
+}
+
+/// An extracted document, ready to compare and store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub kind: Kind,
+    /// The canonical bytes: what is hashed and stored.
+    pub canonical: Vec<u8>,
+    /// The parsed value, for JSON documents.
+    pub json: Option<Value>,
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("the response is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
+impl Document {
+    /// Rebuilds a document from its stored canonical bytes.
+    pub fn from_canonical(kind: Kind, canonical: Vec<u8>) -> Result<Document, ExtractError> {
+        let json = match kind {
+            Kind::Json => Some(serde_json::from_slice(&canonical).map_err(ExtractError::NotJson)?),
+            Kind::Text | Kind::Bytes => None,
+        };
+        Ok(Document {
+            hash: hash(kind, &canonical),
+            kind,
+            canonical,
+            json,
+        })
+    }
+
+    fn from_json(value: Value) -> Document {
+        // Without serde_json's `preserve_order`, objects are B-tree maps: this
+        // writes keys sorted, which is the canonical form.
+        let canonical = serde_json::to_vec(&value).expect("a JSON value always serialises");
+        Document {
+            hash: hash(Kind::Json, &canonical),
+            kind: Kind::Json,
+            canonical,
+            json: Some(value),
+        }
+    }
+
+    pub fn hash_hex(&self) -> String {
+        crate::config::hex(&self.hash)
+    }
+
+    /// The document as text, for text diffs and printing.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.canonical)
+    }
+}
+
+fn hash(kind: Kind, canonical: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update([kind as u8]);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+/// What to do with a response body.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Set in the config; otherwise the Content-Type decides.
+    pub format: Option<Format>,
+    /// JSON pointers removed before comparing; `*` matches every key or index.
+    pub ignore: &'a [String],
+}
+
+/// Turns a response body into the document to compare.
+pub fn extract(
+    body: &[u8],
+    content_type: Option<&str>,
+    rules: Rules<'_>,
+) -> Result<Document, ExtractError> {
+    match rules
+        .format
+        .map(kind_of_format)
+        .unwrap_or_else(|| sniff(body, content_type))
+    {
+        Kind::Json => {
+            let mut value: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
+            for pointer in rules.ignore {
+                remove_pointer(&mut value, pointer);
+            }
+            Ok(Document::from_json(value))
+        }
+        Kind::Text => {
+            let text = String::from_utf8_lossy(body).into_owned().into_bytes();
+            Ok(Document {
+                hash: hash(Kind::Text, &text),
+                kind: Kind::Text,
+                canonical: text,
+                json: None,
+            })
+        }
+        Kind::Bytes => {
+            // Only the hash matters: keeping megabytes of an image helps nobody.
+            let digest = hash(Kind::Bytes, body);
+            Ok(Document {
+                hash: digest,
+                kind: Kind::Bytes,
+                canonical: Vec::new(),
+                json: None,
+            })
+        }
+    }
+}
+
+fn kind_of_format(format: Format) -> Kind {
+    match format {
+        Format::Json => Kind::Json,
+        Format::Text => Kind::Text,
+    }
+}
+
+/// JSON when the Content-Type says so (`application/json`, `+json`), text
+/// when it is textual or the body is UTF-8, bytes otherwise.
+fn sniff(body: &[u8], content_type: Option<&str>) -> Kind {
+    let media_type = content_type
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media_type == "application/json"
+        || media_type.ends_with("+json")
+        || media_type == "text/json"
+    {
+        Kind::Json
+    } else if media_type.starts_with("text/")
+        || media_type.ends_with("xml")
+        || media_type.ends_with("javascript")
+        || std::str::from_utf8(body).is_ok()
+    {
+        Kind::Text
+    } else {
+        Kind::Bytes
+    }
+}
+
+/// Removes what an RFC 6901 pointer names; `*` as a token matches every
+/// member of an object or element of an array. A pointer that names nothing
+/// removes nothing.
+pub fn remove_pointer(value: &mut Value, pointer: &str) {
+    let tokens: Vec<String> = match pointer.strip_prefix('/') {
+        Some(rest) => rest
+            .split('/')
+            .map(|token| token.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+        None => return,
+    };
+    remove_tokens(value, &tokens);
+}
+
+fn remove_tokens(value: &mut Value, tokens: &[String]) {
+    let Some((first, rest)) = tokens.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        match value {
+            Value::Object(map) if first == "*" => map.clear(),
+            Value::Object(map) => {
+                map.remove(first);
+            }
+            Value::Array(items) if first == "*" => items.clear(),
+            Value::Array(items) => {
+                if let Some(index) = array_index(first, items.len()) {
+                    items.remove(index);
+                }
+            }
+            _ => {}
+        }
+        return;
+    }
+    match value {
+        Value::Object(map) if first == "*" => map
+            .values_mut()
+            .for_each(|child| remove_tokens(child, rest)),
+        Value::Object(map) => {
+            if let Some(child) = map.get_mut(first) {
+                remove_tokens(child, rest);
+            }
+        }
+        Value::Array(items) if first == "*" => items
+            .iter_mut()
+            .for_each(|child| remove_tokens(child, rest)),
+        Value::Array(items) => {
+            if let Some(child) =
+                array_index(first, items.len()).and_then(|index| items.get_mut(index))
+            {
+                remove_tokens(child, rest);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// RFC 6901 array indexes: digits without leading zeros, inside the array.
+fn array_index(token: &str, len: usize) -> Option<usize> {
+    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) {
+        return None;
+    }
+    token.parse().ok().filter(|index| *index < len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn json_rules(ignore: &[String]) -> Rules<'_> {
+        Rules {
+            format: None,
+            ignore,
+        }
+    }
+
+    #[test]
+    fn key_order_and_whitespace_are_not_changes() {
+        let a = extract(
+            br#"{"b": 1, "a": [1, 2], "c": {"y": 1, "x": 2}}"#,
+            Some("application/json"),
+            json_rules(&[]),
+        )
+        .unwrap();
+        let b = extract(
+            br#"{"c":{"x":2,"y":1},"a":[1,2],"b":1}"#,
+            Some("application/json"),
+            json_rules(&[]),
+        )
+        .unwrap();
+        assert_eq!(a.hash, b.hash);
+        assert_eq!(a.canonical, br#"{"a":[1,2],"b":1,"c":{"x":2,"y":1}}"#);
+    }
+
+    #[test]
+    fn ignore_pointers_remove_what_they_name() {
+        let check = |input: Value, pointers: &[&str], expected: Value| {
+            let pointers: Vec<String> = pointers.iter().map(|p| p.to_string()).collect();
+            let mut value = input;
+            for pointer in &pointers {
+                remove_pointer(&mut value, pointer);
+            }
+            assert_eq!(value, expected, "pointers {pointers:?}");
+        };
+        check(
+            json!({"a": 1, "meta": {"at": 5, "v": 1}}),
+            &["/meta/at"],
+            json!({"a": 1, "meta": {"v": 1}}),
+        );
+        check(
+            json!([{"r": 1, "id": 1}, {"r": 2, "id": 2}]),
+            &["/0/r"],
+            json!([{"id": 1}, {"r": 2, "id": 2}]),
+        );
+        check(
+            json!({"items": [{"v": 1, "id": 1}, {"v": 2, "id": 2}]}),
+            &["/items/*/v"],
+            json!({"items": [{"id": 1}, {"id": 2}]}),
+        );
+        check(
+            json!({"a/b": 1, "m~n": 2, "c": 3}),
+            &["/a~1b", "/m~0n"],
+            json!({"c": 3}),
+        );
+        check(
+            json!({"a": [1]}),
+            &["/missing/x", "/a/7", "/a/01", "/a/x"],
+            json!({"a": [1]}),
+        );
+        check(json!("scalar"), &["/x/y"], json!("scalar"));
+    }
+
+    #[test]
+    fn content_type_decides_unless_format_is_set() {
+        let body = br#"{"a":1}"#;
+        assert_eq!(
+            extract(
+                body,
+                Some("application/json; charset=utf-8"),
+                json_rules(&[])
+            )
+            .unwrap()
+            .kind,
+            Kind::Json
+        );
+        assert_eq!(
+            extract(body, Some("application/vnd.github+json"), json_rules(&[]))
+                .unwrap()
+                .kind,
+            Kind::Json
+        );
+        assert_eq!(
+            extract(body, Some("text/plain"), json_rules(&[]))
+                .unwrap()
+                .kind,
+            Kind::Text
+        );
+        let forced = Rules {
+            format: Some(Format::Json),
+            ignore: &[],
+        };
+        assert_eq!(
+            extract(body, Some("text/plain"), forced).unwrap().kind,
+            Kind::Json
+        );
+        assert_eq!(
+            extract(&[0xff, 0xfe, 0], None, json_rules(&[]))
+                .unwrap()
+                .kind,
+            Kind::Bytes
+        );
+    }
+
+    #[test]
+    fn a_body_that_should_be_json_but_is_not_is_an_error() {
+        let error = extract(
+            b"<html>oops</html>",
+            Some("application/json"),
+            json_rules(&[]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("not valid JSON"), "{error}");
+    }
+
+    #[test]
+    fn stored_documents_round_trip() {
+        let original = extract(
+            br#"{"z":[1,{"b":2,"a":"\u00e9"}]}"#,
+            Some("application/json"),
+            json_rules(&[]),
+        )
+        .unwrap();
+        let restored = Document::from_canonical(Kind::Json, original.canonical.clone()).unwrap();
+        assert_eq!(restored, original);
+    }
+}

@@ -1,0 +1,44 @@
+//! pollhook turns pull-only HTTP APIs into push.
+//!
+//! The pipeline, one module per step:
+//!
+//! - [`config`]: TOML → validated [`config::Config`], every mistake located.
+//! - [`schedule`]: when each endpoint is polled next (pure).
+//! - [`fetch`]: one HTTP request, streamed and capped, conditional.
+//! - [`extract`]: response body → canonical document (pure).
+//! - [`diff`]: two documents → JSON Patch or unified diff (pure).
+//! - [`event`]: the Standard Webhooks envelope.
+//! - [`poll`]: fetch → extract → diff → the writes one poll makes.
+//! - [`store`]: the only module that opens sled: snapshots, history, outbox.
+//! - [`deliver`]: signs and POSTs outbox rows, retrying until a 2xx.
+//! - [`daemon`]: the tasks: one per endpoint, one dispatcher per target.
+//! - [`cli`] and [`demo`]: the command line and the self-contained demo.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod demo;
+pub mod diff;
+pub mod event;
+pub mod extract;
+pub mod fetch;
+pub mod poll;
+pub mod schedule;
+pub mod store;
+
+/// An error and its causes on one line: `outer: inner: root`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
