@@ -84,6 +84,8 @@ struct TargetConfig {
     url: HttpUrl,
     secret: Option<WebhookSecret>,
     timeout: Option<HumanDuration>,
+    /// Waits between delivery attempts (default: Standard Webhooks' schedule).
+    retry: Option<Vec<HumanDuration>>,
 }
 
 /// How a response body is read. Without it, the Content-Type decides.
@@ -219,6 +221,8 @@ pub struct Target {
     pub url: url::Url,
     pub secret: Option<WebhookSecret>,
     pub timeout: Duration,
+    /// The waits after each failed attempt; the last one repeats.
+    pub retry: Vec<Duration>,
 }
 
 /// One mistake in a config file, located.
@@ -432,6 +436,12 @@ impl<'s> Compiler<'s> {
                 url: raw.url.0,
                 secret: raw.secret,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
+                retry: match raw.retry {
+                    Some(waits) if !waits.is_empty() => {
+                        waits.into_iter().map(|wait| wait.0).collect()
+                    }
+                    _ => crate::deliver::retry::DEFAULT_SCHEDULE.to_vec(),
+                },
             }));
         }
         targets

@@ -95,7 +95,7 @@ fn record(
     attempt: &Attempt,
 ) -> Result<(), StoreError> {
     row.attempts += 1;
-    match retry::classify(attempt.status, row.attempts) {
+    match retry::classify(attempt.status, row.attempts, &target.retry) {
         RetryAction::Success => {
             store.complete(key)?;
             info!(

@@ -28,19 +28,24 @@ pub enum RetryAction {
 /// Success is 2xx only; a redirect, an error status, a timeout or a refused
 /// connection (`status` none) is retried. `attempts` counts the attempts
 /// made so far, this one included.
-pub fn classify(status: Option<u16>, attempts: u32) -> RetryAction {
+pub fn classify(status: Option<u16>, attempts: u32, schedule: &[Duration]) -> RetryAction {
     match status {
         Some(200..=299) => RetryAction::Success,
-        _ => RetryAction::Retry(retry_delay(attempts)),
+        _ => RetryAction::Retry(retry_delay(attempts, schedule)),
     }
 }
 
 /// The wait after the `attempts`-th failed attempt, with ±20 % jitter.
 /// Past the end of the schedule the last wait repeats: a row is never
 /// dropped.
-pub fn retry_delay(attempts: u32) -> Duration {
-    let index = (attempts.max(1) as usize - 1).min(DEFAULT_SCHEDULE.len() - 1);
-    with_jitter(DEFAULT_SCHEDULE[index], 0.2)
+pub fn retry_delay(attempts: u32, schedule: &[Duration]) -> Duration {
+    let schedule = if schedule.is_empty() {
+        &DEFAULT_SCHEDULE[..]
+    } else {
+        schedule
+    };
+    let index = (attempts.max(1) as usize - 1).min(schedule.len() - 1);
+    with_jitter(schedule[index], 0.2)
 }
 
 #[cfg(test)]
@@ -49,11 +54,20 @@ mod tests {
 
     #[test]
     fn only_2xx_succeeds() {
-        assert_eq!(classify(Some(200), 1), RetryAction::Success);
-        assert_eq!(classify(Some(204), 1), RetryAction::Success);
+        assert_eq!(
+            classify(Some(200), 1, &DEFAULT_SCHEDULE),
+            RetryAction::Success
+        );
+        assert_eq!(
+            classify(Some(204), 1, &DEFAULT_SCHEDULE),
+            RetryAction::Success
+        );
         for failing in [Some(301), Some(404), Some(500), None] {
             assert!(
-                matches!(classify(failing, 1), RetryAction::Retry(_)),
+                matches!(
+                    classify(failing, 1, &DEFAULT_SCHEDULE),
+                    RetryAction::Retry(_)
+                ),
                 "{failing:?}"
             );
         }
@@ -62,13 +76,13 @@ mod tests {
     #[test]
     fn waits_follow_the_schedule_with_jitter() {
         for (index, expected) in DEFAULT_SCHEDULE.iter().enumerate() {
-            let wait = retry_delay(index as u32 + 1);
+            let wait = retry_delay(index as u32 + 1, &DEFAULT_SCHEDULE);
             assert!(
                 wait >= expected.mul_f64(0.8) && wait <= expected.mul_f64(1.2),
                 "{index}: {wait:?}"
             );
         }
-        let beyond = retry_delay(100);
+        let beyond = retry_delay(100, &DEFAULT_SCHEDULE);
         assert!(beyond >= Duration::from_secs(8 * 3600), "{beyond:?}");
     }
 }

@@ -1,1 +1,6 @@
+//! One integration binary: a module per feature, shared helpers in `support`.
 
+mod cli;
+mod delivery;
+mod pipeline;
+mod support;

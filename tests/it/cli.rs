@@ -1,0 +1,281 @@
+//! The real binary: `check`, `once`, `run` and `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+
+use crate::support::{Api, Receiver, Reply, SECRET};
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pollhook"));
+    command
+        .env_remove("POLLHOOK_CONFIG")
+        .env_remove("RUST_LOG")
+        .env_remove("STATE_DIRECTORY");
+    command.kill_on_drop(true);
+    command
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+async fn run(args: &[&str]) -> Output {
+    let output = binary().args(args).output();
+    tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("the command finished")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn check_accepts_a_good_config() {
+    let output = run(&["check", "-c", data("good.toml").to_str().unwrap()]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "config ok: 2 endpoints, 1 targets\n");
+}
+
+#[tokio::test]
+async fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let output = run(&["check", "-c", example.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+/// One config file per class of mistake: each exits 78 and names file,
+/// line, column, endpoint and the mistake.
+#[tokio::test]
+async fn check_locates_every_class_of_mistake() {
+    let cases = [
+        (
+            "bad-url.toml",
+            "bad-url.toml:6:7: endpoint `releases`: invalid URL `htp//api.github.com`",
+        ),
+        (
+            "bad-duration.toml",
+            "bad-duration.toml:4:9: endpoint `releases`: invalid duration `10 minutes-ish`",
+        ),
+        (
+            "bad-cron.toml",
+            "bad-cron.toml:4:8: endpoint `releases`: invalid cron expression `*/61 * * * *`",
+        ),
+        (
+            "duplicate-name.toml",
+            "duplicate-name.toml:9:8: endpoint `releases`: duplicate endpoint name `releases`",
+        ),
+        (
+            "unknown-target.toml",
+            "unknown-target.toml:11:18: endpoint `releases`: unknown target `slack`",
+        ),
+        (
+            "every-and-cron.toml",
+            "every-and-cron.toml:5:8: endpoint `releases`: set `every` or `cron`, not both",
+        ),
+        (
+            "no-schedule.toml",
+            "no-schedule.toml:1:1: endpoint `releases`: no schedule",
+        ),
+        (
+            "unknown-key.toml",
+            "unknown-key.toml:7:1: endpoint `releases`: unknown field `ignroe`",
+        ),
+        (
+            "missing-env.toml",
+            "missing-env.toml:7:29: endpoint `releases`: environment variable `POLLHOOK_TEST_UNSET_TOKEN` is not set",
+        ),
+        ("syntax.toml", "syntax.toml:2:12: invalid basic string"),
+    ];
+    for (file, expected) in cases {
+        let output = run(&["check", "-c", data(file).to_str().unwrap()]).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{file}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{file}: expected `{expected}` in:\n{stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{file}");
+    }
+}
+
+#[tokio::test]
+async fn check_reports_all_mistakes_at_once_without_secrets() {
+    let output = run(&["check", "-c", data("many-errors.toml").to_str().unwrap()]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines[0].contains("many-errors.toml:7:10: target `ha`: invalid webhook secret"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("many-errors.toml:11:7: endpoint `one`: invalid URL"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains("many-errors.toml:16:11: endpoint `two`: invalid duration `forever`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[3].contains("many-errors.toml:21:12: endpoint `three`: unknown target `nowhere`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-base64"),
+        "the secret leaked: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_a_config_error() {
+    let output = run(&["check", "-c", "/nonexistent/pollhook.toml"]).await;
+    assert_eq!(output.status.code(), Some(78));
+    assert!(text(&output.stderr).contains("cannot read config file `/nonexistent/pollhook.toml`"));
+}
+
+fn write_config(dir: &Path, api: &Api, receiver: &Receiver) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        r#"
+state_dir = "{state}"
+
+[[target]]
+name = "receiver"
+url = "{receiver}"
+secret = "{SECRET}"
+
+[[endpoint]]
+name = "data"
+url = "{api}"
+every = "50ms"
+emit_initial = true
+"#,
+        state = dir.join("state").display(),
+        receiver = receiver.url(),
+        api = api.url(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_prints_events_and_sends_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = write_config(dir.path(), &api, &receiver);
+    let config = config.to_str().unwrap();
+
+    // Without --send the store is not touched: the same initial event twice.
+    for _ in 0..2 {
+        let output = run(&["once", "-c", config, "data"]).await;
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let stdout = text(&output.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        let event: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(event["type"], "endpoint.changed");
+        assert_eq!(event["data"]["version"], 1);
+    }
+    assert!(receiver.all().is_empty());
+
+    let output = run(&["once", "-c", config, "--send"]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(receiver.accepted().len(), 1);
+    assert!(receiver.accepted()[0].signature_verifies(SECRET));
+    assert!(
+        text(&output.stderr).contains("target receiver: 1 delivered, 0 still queued"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    // Now the baseline is stored: nothing changed, nothing to print.
+    let output = run(&["once", "-c", config]).await;
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+
+    let output = run(&["once", "-c", config, "nope"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("no endpoint named `nope`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_delivers_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = write_config(dir.path(), &api, &receiver);
+    let mut child = binary()
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    crate::support::eventually("the initial event is delivered", || {
+        receiver.accepted().len() == 1
+    })
+    .await;
+
+    // While it runs, it holds the store: other commands say so.
+    let output = run(&["once", "-c", config.to_str().unwrap()]).await;
+    let message = text(&output.stderr);
+    assert!(
+        message.contains(&format!(
+            "pollhook is running (pid {})",
+            child.id().unwrap()
+        )),
+        "{message}"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    while let Ok(Some(line)) = stderr.next_line().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        log.contains("SIGTERM received") && log.contains("stopped"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\x1b'),
+        "no colours when stderr is not a terminal"
+    );
+}
+
+#[tokio::test]
+async fn demo_shows_signed_webhooks_within_seconds() {
+    let output = run(&["demo", "--duration", "2500ms", "--tick", "400ms"]).await;
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains("webhook received: endpoint.changed prices"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("signature ok"), "{stdout}");
+    assert!(!stdout.contains("INVALID"), "{stdout}");
+    assert!(stdout.contains("demo finished:"), "{stdout}");
+}

@@ -1,0 +1,333 @@
+//! Real servers on 127.0.0.1 and a harness around the real daemon.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use hmac::{KeyInit as _, Mac as _};
+use pollhook::config::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The secret targets use in tests (from the Standard Webhooks examples).
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Waits until `condition` holds, checking every 10 ms, for at most 10 s.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+pub async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, router)
+}
+
+pub fn serve_on(listener: TcpListener, router: Router) -> SocketAddr {
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    address
+}
+
+/// What the polled API answers; tests change it while the daemon runs.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Served in turn, one per request.
+    pub bodies: Vec<String>,
+    /// Sent as `ETag`; a request with a matching `If-None-Match` gets a 304.
+    pub etag: Option<String>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(body: &str) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            bodies: vec![body.to_string()],
+            etag: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ApiCounts {
+    requests: usize,
+    not_modified: usize,
+    conditional: usize,
+}
+
+/// The polled API: one URL, `/data`, answering with the current [`Reply`].
+#[derive(Clone)]
+pub struct Api {
+    pub address: SocketAddr,
+    reply: Arc<Mutex<Reply>>,
+    counts: Arc<Mutex<ApiCounts>>,
+}
+
+impl Api {
+    pub async fn start(reply: Reply) -> Api {
+        let reply = Arc::new(Mutex::new(reply));
+        let counts = Arc::new(Mutex::new(ApiCounts::default()));
+        let router = Router::new()
+            .route("/data", axum::routing::any(api_handler))
+            .with_state((reply.clone(), counts.clone()));
+        Api {
+            address: serve(router).await,
+            reply,
+            counts,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/data", self.address)
+    }
+
+    pub fn set(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.counts.lock().unwrap().requests
+    }
+
+    pub fn not_modified(&self) -> usize {
+        self.counts.lock().unwrap().not_modified
+    }
+
+    pub fn conditional(&self) -> usize {
+        self.counts.lock().unwrap().conditional
+    }
+
+    /// Waits until `more` requests beyond the current count were answered.
+    pub async fn wait_for_requests(&self, more: usize) {
+        let target = self.requests() + more;
+        eventually(&format!("the API has answered {target} requests"), || {
+            self.requests() >= target
+        })
+        .await;
+    }
+}
+
+type ApiState = (Arc<Mutex<Reply>>, Arc<Mutex<ApiCounts>>);
+
+async fn api_handler(
+    State((reply, counts)): State<ApiState>,
+    headers: HeaderMap,
+) -> Response {
+    let reply = reply.lock().unwrap().clone();
+    let index = {
+        // Counted on arrival: a client that times out may drop the request.
+        let mut counts = counts.lock().unwrap();
+        counts.requests += 1;
+        if headers.contains_key(header::IF_NONE_MATCH)
+            || headers.contains_key(header::IF_MODIFIED_SINCE)
+        {
+            counts.conditional += 1;
+        }
+        counts.requests - 1
+    };
+    tokio::time::sleep(reply.delay).await;
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok());
+    if let (Some(etag), Some(sent)) = (&reply.etag, if_none_match)
+        && etag == sent
+    {
+        counts.lock().unwrap().not_modified += 1;
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let body = reply.bodies[index % reply.bodies.len()].clone();
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.content_type),
+    );
+    if let Some(etag) = &reply.etag {
+        response
+            .headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(etag).unwrap());
+    }
+    response
+}
+
+/// One webhook as the receiver got it.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: String,
+    pub timestamp: String,
+    pub signature: Option<String>,
+    pub body: Bytes,
+    /// The status the receiver answered with.
+    pub answered: u16,
+}
+
+impl Webhook {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// Checks the signature with an HMAC computed here, independently of
+    /// pollhook's own signing code.
+    pub fn signature_verifies(&self, secret: &str) -> bool {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.strip_prefix("whsec_").unwrap())
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{}.{}.", self.id, self.timestamp).as_bytes());
+        mac.update(&self.body);
+        let expected = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        self.signature
+            .as_deref()
+            .is_some_and(|header| header.split(' ').any(|signature| signature == expected))
+    }
+}
+
+/// A webhook receiver that records everything and answers `status`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub address: SocketAddr,
+    received: Arc<Mutex<Vec<Webhook>>>,
+    status: Arc<Mutex<u16>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::start_on(listener)
+    }
+
+    pub fn start_on(listener: TcpListener) -> Receiver {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(204));
+        let router = Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state((received.clone(), status.clone()));
+        Receiver {
+            address: serve_on(listener, router),
+            received,
+            status,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.address)
+    }
+
+    pub fn answer(&self, status: u16) {
+        *self.status.lock().unwrap() = status;
+    }
+
+    /// Every request received, answered 2xx or not.
+    pub fn all(&self) -> Vec<Webhook> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The webhooks that were accepted (answered 2xx).
+    pub fn accepted(&self) -> Vec<Webhook> {
+        self.all()
+            .into_iter()
+            .filter(|hook| (200..300).contains(&hook.answered))
+            .collect()
+    }
+}
+
+type ReceiverState = (Arc<Mutex<Vec<Webhook>>>, Arc<Mutex<u16>>);
+
+async fn receive(
+    State((received, status)): State<ReceiverState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_string())
+    };
+    let answered = *status.lock().unwrap();
+    received.lock().unwrap().push(Webhook {
+        id: header("webhook-id").unwrap_or_default(),
+        timestamp: header("webhook-timestamp").unwrap_or_default(),
+        signature: header("webhook-signature"),
+        body,
+        answered,
+    });
+    StatusCode::from_u16(answered).unwrap()
+}
+
+/// The real daemon, running in this process until stopped.
+pub struct Daemon {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    pub fn start(config: Config) -> Daemon {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pollhook::daemon::run(config, shutdown.clone()));
+        Daemon { shutdown, task }
+    }
+
+    /// Stops it as SIGTERM would, and waits until it has flushed the store.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A config whose state lives in `state_dir`; `body` holds the tables.
+pub fn config(state_dir: &Path, body: &str) -> Config {
+    let text = format!("state_dir = \"{}\"\n{body}", state_dir.display());
+    Config::compile(&text, Path::new("test.toml")).unwrap_or_else(|error| panic!("{error}\n{text}"))
+}
+
+/// One endpoint polled every 20 ms and one receiver with the test secret.
+pub fn simple_config(
+    state_dir: &Path,
+    api: &Api,
+    receiver: &Receiver,
+    endpoint_extra: &str,
+) -> Config {
+    config_to(state_dir, api, &receiver.url(), endpoint_extra)
+}
+
+/// [`simple_config`] for a receiver URL where nothing may listen yet.
+pub fn config_to(state_dir: &Path, api: &Api, receiver_url: &str, endpoint_extra: &str) -> Config {
+    config(
+        state_dir,
+        &format!(
+            r#"
+[[target]]
+name = "receiver"
+url = "{receiver_url}"
+secret = "{SECRET}"
+retry = ["50ms"]
+
+[[endpoint]]
+name = "data"
+url = "{}"
+every = "20ms"
+{endpoint_extra}
+"#,
+            api.url()
+        ),
+    )
+}
