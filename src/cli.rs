@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, HumanDuration};
 use crate::poll::{self, Observation};
-use crate::store::Store;
+use crate::store::{DeadFilter, OutboxRow, Store};
 
 /// EX_CONFIG from sysexits.h: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 78;
@@ -62,6 +62,44 @@ enum Command {
         /// Store the result and deliver the events instead of only printing them.
         #[arg(long)]
         send: bool,
+    },
+    /// List the webhooks waiting to be delivered, with their next attempt.
+    Deliveries {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this target's.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// List the dead letters: webhooks whose every attempt failed.
+    Dead {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this target's.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Put dead letters back in the queue: same webhook-id, fresh signature.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Event ids (`msg_...`) to replay.
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<String>,
+        /// Replay every dead letter (narrow with `--target` and `--since`).
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, requires = "dead")]
+        target: Option<String>,
+        /// Only letters that died since this time: RFC 3339, or a duration ago (`2h`).
+        #[arg(long, requires = "dead")]
+        since: Option<String>,
+    },
+    /// Deliver again to a target that was paused after answering 410 Gone.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        target: String,
     },
     /// Watch a local demo API and print the webhooks it causes; no internet needed.
     Demo {
@@ -128,6 +166,107 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             names,
             send,
         } => once(&config.config, &names, send).await,
+        Command::Deliveries { config, target } => {
+            let store = open_store(&config.config)?;
+            let now = crate::clock::now_ms();
+            let rows = store.queued_rows(target.as_deref())?;
+            let mut table = vec![row_of([
+                "TARGET",
+                "EVENT",
+                "ENDPOINT",
+                "TYPE",
+                "ATTEMPTS",
+                "LAST",
+                "NEXT ATTEMPT",
+            ])];
+            for (target, row) in &rows {
+                let next = if store.paused(target)?.is_some() {
+                    "paused".to_string()
+                } else if row.next_attempt_ms <= now {
+                    "now".to_string()
+                } else {
+                    let wait =
+                        std::time::Duration::from_secs((row.next_attempt_ms - now).div_ceil(1000));
+                    format!("in {}", humantime::format_duration(wait))
+                };
+                table.push(vec![
+                    target.clone(),
+                    row.event_id.clone(),
+                    row.endpoint.clone(),
+                    row.event_type.clone(),
+                    row.attempts.to_string(),
+                    last_result(row),
+                    next,
+                ]);
+            }
+            print_table(&table);
+            eprintln!("{} queued", rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dead { config, target } => {
+            let store = open_store(&config.config)?;
+            let rows = store.dead_rows(target.as_deref())?;
+            let mut table = vec![row_of([
+                "TARGET", "EVENT", "ENDPOINT", "TYPE", "ATTEMPTS", "LAST", "DIED",
+            ])];
+            for (target, row) in &rows {
+                table.push(vec![
+                    target.clone(),
+                    row.event_id.clone(),
+                    row.endpoint.clone(),
+                    row.event_type.clone(),
+                    row.attempts.to_string(),
+                    last_result(row),
+                    row.dead_at_ms
+                        .map(crate::clock::rfc3339)
+                        .unwrap_or_default(),
+                ]);
+            }
+            print_table(&table);
+            eprintln!("{} dead letter(s)", rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            config,
+            ids,
+            dead: _,
+            target,
+            since,
+        } => {
+            let store = open_store(&config.config)?;
+            let since_ms = since.as_deref().map(parse_since).transpose()?;
+            let dead = store.dead_rows(None)?;
+            let missing: Vec<&str> = ids
+                .iter()
+                .filter(|id| !dead.iter().any(|(_, row)| &row.event_id == *id))
+                .map(String::as_str)
+                .collect();
+            let replayed = store.replay(&DeadFilter {
+                event_ids: &ids,
+                target: target.as_deref(),
+                since_ms,
+            })?;
+            store.flush().await?;
+            println!("re-queued {replayed} webhook(s); the daemon delivers them at its next start");
+            if !missing.is_empty() {
+                eprintln!("error: no dead letter with id {}", missing.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { config, target } => {
+            let store = open_store(&config.config)?;
+            let resumed = store.resume(&target)?;
+            store.flush().await?;
+            if resumed {
+                println!(
+                    "target `{target}` resumed: its queued webhooks are delivered at the daemon's next start"
+                );
+            } else {
+                println!("target `{target}` was not paused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { duration, tick } => {
             let parse = |text: &str, what: &str| -> anyhow::Result<std::time::Duration> {
                 Ok(text
@@ -220,6 +359,57 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Opens the store of the config at `path`, for the commands that read it.
+fn open_store(path: &Path) -> anyhow::Result<Store> {
+    let config = Config::load(path)?;
+    Ok(Store::open(&config.state_dir)?)
+}
+
+/// `500 (HTTP status 500)`, `- (timed out after 15s)`, or empty.
+fn last_result(row: &OutboxRow) -> String {
+    match (row.last_status, &row.last_error) {
+        (Some(status), _) => status.to_string(),
+        (None, Some(error)) => error.clone(),
+        (None, None) => "-".to_string(),
+    }
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now.
+fn parse_since(text: &str) -> anyhow::Result<u64> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(u64::try_from(time.timestamp_millis()).unwrap_or(0));
+    }
+    let ago = humantime::parse_duration(text).with_context(|| {
+        format!("bad `--since {text}`: give an RFC 3339 time or a duration such as `2h`")
+    })?;
+    Ok(crate::clock::now_ms().saturating_sub(ago.as_millis() as u64))
+}
+
+fn row_of<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|cell| cell.to_string()).collect()
+}
+
+/// Prints rows as left-aligned columns.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -22,9 +22,6 @@ use crate::poll::{self, NewReason, Observation};
 use crate::schedule::Schedule;
 use crate::store::Store;
 
-/// How long dispatchers may finish POSTs in flight after a shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// What every endpoint task shares.
 struct PollContext {
     store: Arc<Store>,
@@ -54,7 +51,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 target.clone(),
                 wake,
                 shutdown.clone(),
-                SHUTDOWN_GRACE,
+                config.shutdown_grace,
             )
             .instrument(span),
         );

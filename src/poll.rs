@@ -162,7 +162,7 @@ pub async fn observe(
 }
 
 /// Writes what [`observe`] found: snapshot, history and one outbox row per
-/// event and target, in one transaction, made durable before returning.
+/// event and target, in one transaction, durable before it returns.
 /// Returns the number of rows queued.
 pub async fn apply(
     store: &Store,
@@ -200,20 +200,23 @@ pub async fn apply(
                                 next_attempt_ms: now_ms,
                                 last_status: None,
                                 last_error: None,
+                                attempt_log: Vec::new(),
+                                dead_at_ms: None,
                             },
                         )
                     })
                 })
                 .collect();
             let queued = deliveries.len();
-            store.commit(&Commit {
-                endpoint: &endpoint.name,
-                snapshot,
-                document,
-                keep_history: endpoint.keep_history,
-                deliveries,
-            })?;
-            store.flush().await?;
+            store
+                .commit(&Commit {
+                    endpoint: &endpoint.name,
+                    snapshot,
+                    document,
+                    keep_history: endpoint.keep_history,
+                    deliveries,
+                })
+                .await?;
             Ok(queued)
         }
     }

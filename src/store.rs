@@ -6,6 +6,10 @@
 //! - `history`: endpoint name, 0, version → the extracted document of that
 //!   version; the newest entry is the one the next poll diffs against.
 //! - `outbox`: target name, 0, sequence → [`OutboxRow`] waiting for a 2xx.
+//! - `dead`: the same keys → rows whose retry schedule ran out, with every
+//!   attempt; capped per target.
+//! - `attempts`: target name, 0, sequence → [`AttemptRecord`], a bounded log.
+//! - `paused`: target name → [`Pause`], for targets that answered 410 Gone.
 //!
 //! A change is written by [`Store::commit`] in ONE transaction: snapshot,
 //! history entry and one outbox row per target. A crash can repeat a
@@ -27,6 +31,13 @@ pub const SCHEMA_VERSION: u64 = 1;
 const CACHE_BYTES: u64 = 16 << 20;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// Attempt records kept per target in the `attempts` log.
+const ATTEMPT_LOG_CAP: usize = 1000;
+/// Dead letters kept per target; the oldest go first.
+const DEAD_LETTER_CAP: usize = 10_000;
+/// Response bytes kept per attempt.
+pub const RESPONSE_KEEP: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +90,45 @@ pub struct OutboxRow {
     pub next_attempt_ms: u64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// Every attempt so far; it goes with the row into the dead letters.
+    #[serde(default)]
+    pub attempt_log: Vec<AttemptRecord>,
+    /// When the row was dead-lettered, for rows in `dead`.
+    #[serde(default)]
+    pub dead_at_ms: Option<u64>,
+}
+
+/// One delivery attempt, as the attempt log and dead letters keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub event_id: String,
+    pub attempt: u32,
+    pub at_ms: u64,
+    /// None when no response came (timeout, refused connection).
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    /// The first [`RESPONSE_KEEP`] bytes of the response body.
+    pub response: String,
+    pub error: Option<String>,
+    /// None when there will be no next attempt (delivered, dead, paused).
+    pub next_attempt_ms: Option<u64>,
+}
+
+/// Why and since when a target is paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub since_ms: u64,
+    pub reason: String,
+}
+
+/// Which dead letters `replay` puts back.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter<'a> {
+    /// Only these event ids (all when empty).
+    pub event_ids: &'a [String],
+    pub target: Option<&'a str>,
+    /// Only rows that died at or after this time.
+    pub since_ms: Option<u64>,
 }
 
 /// An outbox row's key: target name, a zero byte, then a big-endian sequence
@@ -110,6 +160,13 @@ pub struct Store {
     snapshots: sled::Tree,
     history: sled::Tree,
     outbox: sled::Tree,
+    dead: sled::Tree,
+    attempts: sled::Tree,
+    paused: sled::Tree,
+    /// Outbox rows committed but not yet flushed: not handed out yet.
+    unflushed: std::sync::Mutex<std::collections::HashSet<OutboxKey>>,
+    /// Entries in each target's attempt log, counted once per process.
+    attempt_counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Store {
@@ -161,6 +218,11 @@ impl Store {
             snapshots: db.open_tree("snapshots")?,
             history: db.open_tree("history")?,
             outbox: db.open_tree("outbox")?,
+            dead: db.open_tree("dead")?,
+            attempts: db.open_tree("attempts")?,
+            paused: db.open_tree("paused")?,
+            unflushed: Default::default(),
+            attempt_counts: Default::default(),
             db,
         })
     }
@@ -181,40 +243,55 @@ impl Store {
     }
 
     /// Writes a new snapshot, its history entry and its outbox rows in one
-    /// transaction, then trims the history beyond `keep_history`.
-    pub fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
-        let snapshot = serde_json::to_vec(commit.snapshot).expect("a snapshot always serialises");
+    /// transaction, makes it durable, then trims the history beyond
+    /// `keep_history`. Until the flush is done the new rows are hidden from
+    /// [`Store::outbox_rows`]: nothing reaches a receiver that a crash could
+    /// make the store forget (it would come back as a new event, new id).
+    pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
+        let snapshot = encode_json(commit.snapshot);
         let history = encode_history(commit.document, commit.snapshot.changed_at_ms);
         let rows: Vec<(&str, Vec<u8>)> = commit
             .deliveries
             .iter()
-            .map(|(target, row)| {
-                (
-                    *target,
-                    serde_json::to_vec(row).expect("a row always serialises"),
-                )
-            })
+            .map(|(target, row)| (*target, encode_json(row)))
             .collect();
         let version = commit.snapshot.version;
-        let keys = (&self.snapshots, &self.history, &self.outbox)
+        // Every key a (possibly retried) transaction generated, to unhide later.
+        let generated = std::sync::Mutex::new(Vec::new());
+        let result = (&self.snapshots, &self.history, &self.outbox)
             .transaction(|(snapshots, history_tree, outbox)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
                 history_tree.insert(history_key(commit.endpoint, version), history.as_slice())?;
                 let mut keys = Vec::with_capacity(rows.len());
                 for (target, row) in &rows {
-                    let sequence = outbox.generate_id()?;
-                    let key = OutboxKey::new(target, sequence);
+                    let key = OutboxKey::new(target, outbox.generate_id()?);
+                    // Hidden before the transaction can make it visible.
+                    self.hide(&key);
+                    lock(&generated).push(key.clone());
                     outbox.insert(key.0.as_slice(), row.as_slice())?;
                     keys.push(key);
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(keys)
             })
-            .map_err(|error| match error {
-                TransactionError::Abort(error) => error,
-                TransactionError::Storage(error) => StoreError::Sled(error),
-            })?;
+            .map_err(transaction_error);
+        let flushed = match &result {
+            Ok(keys) if !keys.is_empty() => self.flush().await,
+            _ => Ok(()),
+        };
+        {
+            let mut unflushed = lock(&self.unflushed);
+            for key in lock(&generated).iter() {
+                unflushed.remove(key);
+            }
+        }
+        let keys = result?;
+        flushed?;
         self.trim_history(commit.endpoint, version, commit.keep_history)?;
         Ok(keys)
+    }
+
+    fn hide(&self, key: &OutboxKey) {
+        lock(&self.unflushed).insert(key.clone());
     }
 
     /// Removes history entries older than the newest `keep` versions.
@@ -235,8 +312,7 @@ impl Store {
     /// Updates only the conditional-request validators of a snapshot (a
     /// server may send a new ETag for identical content).
     pub fn update_snapshot(&self, endpoint: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(snapshot).expect("a snapshot always serialises");
-        self.snapshots.insert(endpoint, bytes)?;
+        self.snapshots.insert(endpoint, encode_json(snapshot))?;
         Ok(())
     }
 
@@ -248,30 +324,26 @@ impl Store {
         Ok(())
     }
 
-    /// All rows queued for a target, oldest first.
+    /// The rows queued for a target that are safe to send, oldest first.
     pub fn outbox_rows(&self, target: &str) -> Result<Vec<(OutboxKey, OutboxRow)>, StoreError> {
-        self.outbox
-            .scan_prefix(prefix(target))
-            .map(|entry| {
-                let (key, value) = entry?;
-                Ok((OutboxKey(key.to_vec()), decode_json(&value, "outbox")?))
-            })
-            .collect()
+        let mut rows = Vec::new();
+        for entry in self.outbox.scan_prefix(prefix(target)) {
+            let (key, value) = entry?;
+            let key = OutboxKey(key.to_vec());
+            if lock(&self.unflushed).contains(&key) {
+                continue;
+            }
+            rows.push((key, decode_json(&value, "outbox")?));
+        }
+        Ok(rows)
     }
 
-    /// Every queued row of every target, for `pollhook deliveries`.
-    pub fn all_outbox_rows(&self) -> Result<Vec<(String, OutboxRow)>, StoreError> {
-        self.outbox
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry?;
-                let target = key.split(|byte| *byte == 0).next().unwrap_or_default();
-                Ok((
-                    String::from_utf8_lossy(target).into_owned(),
-                    decode_json(&value, "outbox")?,
-                ))
-            })
-            .collect()
+    /// Queued rows, oldest first, of one target or all, for `pollhook deliveries`.
+    pub fn queued_rows(
+        &self,
+        target: Option<&str>,
+    ) -> Result<Vec<(String, OutboxRow)>, StoreError> {
+        rows_of(&self.outbox, target)
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -286,9 +358,115 @@ impl Store {
 
     /// Records a failed attempt and when to try again.
     pub fn reschedule(&self, key: &OutboxKey, row: &OutboxRow) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(row).expect("a row always serialises");
-        self.outbox.insert(&key.0, bytes)?;
+        self.outbox.insert(&key.0, encode_json(row))?;
         Ok(())
+    }
+
+    /// Moves a row whose schedule ran out to the dead letters, in one
+    /// transaction, and drops the oldest dead letters beyond the cap.
+    pub fn dead_letter(&self, key: &OutboxKey, row: &OutboxRow) -> Result<(), StoreError> {
+        let bytes = encode_json(row);
+        (&self.outbox, &self.dead)
+            .transaction(|(outbox, dead)| {
+                outbox.remove(key.0.as_slice())?;
+                dead.insert(key.0.as_slice(), bytes.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        let target_prefix = &key.0[..key.0.len() - 8];
+        trim_prefix(&self.dead, target_prefix, DEAD_LETTER_CAP)
+    }
+
+    /// Dead letters, oldest first, of one target or all.
+    pub fn dead_rows(&self, target: Option<&str>) -> Result<Vec<(String, OutboxRow)>, StoreError> {
+        rows_of(&self.dead, target)
+    }
+
+    /// Puts dead letters back in the outbox, due now, with their attempts
+    /// reset and the same event id. Returns how many.
+    pub fn replay(&self, filter: &DeadFilter<'_>) -> Result<usize, StoreError> {
+        let now = crate::clock::now_ms();
+        let mut replayed = 0;
+        let candidates = match filter.target {
+            Some(target) => self.dead.scan_prefix(prefix(target)),
+            None => self.dead.iter(),
+        };
+        for entry in candidates {
+            let (key, value) = entry?;
+            let mut row: OutboxRow = decode_json(&value, "dead letter")?;
+            let wanted = (filter.event_ids.is_empty() || filter.event_ids.contains(&row.event_id))
+                && filter
+                    .since_ms
+                    .is_none_or(|since| row.dead_at_ms.unwrap_or(0) >= since);
+            if !wanted {
+                continue;
+            }
+            let target = target_of(&key);
+            row.attempts = 0;
+            row.attempt_log.clear();
+            row.next_attempt_ms = now;
+            row.dead_at_ms = None;
+            let bytes = encode_json(&row);
+            (&self.outbox, &self.dead)
+                .transaction(|(outbox, dead)| {
+                    // A new sequence: a replayed row joins the end of the queue.
+                    let fresh = OutboxKey::new(&target, outbox.generate_id()?);
+                    outbox.insert(fresh.0.as_slice(), bytes.as_slice())?;
+                    dead.remove(&key)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(transaction_error)?;
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// Appends to a target's attempt log, dropping the oldest beyond the cap.
+    pub fn log_attempt(&self, target: &str, record: &AttemptRecord) -> Result<(), StoreError> {
+        let key = OutboxKey::new(target, self.db.generate_id()?);
+        self.attempts.insert(&key.0, encode_json(record))?;
+        // Counting a target's log on every attempt would cost a scan per
+        // delivery: count once, then trim in batches past the cap.
+        let mut counts = lock(&self.attempt_counts);
+        let count = counts.entry(target.to_string()).or_insert_with(|| {
+            self.attempts
+                .scan_prefix(prefix(target))
+                .keys()
+                .count()
+                .saturating_sub(1)
+        });
+        *count += 1;
+        if *count > ATTEMPT_LOG_CAP + ATTEMPT_LOG_CAP / 10 {
+            trim_prefix(&self.attempts, &prefix(target), ATTEMPT_LOG_CAP)?;
+            *count = ATTEMPT_LOG_CAP;
+        }
+        Ok(())
+    }
+
+    /// A target's attempt log, oldest first.
+    pub fn attempt_log(&self, target: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.attempts
+            .scan_prefix(prefix(target))
+            .values()
+            .map(|value| decode_json(&value?, "attempt"))
+            .collect()
+    }
+
+    pub fn pause(&self, target: &str, pause: &Pause) -> Result<(), StoreError> {
+        self.paused.insert(target, encode_json(pause))?;
+        Ok(())
+    }
+
+    /// Un-pauses a target; false when it was not paused.
+    pub fn resume(&self, target: &str) -> Result<bool, StoreError> {
+        Ok(self.paused.remove(target)?.is_some())
+    }
+
+    pub fn paused(&self, target: &str) -> Result<Option<Pause>, StoreError> {
+        self.paused
+            .get(target)?
+            .map(|bytes| decode_json(&bytes, "pause"))
+            .transpose()
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -327,6 +505,62 @@ fn decode_history(bytes: &[u8]) -> Result<Document, StoreError> {
     let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
     let document = rest.get(8..).ok_or_else(|| corrupt("truncated"))?;
     Document::from_canonical(kind, document.to_vec()).map_err(|error| corrupt(&error.to_string()))
+}
+
+/// Locks a mutex, also one a panicking thread left behind (the data are
+/// plain sets and counters that stay consistent).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn rows_of(
+    tree: &sled::Tree,
+    target: Option<&str>,
+) -> Result<Vec<(String, OutboxRow)>, StoreError> {
+    let entries = match target {
+        Some(target) => tree.scan_prefix(prefix(target)),
+        None => tree.iter(),
+    };
+    entries
+        .map(|entry| {
+            let (key, value) = entry?;
+            Ok((target_of(&key), decode_json(&value, "outbox")?))
+        })
+        .collect()
+}
+
+/// The target name at the start of an outbox, dead or attempt key.
+fn target_of(key: &[u8]) -> String {
+    let name = key.split(|byte| *byte == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Keeps only the newest `cap` entries under `prefix` (keys end in a
+/// sequence, so the first ones are the oldest).
+fn trim_prefix(tree: &sled::Tree, prefix: &[u8], cap: usize) -> Result<(), StoreError> {
+    let count = tree.scan_prefix(prefix).keys().count();
+    for key in tree
+        .scan_prefix(prefix)
+        .keys()
+        .take(count.saturating_sub(cap))
+    {
+        tree.remove(key?)?;
+    }
+    Ok(())
+}
+
+fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
+    match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => StoreError::Sled(error),
+    }
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Records are plain structs of strings and numbers: they always serialise.
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(

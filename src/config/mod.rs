@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::deliver::retry::RetryPolicy;
 use crate::schedule::Schedule;
 pub use values::{
     ByteSize, CronExpr, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
@@ -33,6 +34,8 @@ const DEFAULT_MAX_BODY: u64 = 10 << 20;
 const DEFAULT_KEEP_HISTORY: usize = 10;
 const DEFAULT_MAX_CONCURRENT_POLLS: usize = 64;
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_PARALLEL: usize = 4;
 
 /// Top-level keys other than the `[[endpoint]]` and `[[target]]` arrays.
 #[derive(Debug, Deserialize)]
@@ -40,6 +43,7 @@ const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(15);
 struct TopConfig {
     state_dir: Option<PathBuf>,
     max_concurrent_polls: Option<Spanned<usize>>,
+    shutdown_grace: Option<HumanDuration>,
     #[serde(default)]
     defaults: DefaultsConfig,
 }
@@ -83,9 +87,16 @@ struct TargetConfig {
     name: Spanned<String>,
     url: HttpUrl,
     secret: Option<WebhookSecret>,
+    /// Several secrets sign with each, for rotation.
+    secrets: Option<Spanned<Vec<WebhookSecret>>>,
     timeout: Option<HumanDuration>,
     /// Waits between delivery attempts (default: Standard Webhooks' schedule).
-    retry: Option<Vec<HumanDuration>>,
+    retry: Option<Spanned<Vec<HumanDuration>>>,
+    /// Or: this many attempts with exponential waits.
+    max_attempts: Option<Spanned<u32>>,
+    ordered: Option<bool>,
+    parallel: Option<Spanned<usize>>,
+    rate: Option<Rate>,
 }
 
 /// How a response body is read. Without it, the Content-Type decides.
@@ -170,7 +181,7 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(HttpMethod, HeaderKey, HeaderText, JsonPointer);
+deserialize_via_from_str!(HttpMethod, HeaderKey, HeaderText, JsonPointer, Rate);
 
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
@@ -179,6 +190,8 @@ pub struct Config {
     pub path: PathBuf,
     pub state_dir: PathBuf,
     pub max_concurrent_polls: usize,
+    /// How long deliveries in flight may finish after SIGTERM.
+    pub shutdown_grace: Duration,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub targets: Vec<Arc<Target>>,
 }
@@ -219,10 +232,42 @@ impl Endpoint {
 pub struct Target {
     pub name: String,
     pub url: url::Url,
-    pub secret: Option<WebhookSecret>,
+    /// Each signs every delivery; several during a rotation.
+    pub secrets: Vec<WebhookSecret>,
     pub timeout: Duration,
-    /// The waits after each failed attempt; the last one repeats.
-    pub retry: Vec<Duration>,
+    pub retry: RetryPolicy,
+    /// Strict FIFO: a failing row blocks the ones behind it.
+    pub ordered: bool,
+    /// Attempts in flight at once.
+    pub parallel: usize,
+    /// The least time between two attempt starts, from `rate`.
+    pub min_spacing: Option<Duration>,
+}
+
+/// `10/s`, `100/m`, `5/h`: at most that many deliveries per unit of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rate(Duration);
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || format!("invalid rate `{text}`: write e.g. `10/s`, `100/m` or `5/h`");
+        let (count, unit) = text.split_once('/').ok_or_else(invalid)?;
+        let count: f64 = count.trim().parse().map_err(|_| invalid())?;
+        let unit = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(invalid()),
+        };
+        if !(count.is_finite() && count > 0.0) {
+            return Err(format!(
+                "invalid rate `{text}`: the count must be more than zero"
+            ));
+        }
+        Ok(Rate(unit.div_f64(count)))
+    }
 }
 
 /// One mistake in a config file, located.
@@ -384,6 +429,9 @@ impl<'s> Compiler<'s> {
             path: path.to_path_buf(),
             state_dir: top.state_dir.unwrap_or_else(default_state_dir),
             max_concurrent_polls,
+            shutdown_grace: top
+                .shutdown_grace
+                .map_or(DEFAULT_SHUTDOWN_GRACE, |grace| grace.0),
             endpoints,
             targets,
         })
@@ -431,17 +479,61 @@ impl<'s> Compiler<'s> {
                 continue;
             };
             self.check_name(&raw.name, &context);
+            let mut secrets: Vec<WebhookSecret> = raw.secret.into_iter().collect();
+            if let Some(more) = raw.secrets {
+                if more.get_ref().is_empty() {
+                    self.problem(
+                        more.span().start,
+                        context.clone(),
+                        "`secrets` is empty: remove it or add a secret",
+                    );
+                }
+                secrets.extend(more.into_inner());
+            }
+            let retry = match (raw.retry, raw.max_attempts) {
+                (Some(_), Some(max)) => {
+                    self.problem(
+                        max.span().start,
+                        context.clone(),
+                        "set `retry` or `max_attempts`, not both",
+                    );
+                    RetryPolicy::default()
+                }
+                (Some(waits), None) => RetryPolicy {
+                    waits: waits.into_inner().into_iter().map(|wait| wait.0).collect(),
+                },
+                (None, Some(max)) if *max.get_ref() == 0 => {
+                    self.problem(
+                        max.span().start,
+                        context.clone(),
+                        "`max_attempts` must be at least 1",
+                    );
+                    RetryPolicy::default()
+                }
+                (None, Some(max)) => RetryPolicy::exponential(max.into_inner()),
+                (None, None) => RetryPolicy::default(),
+            };
+            let parallel = match raw.parallel {
+                Some(parallel) if *parallel.get_ref() == 0 => {
+                    self.problem(
+                        parallel.span().start,
+                        context.clone(),
+                        "`parallel` must be at least 1",
+                    );
+                    1
+                }
+                Some(parallel) => parallel.into_inner(),
+                None => DEFAULT_PARALLEL,
+            };
             targets.push(Arc::new(Target {
                 name: raw.name.into_inner(),
                 url: raw.url.0,
-                secret: raw.secret,
+                secrets,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
-                retry: match raw.retry {
-                    Some(waits) if !waits.is_empty() => {
-                        waits.into_iter().map(|wait| wait.0).collect()
-                    }
-                    _ => crate::deliver::retry::DEFAULT_SCHEDULE.to_vec(),
-                },
+                retry,
+                ordered: raw.ordered.unwrap_or(false),
+                parallel,
+                min_spacing: raw.rate.map(|rate| rate.0),
             }));
         }
         targets

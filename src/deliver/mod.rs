@@ -2,31 +2,27 @@
 //!
 //! One dispatcher task per target reads only from the outbox, signs each
 //! row with a fresh timestamp, POSTs it, and removes it only after a 2xx;
-//! anything else reschedules it. A row is never in two attempts at once.
+//! a failure reschedules it, an exhausted schedule moves it to the dead
+//! letters, a 410 pauses the target. A row is never in two attempts at once.
 
 pub mod retry;
 pub mod sign;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::Target;
-use crate::store::{OutboxKey, OutboxRow, Store, StoreError};
+use crate::store::{AttemptRecord, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError};
 use retry::RetryAction;
-
-/// The row each running attempt works on, by task.
-type InFlight = HashMap<tokio::task::Id, OutboxKey>;
-
-/// Attempts in flight per target at most.
-const PARALLEL_PER_TARGET: usize = 4;
 
 /// The client every delivery shares. Redirects are not followed: a 3xx
 /// is a failed delivery, as the Standard Webhooks guidance says.
@@ -41,8 +37,12 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
 /// What one POST returned.
 #[derive(Debug, Clone)]
 pub struct Attempt {
+    pub at_ms: u64,
     /// The HTTP status; none when no response came (timeout, refused).
     pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    /// The first bytes of the response body.
+    pub response: String,
     pub error: Option<String>,
     pub duration: Duration,
 }
@@ -50,52 +50,106 @@ pub struct Attempt {
 /// POSTs one row to its target, signed with a fresh timestamp.
 pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow) -> Attempt {
     let started = Instant::now();
-    let timestamp = clock::now_ms() / 1000;
+    let at_ms = clock::now_ms();
+    let timestamp = at_ms / 1000;
     let mut request = client
         .post(target.url.clone())
         .timeout(target.timeout)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &row.event_id)
         .header("webhook-timestamp", timestamp.to_string());
-    if let Some(secret) = &target.secret {
-        let signature =
-            sign::signature_header([secret], &row.event_id, timestamp, row.body.as_bytes());
+    if !target.secrets.is_empty() {
+        let signature = sign::signature_header(
+            &target.secrets,
+            &row.event_id,
+            timestamp,
+            row.body.as_bytes(),
+        );
         request = request.header("webhook-signature", signature);
     }
-    let result = request.body(row.body.clone()).send().await;
-    let (status, error) = match result {
-        Ok(response) => {
-            let status = response.status();
-            let error = (!status.is_success()).then(|| format!("HTTP status {}", status.as_u16()));
-            (Some(status.as_u16()), error)
-        }
-        Err(error) if error.is_timeout() => (
-            None,
-            Some(format!(
+    let mut attempt = Attempt {
+        at_ms,
+        status: None,
+        retry_after: None,
+        response: String::new(),
+        error: None,
+        duration: Duration::ZERO,
+    };
+    let describe = |error: reqwest::Error| {
+        if error.is_timeout() {
+            format!(
                 "timed out after {}",
                 humantime::format_duration(target.timeout)
-            )),
-        ),
-        Err(error) => (None, Some(crate::error_chain(&error.without_url()))),
+            )
+        } else {
+            crate::error_chain(&error.without_url())
+        }
     };
-    Attempt {
-        status,
-        error,
-        duration: started.elapsed(),
+    match request.body(row.body.clone()).send().await {
+        Ok(mut response) => {
+            let status = response.status();
+            attempt.status = Some(status.as_u16());
+            attempt.retry_after = crate::fetch::retry_after(response.headers());
+            if !status.is_success() {
+                attempt.error = Some(format!("HTTP status {}", status.as_u16()));
+            }
+            // Keep the start of the answer for the attempt log; the rest is dropped.
+            let mut kept = Vec::new();
+            while kept.len() < RESPONSE_KEEP {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(error) => {
+                        attempt.error.get_or_insert_with(|| describe(error));
+                        break;
+                    }
+                }
+            }
+            kept.truncate(RESPONSE_KEEP);
+            attempt.response = String::from_utf8_lossy(&kept).into_owned();
+        }
+        Err(error) => attempt.error = Some(describe(error)),
     }
+    attempt.duration = started.elapsed();
+    attempt
 }
 
-/// Applies an attempt's outcome to its row: removed on a 2xx, rescheduled
-/// otherwise.
+/// Applies an attempt's outcome to its row and the attempt log, and says
+/// what was decided.
 fn record(
     store: &Store,
     target: &Target,
     key: &OutboxKey,
     mut row: OutboxRow,
     attempt: &Attempt,
-) -> Result<(), StoreError> {
+) -> Result<RetryAction, StoreError> {
     row.attempts += 1;
-    match retry::classify(attempt.status, row.attempts, &target.retry) {
+    let action = retry::decide(
+        attempt.status,
+        attempt.retry_after,
+        row.attempts,
+        &target.retry,
+    );
+    let next_attempt_ms = match action {
+        RetryAction::Retry(wait) => Some(clock::now_ms().saturating_add(wait.as_millis() as u64)),
+        RetryAction::Success | RetryAction::Dead | RetryAction::Pause => None,
+    };
+    let record = AttemptRecord {
+        event_id: row.event_id.clone(),
+        attempt: row.attempts,
+        at_ms: attempt.at_ms,
+        status: attempt.status,
+        duration_ms: attempt.duration.as_millis() as u64,
+        response: attempt.response.clone(),
+        error: attempt.error.clone(),
+        next_attempt_ms,
+    };
+    store.log_attempt(&target.name, &record)?;
+    row.last_status = attempt.status;
+    row.last_error = attempt.error.clone();
+    row.attempt_log.push(record);
+    let error_text = attempt.error.as_deref().unwrap_or("unknown");
+    match action {
         RetryAction::Success => {
             store.complete(key)?;
             info!(
@@ -104,28 +158,56 @@ fn record(
             );
         }
         RetryAction::Retry(wait) => {
-            row.next_attempt_ms = clock::now_ms().saturating_add(wait.as_millis() as u64);
-            row.last_status = attempt.status;
-            row.last_error = attempt.error.clone();
+            row.next_attempt_ms = next_attempt_ms.unwrap_or_default();
             store.reschedule(key, &row)?;
             warn!(
-                target = %target.name, event_id = %row.event_id, attempts = row.attempts,
-                error = attempt.error.as_deref().unwrap_or("unknown"),
-                retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                target = %target.name, event_id = %row.event_id, attempts = row.attempts, error = error_text,
+                retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
                 "delivery failed"
             );
         }
+        RetryAction::Dead => {
+            row.dead_at_ms = Some(clock::now_ms());
+            store.dead_letter(key, &row)?;
+            error!(
+                target = %target.name, event_id = %row.event_id, endpoint = %row.endpoint,
+                attempts = row.attempts, error = error_text,
+                "event.dead: every attempt failed; kept as a dead letter (`pollhook replay {}`)", row.event_id
+            );
+        }
+        RetryAction::Pause => {
+            // The row waits, due at once, for the target to be resumed.
+            row.next_attempt_ms = clock::now_ms();
+            store.reschedule(key, &row)?;
+            let reason = format!("answered 410 Gone to event {}", row.event_id);
+            store.pause(
+                &target.name,
+                &Pause {
+                    since_ms: clock::now_ms(),
+                    reason,
+                },
+            )?;
+            error!(
+                target = %target.name, event_id = %row.event_id,
+                "target answered 410 Gone: paused, its events stay queued; run `pollhook resume {}` to deliver again",
+                target.name
+            );
+        }
     }
-    Ok(())
+    Ok(action)
 }
 
 /// Attempts every due row of `target` once, one after another. Used by
 /// `pollhook once --send`; the daemon runs [`run_target`] instead.
+/// Returns how many were delivered.
 pub async fn deliver_due(
     store: &Store,
     client: &reqwest::Client,
     target: &Target,
 ) -> Result<usize, StoreError> {
+    if store.paused(&target.name)?.is_some() {
+        return Ok(0);
+    }
     let now = clock::now_ms();
     let mut delivered = 0;
     for (key, row) in store.outbox_rows(&target.name)? {
@@ -133,13 +215,33 @@ pub async fn deliver_due(
             continue;
         }
         let result = attempt(client, target, &row).await;
-        delivered += usize::from(matches!(result.status, Some(200..=299)));
-        record(store, target, &key, row, &result)?;
+        match record(store, target, &key, row, &result)? {
+            RetryAction::Success => delivered += 1,
+            RetryAction::Pause => break,
+            RetryAction::Retry(_) | RetryAction::Dead if target.ordered => break,
+            RetryAction::Retry(_) | RetryAction::Dead => {}
+        }
     }
     Ok(delivered)
 }
 
-/// The dispatcher of one target: runs until `shutdown`, then lets the
+/// A running attempt's result: the row it was for, and what came back.
+type Finished = (OutboxKey, OutboxRow, Attempt);
+
+/// The dispatcher of one target.
+struct TargetTask {
+    store: Arc<Store>,
+    client: reqwest::Client,
+    target: Arc<Target>,
+    /// The row each running attempt works on, by task.
+    in_flight: HashMap<tokio::task::Id, OutboxKey>,
+    attempts: JoinSet<Finished>,
+    /// When the last attempt started, for the `rate` cap.
+    last_start: Option<Instant>,
+    paused: bool,
+}
+
+/// Runs the dispatcher of one target until `shutdown`, then lets the
 /// attempts in flight finish for up to `grace`. Rows not delivered stay in
 /// the outbox for the next start.
 pub async fn run_target(
@@ -150,89 +252,138 @@ pub async fn run_target(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let mut in_flight = InFlight::new();
-    let mut attempts: JoinSet<(OutboxKey, OutboxRow, Attempt)> = JoinSet::new();
+    let paused = match store.paused(&target.name) {
+        Ok(pause) => pause,
+        Err(error) => {
+            warn!(target = %target.name, error = %crate::error_chain(&error), "cannot read the pause state; assuming paused");
+            Some(Pause {
+                since_ms: 0,
+                reason: "unknown".into(),
+            })
+        }
+    };
+    if let Some(pause) = &paused {
+        error!(
+            target = %target.name, reason = %pause.reason,
+            "target is paused: its events stay queued; run `pollhook resume {}` to deliver again", target.name
+        );
+    }
+    let mut task = TargetTask {
+        store,
+        client,
+        target,
+        in_flight: HashMap::new(),
+        attempts: JoinSet::new(),
+        last_start: None,
+        paused: paused.is_some(),
+    };
     loop {
-        let next_due = match start_due(&store, &client, &target, &mut in_flight, &mut attempts) {
-            Ok(next_due) => next_due,
-            Err(error) => {
-                warn!(target = %target.name, error = %crate::error_chain(&error), "cannot read the outbox");
-                Some(clock::now_ms() + 1000)
+        let wake_at = if task.paused {
+            None
+        } else {
+            match task.start_due() {
+                Ok(wake_at) => wake_at,
+                Err(error) => {
+                    warn!(target = %task.target.name, error = %crate::error_chain(&error), "cannot read the outbox");
+                    Some(Instant::now() + Duration::from_secs(1))
+                }
             }
         };
-        let wait = next_due.map(|due| Duration::from_millis(due.saturating_sub(clock::now_ms())));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
-            Some(done) = attempts.join_next_with_id() => finish(&store, &target, &mut in_flight, done),
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {}
+            Some(done) = task.attempts.join_next_with_id() => task.finish(done),
         }
     }
-    if !attempts.is_empty() {
-        debug!(target = %target.name, in_flight = attempts.len(), "waiting for deliveries in flight");
+    if !task.attempts.is_empty() {
+        debug!(target = %task.target.name, in_flight = task.attempts.len(), "waiting for deliveries in flight");
     }
     let drain = async {
-        while let Some(done) = attempts.join_next_with_id().await {
-            finish(&store, &target, &mut in_flight, done);
+        while let Some(done) = task.attempts.join_next_with_id().await {
+            task.finish(done);
         }
     };
     if tokio::time::timeout(grace, drain).await.is_err() {
-        warn!(target = %target.name, "deliveries still in flight after the grace period; they stay queued");
+        warn!(target = %task.target.name, "deliveries still in flight after the grace period; they stay queued");
     }
 }
 
-/// Starts attempts for due rows up to the parallel limit; returns when the
-/// earliest row not started is due.
-fn start_due(
-    store: &Store,
-    client: &reqwest::Client,
-    target: &Arc<Target>,
-    in_flight: &mut InFlight,
-    attempts: &mut JoinSet<(OutboxKey, OutboxRow, Attempt)>,
-) -> Result<Option<u64>, StoreError> {
-    let now = clock::now_ms();
-    let mut next_due: Option<u64> = None;
-    for (key, row) in store.outbox_rows(&target.name)? {
-        if in_flight.values().any(|busy| *busy == key) {
-            continue;
-        }
-        if row.next_attempt_ms > now || in_flight.len() >= PARALLEL_PER_TARGET {
-            // A full set of attempts wakes the loop when one finishes.
-            if row.next_attempt_ms > now {
-                next_due =
-                    Some(next_due.map_or(row.next_attempt_ms, |due| due.min(row.next_attempt_ms)));
-            }
-            continue;
-        }
-        let client = client.clone();
-        let target = target.clone();
-        let busy = key.clone();
-        let handle = attempts.spawn(async move {
-            let result = attempt(&client, &target, &row).await;
-            (key, row, result)
-        });
-        in_flight.insert(handle.id(), busy);
-    }
-    Ok(next_due)
+/// Moves `wake_at` earlier to `at` if `at` is sooner.
+fn no_later(wake_at: &mut Option<Instant>, at: Instant) {
+    *wake_at = Some(wake_at.map_or(at, |current| current.min(at)));
 }
 
-fn finish(
-    store: &Store,
-    target: &Target,
-    in_flight: &mut InFlight,
-    done: Result<(tokio::task::Id, (OutboxKey, OutboxRow, Attempt)), tokio::task::JoinError>,
-) {
-    match done {
-        Ok((id, (key, row, result))) => {
-            in_flight.remove(&id);
-            if let Err(error) = record(store, target, &key, row, &result) {
-                warn!(target = %target.name, error = %crate::error_chain(&error), "cannot record a delivery attempt");
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+impl TargetTask {
+    /// Starts attempts for due rows, within `parallel`, `rate` and, for
+    /// ordered targets, only the head of the queue. Returns when to look
+    /// again if nothing else wakes the loop first.
+    fn start_due(&mut self) -> Result<Option<Instant>, StoreError> {
+        let rows = self.store.outbox_rows(&self.target.name)?;
+        let now_ms = clock::now_ms();
+        let now = Instant::now();
+        let mut wake_at: Option<Instant> = None;
+        let mut due = Vec::new();
+        for (key, row) in rows {
+            let busy = self.in_flight.values().any(|running| *running == key);
+            if row.next_attempt_ms > now_ms && !busy {
+                no_later(
+                    &mut wake_at,
+                    now + Duration::from_millis(row.next_attempt_ms - now_ms),
+                );
+            } else if !busy {
+                due.push((key, row));
+            }
+            // Strict FIFO: nothing behind the head is looked at.
+            if self.target.ordered {
+                break;
             }
         }
-        Err(error) => {
-            // The row stays queued as it was and is tried again.
-            in_flight.remove(&error.id());
-            warn!(target = %target.name, "a delivery attempt did not finish");
+        for (key, row) in due {
+            if self.in_flight.len() >= self.target.parallel {
+                break; // a finishing attempt wakes the loop
+            }
+            if let (Some(spacing), Some(last)) = (self.target.min_spacing, self.last_start) {
+                let allowed = last + spacing;
+                if allowed > Instant::now() {
+                    no_later(&mut wake_at, allowed);
+                    break;
+                }
+            }
+            self.last_start = Some(Instant::now());
+            let client = self.client.clone();
+            let target = self.target.clone();
+            let running = key.clone();
+            let handle = self.attempts.spawn(async move {
+                let result = attempt(&client, &target, &row).await;
+                (key, row, result)
+            });
+            self.in_flight.insert(handle.id(), running);
+        }
+        Ok(wake_at)
+    }
+
+    fn finish(&mut self, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
+        match done {
+            Ok((id, (key, row, result))) => {
+                self.in_flight.remove(&id);
+                match record(&self.store, &self.target, &key, row, &result) {
+                    Ok(RetryAction::Pause) => self.paused = true,
+                    Ok(_) => {}
+                    Err(error) => {
+                        warn!(target = %self.target.name, error = %crate::error_chain(&error), "cannot record a delivery attempt")
+                    }
+                }
+            }
+            Err(error) => {
+                // The row stays queued as it was and is tried again.
+                self.in_flight.remove(&error.id());
+                warn!(target = %self.target.name, "a delivery attempt did not finish");
+            }
         }
     }
 }

@@ -3,4 +3,5 @@
 mod cli;
 mod delivery;
 mod pipeline;
+mod retry;
 mod support;

@@ -126,10 +126,7 @@ impl Api {
 
 type ApiState = (Arc<Mutex<Reply>>, Arc<Mutex<ApiCounts>>);
 
-async fn api_handler(
-    State((reply, counts)): State<ApiState>,
-    headers: HeaderMap,
-) -> Response {
+async fn api_handler(State((reply, counts)): State<ApiState>, headers: HeaderMap) -> Response {
     let reply = reply.lock().unwrap().clone();
     let index = {
         // Counted on arrival: a client that times out may drop the request.
@@ -175,11 +172,17 @@ pub struct Webhook {
     pub body: Bytes,
     /// The status the receiver answered with.
     pub answered: u16,
+    /// When it arrived, on tokio's clock (virtual in paused tests).
+    pub arrived: tokio::time::Instant,
 }
 
 impl Webhook {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.json()["data"]["version"].as_u64().unwrap()
     }
 
     /// Checks the signature with an HMAC computed here, independently of
@@ -201,12 +204,36 @@ impl Webhook {
     }
 }
 
-/// A webhook receiver that records everything and answers `status`.
+/// How the receiver answers.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub status: u16,
+    /// Sent as `Retry-After`.
+    pub retry_after: Option<String>,
+    /// Sent as `Location`.
+    pub location: Option<String>,
+    /// Answer 500 to events of these versions, whatever `status` says.
+    pub fail_versions: Vec<u64>,
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+struct ReceiverLog {
+    received: Vec<Webhook>,
+    /// Ids being handled right now, and the most handled at once.
+    handling: Vec<String>,
+    most_at_once: usize,
+    /// Ids that arrived while an earlier request with the same id was handled.
+    overlapping: Vec<String>,
+}
+
+/// A webhook receiver that records everything and answers per [`Behaviour`].
 #[derive(Clone)]
 pub struct Receiver {
     pub address: SocketAddr,
-    received: Arc<Mutex<Vec<Webhook>>>,
-    status: Arc<Mutex<u16>>,
+    log: Arc<Mutex<ReceiverLog>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Receiver {
@@ -216,15 +243,24 @@ impl Receiver {
     }
 
     pub fn start_on(listener: TcpListener) -> Receiver {
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let status = Arc::new(Mutex::new(204));
+        let log = Arc::new(Mutex::new(ReceiverLog::default()));
+        let behaviour = Arc::new(Mutex::new(Behaviour {
+            status: 204,
+            retry_after: None,
+            location: None,
+            fail_versions: Vec::new(),
+            delay: Duration::ZERO,
+        }));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let state = (log.clone(), behaviour.clone(), changed.clone());
         let router = Router::new()
             .route("/hook", axum::routing::post(receive))
-            .with_state((received.clone(), status.clone()));
+            .with_state(state);
         Receiver {
             address: serve_on(listener, router),
-            received,
-            status,
+            log,
+            behaviour,
+            changed,
         }
     }
 
@@ -233,12 +269,16 @@ impl Receiver {
     }
 
     pub fn answer(&self, status: u16) {
-        *self.status.lock().unwrap() = status;
+        self.behaviour.lock().unwrap().status = status;
+    }
+
+    pub fn behave(&self, change: impl FnOnce(&mut Behaviour)) {
+        change(&mut self.behaviour.lock().unwrap());
     }
 
     /// Every request received, answered 2xx or not.
     pub fn all(&self) -> Vec<Webhook> {
-        self.received.lock().unwrap().clone()
+        self.log.lock().unwrap().received.clone()
     }
 
     /// The webhooks that were accepted (answered 2xx).
@@ -248,29 +288,114 @@ impl Receiver {
             .filter(|hook| (200..300).contains(&hook.answered))
             .collect()
     }
+
+    /// Requests being handled right now.
+    pub fn handling(&self) -> usize {
+        self.log.lock().unwrap().handling.len()
+    }
+
+    pub fn most_at_once(&self) -> usize {
+        self.log.lock().unwrap().most_at_once
+    }
+
+    pub fn overlapping(&self) -> Vec<String> {
+        self.log.lock().unwrap().overlapping.clone()
+    }
+
+    /// Waits, without polling a timer, until `condition` holds for what was
+    /// received; under a paused clock tokio then jumps straight to the next
+    /// delivery. Gives up after `limit` of (possibly virtual) time.
+    pub async fn wait_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        condition: impl Fn(&[Webhook]) -> bool,
+    ) {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if condition(&self.all()) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            panic!("timed out waiting until {what}: got {:#?}", self.all());
+        }
+    }
 }
 
-type ReceiverState = (Arc<Mutex<Vec<Webhook>>>, Arc<Mutex<u16>>);
+type ReceiverState = (
+    Arc<Mutex<ReceiverLog>>,
+    Arc<Mutex<Behaviour>>,
+    Arc<tokio::sync::Notify>,
+);
+
+/// Takes an id off the "handling" list even when the request is dropped.
+struct Handling(Arc<Mutex<ReceiverLog>>, String);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        let mut log = self.0.lock().unwrap();
+        if let Some(index) = log.handling.iter().position(|id| *id == self.1) {
+            log.handling.remove(index);
+        }
+    }
+}
 
 async fn receive(
-    State((received, status)): State<ReceiverState>,
+    State((log, behaviour, changed)): State<ReceiverState>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> Response {
     let header = |name: &str| {
         headers
             .get(name)
             .map(|value| value.to_str().unwrap().to_string())
     };
-    let answered = *status.lock().unwrap();
-    received.lock().unwrap().push(Webhook {
-        id: header("webhook-id").unwrap_or_default(),
+    let id = header("webhook-id").unwrap_or_default();
+    let arrived = tokio::time::Instant::now();
+    let behaviour = behaviour.lock().unwrap().clone();
+    {
+        let mut log = log.lock().unwrap();
+        if log.handling.contains(&id) {
+            log.overlapping.push(id.clone());
+        }
+        log.handling.push(id.clone());
+        log.most_at_once = log.most_at_once.max(log.handling.len());
+    }
+    let _handling = Handling(log.clone(), id.clone());
+    tokio::time::sleep(behaviour.delay).await;
+    let version = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|event| event["data"]["version"].as_u64());
+    let answered = match version {
+        Some(version) if behaviour.fail_versions.contains(&version) => 500,
+        _ => behaviour.status,
+    };
+    log.lock().unwrap().received.push(Webhook {
+        id,
         timestamp: header("webhook-timestamp").unwrap_or_default(),
         signature: header("webhook-signature"),
         body,
         answered,
+        arrived,
     });
-    StatusCode::from_u16(answered).unwrap()
+    changed.notify_waiters();
+    let mut response = StatusCode::from_u16(answered).unwrap().into_response();
+    if let Some(retry_after) = &behaviour.retry_after {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(retry_after).unwrap(),
+        );
+    }
+    if let Some(location) = &behaviour.location {
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_str(location).unwrap());
+    }
+    response
 }
 
 /// The real daemon, running in this process until stopped.
@@ -292,6 +417,12 @@ impl Daemon {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// Thirty retries 50 ms apart: a failing receiver is retried quickly for a
+/// while, and a test never waits on the real schedule.
+pub const FAST_RETRY: &str = r#"["50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms",
+    "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms",
+    "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms"]"#;
 
 /// A config whose state lives in `state_dir`; `body` holds the tables.
 pub fn config(state_dir: &Path, body: &str) -> Config {
@@ -319,7 +450,7 @@ pub fn config_to(state_dir: &Path, api: &Api, receiver_url: &str, endpoint_extra
 name = "receiver"
 url = "{receiver_url}"
 secret = "{SECRET}"
-retry = ["50ms"]
+retry = {FAST_RETRY}
 
 [[endpoint]]
 name = "data"
