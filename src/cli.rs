@@ -78,6 +78,9 @@ enum Command {
         /// Only this target's.
         #[arg(long)]
         target: Option<String>,
+        /// Also print every attempt: time, status, duration, response.
+        #[arg(long)]
+        attempts: bool,
     },
     /// Put dead letters back in the queue: same webhook-id, fresh signature.
     Replay {
@@ -203,7 +206,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("{} queued", rows.len());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dead { config, target } => {
+        Command::Dead {
+            config,
+            target,
+            attempts,
+        } => {
             let store = open_store(&config.config)?;
             let rows = store.dead_rows(target.as_deref())?;
             let mut table = vec![row_of([
@@ -223,6 +230,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ]);
             }
             print_table(&table);
+            if attempts {
+                for (target, row) in &rows {
+                    println!("\n{} to {target}:", row.event_id);
+                    for attempt in &row.attempt_log {
+                        let status = attempt
+                            .status
+                            .map_or("-".to_string(), |status| status.to_string());
+                        println!(
+                            "  #{} {} status {status} in {} ms{}",
+                            attempt.attempt,
+                            crate::clock::rfc3339(attempt.at_ms),
+                            attempt.duration_ms,
+                            attempt
+                                .error
+                                .as_ref()
+                                .map(|error| format!(" ({error})"))
+                                .unwrap_or_default()
+                        );
+                        if !attempt.response.is_empty() {
+                            println!("    response: {}", attempt.response.replace('\n', " "));
+                        }
+                    }
+                }
+            }
             eprintln!("{} dead letter(s)", rows.len());
             Ok(ExitCode::SUCCESS)
         }

@@ -279,3 +279,102 @@ async fn demo_shows_signed_webhooks_within_seconds() {
     assert!(!stdout.contains("INVALID"), "{stdout}");
     assert!(stdout.contains("demo finished:"), "{stdout}");
 }
+
+/// A config file for the in-process daemon and the binary alike.
+fn delivery_config(dir: &Path, api: &Api, receiver: &Receiver) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "state_dir = \"{}\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = [\"20ms\"]\n\
+         [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"20ms\"\nemit_initial = true\n",
+        dir.join("state").display(),
+        receiver.url(),
+        api.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_a_dead_letter_once_with_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":"ü"}"#)).await;
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    let path = delivery_config(dir.path(), &api, &receiver);
+    let config_arg = path.to_str().unwrap();
+    let daemon = crate::support::Daemon::start(pollhook::config::Config::load(&path).unwrap());
+    crate::support::eventually("both attempts failed", || receiver.all().len() == 2).await;
+    api.wait_for_requests(3).await;
+    daemon.stop().await;
+    let id = receiver.all()[0].id.clone();
+
+    let dead = run(&["dead", "-c", config_arg]).await;
+    assert!(dead.status.success(), "{}", text(&dead.stderr));
+    let listing = text(&dead.stdout);
+    assert!(
+        listing.contains(&id) && listing.contains("500"),
+        "{listing}"
+    );
+    let detailed = text(&run(&["dead", "-c", config_arg, "--attempts"]).await.stdout);
+    assert!(
+        detailed.contains("#1 ") && detailed.contains("#2 ") && detailed.contains("status 500"),
+        "{detailed}"
+    );
+    assert!(text(&run(&["deliveries", "-c", config_arg]).await.stderr).contains("0 queued"));
+
+    let unknown = run(&["replay", "-c", config_arg, "msg_nope"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("no dead letter with id msg_nope"));
+
+    let replay = run(&["replay", "-c", config_arg, &id]).await;
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    assert!(text(&replay.stdout).contains("re-queued 1 webhook(s)"));
+    let queued = text(&run(&["deliveries", "-c", config_arg]).await.stdout);
+    assert!(queued.contains(&id) && queued.contains("now"), "{queued}");
+    let again = run(&["replay", "-c", config_arg, "--dead", "--since", "1h"]).await;
+    assert!(
+        text(&again.stdout).contains("re-queued 0 webhook(s)"),
+        "nothing is dead any more"
+    );
+
+    receiver.answer(204);
+    let daemon = crate::support::Daemon::start(pollhook::config::Config::load(&path).unwrap());
+    crate::support::eventually("the replay is delivered", || receiver.accepted().len() == 1).await;
+    api.wait_for_requests(3).await;
+    daemon.stop().await;
+    let all = receiver.all();
+    assert_eq!(all.len(), 3, "sent once more, not twice: {all:#?}");
+    let replayed = &receiver.accepted()[0];
+    assert_eq!(replayed.id, id, "the same webhook-id");
+    assert!(
+        replayed.signature_verifies(SECRET),
+        "a signature that verifies"
+    );
+    assert!(replayed.timestamp >= all[0].timestamp, "a fresh timestamp");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_unpauses_a_target_that_answered_410() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    receiver.answer(410);
+    let path = delivery_config(dir.path(), &api, &receiver);
+    let config_arg = path.to_str().unwrap();
+    let daemon = crate::support::Daemon::start(pollhook::config::Config::load(&path).unwrap());
+    crate::support::eventually("the 410", || receiver.all().len() == 1).await;
+    api.wait_for_requests(5).await;
+    daemon.stop().await;
+    assert_eq!(receiver.all().len(), 1);
+    let queued = text(&run(&["deliveries", "-c", config_arg]).await.stdout);
+    assert!(queued.contains("paused"), "{queued}");
+
+    let resume = run(&["resume", "-c", config_arg, "receiver"]).await;
+    assert!(resume.status.success());
+    assert!(text(&resume.stdout).contains("target `receiver` resumed"));
+    receiver.answer(204);
+    let daemon = crate::support::Daemon::start(pollhook::config::Config::load(&path).unwrap());
+    crate::support::eventually("delivered after resume", || receiver.accepted().len() == 1).await;
+    daemon.stop().await;
+    assert_eq!(receiver.accepted()[0].id, receiver.all()[0].id);
+}
