@@ -1,122 +1,504 @@
 //! The running daemon: one task per endpoint, one dispatcher per target,
-//! one `CancellationToken` to stop them and one `TaskTracker` to wait.
+//! the admin API, and a supervisor loop that owns them.
 //!
-//! [`run`] owns the tasks. It returns when `shutdown` is cancelled and every
-//! task has finished (dispatchers get a grace period for POSTs in flight),
-//! after flushing the store.
+//! [`run`] holds the `CancellationToken` every task listens to and the
+//! `TaskTracker` it waits on. Start-up and reload go through the same
+//! [`Running::apply`]: endpoints and targets that are new start, removed ones
+//! stop, changed ones restart. The supervisor `select!`s over shutdown,
+//! SIGHUP, reload requests from the admin API and the watchdog tick.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant as StdInstant};
 
-use tokio::sync::{Notify, Semaphore};
+use sd_notify::NotifyState;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, info, info_span, warn};
+use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::clock;
-use crate::config::{Config, Endpoint};
+use crate::config::{Admin, Config, Endpoint, Target};
 use crate::deliver;
+use crate::metrics::{EndpointLabels, Metrics};
 use crate::poll::{self, NewReason, Observation};
 use crate::schedule::Schedule;
 use crate::store::Store;
 
-/// What every endpoint task shares.
-struct PollContext {
-    store: Arc<Store>,
-    client: reqwest::Client,
+/// Live events kept for slow stream clients before they are dropped.
+const LIVE_BUFFER: usize = 1024;
+/// How often `STATUS=` is refreshed when systemd asks for no watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// One event as it was produced, for `/api/v1/events` and `pollhook tail`.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub id: String,
+    pub kind: String,
+    pub endpoint: String,
+    /// The webhook body, exactly as queued.
+    pub body: String,
+}
+
+/// What the admin API shows of an endpoint while the daemon runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EndpointStatus {
+    pub name: String,
+    pub url: String,
+    pub schedule: String,
+    pub targets: Vec<String>,
+    pub last_poll_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub next_poll_ms: Option<u64>,
+}
+
+/// Requests the admin API makes of the supervisor.
+pub enum Control {
+    /// Re-read the config; answers with a summary or the errors.
+    Reload(oneshot::Sender<Result<String, String>>),
+}
+
+/// What the tasks and the admin API share.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub live: broadcast::Sender<Arc<LiveEvent>>,
+    pub endpoints: RwLock<BTreeMap<String, EndpointStatus>>,
+    /// True once every task is running, false again while stopping.
+    pub ready: AtomicBool,
+    pub admin: Admin,
+    pub control: mpsc::Sender<Control>,
+    /// Wakes a target's dispatcher: rows were queued, or it was resumed.
+    pub wakes: RwLock<HashMap<String, Arc<Notify>>>,
+    /// Makes an endpoint poll now.
+    pub poll_now: RwLock<HashMap<String, Arc<Notify>>>,
     /// The global cap on polls in flight.
     permits: Semaphore,
-    /// Wakes the dispatcher of each target when rows are queued for it.
-    wakes: HashMap<String, Arc<Notify>>,
+    poll_client: reqwest::Client,
+}
+
+impl Shared {
+    pub fn wake_target(&self, target: &str) {
+        if let Some(wake) = read(&self.wakes).get(target) {
+            wake.notify_one();
+        }
+    }
+
+    /// `polling 42 endpoints, 0 failing, 3 queued`, for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        let endpoints = read(&self.endpoints);
+        let failing = endpoints
+            .values()
+            .filter(|status| status.consecutive_failures > 0)
+            .count();
+        format!(
+            "polling {} endpoints, {failing} failing, {} queued",
+            endpoints.len(),
+            self.store.outbox_len()
+        )
+    }
+}
+
+/// Reads a lock, also one a panicking task left behind: the maps in it are
+/// only ever replaced entry by entry.
+pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tells systemd, when it is listening; a no-op otherwise.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        warn!(error = %error, "cannot notify systemd");
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&config.state_dir)?);
-    let poll_client = crate::fetch::client()?;
-    let delivery_client = deliver::client()?;
-    let tracker = TaskTracker::new();
-
-    let mut wakes = HashMap::new();
-    for target in &config.targets {
-        let wake = Arc::new(Notify::new());
-        wakes.insert(target.name.clone(), wake.clone());
-        let span = info_span!("target", target = %target.name);
-        tracker.spawn(
-            deliver::run_target(
-                store.clone(),
-                delivery_client.clone(),
-                target.clone(),
-                wake,
-                shutdown.clone(),
-                config.shutdown_grace,
-            )
-            .instrument(span),
-        );
-    }
-    let context = Arc::new(PollContext {
+    let (control, mut requests) = mpsc::channel(8);
+    let shared = Arc::new(Shared {
         store: store.clone(),
-        client: poll_client,
+        metrics: Arc::new(Metrics::default()),
+        live: broadcast::channel(LIVE_BUFFER).0,
+        endpoints: RwLock::new(BTreeMap::new()),
+        ready: AtomicBool::new(false),
+        admin: config.admin.clone(),
+        control,
+        wakes: RwLock::new(HashMap::new()),
+        poll_now: RwLock::new(HashMap::new()),
         permits: Semaphore::new(config.max_concurrent_polls),
-        wakes,
+        poll_client: crate::fetch::client()?,
     });
-    for endpoint in &config.endpoints {
-        let span = info_span!("endpoint", endpoint = %endpoint.name);
-        tracker.spawn(
-            endpoint_task(context.clone(), endpoint.clone(), shutdown.clone()).instrument(span),
-        );
-    }
-    tracker.close();
+    let tracker = TaskTracker::new();
+    let admin_address =
+        crate::admin::serve(&config.admin, shared.clone(), shutdown.clone(), &tracker).await?;
+    // The CLI finds a running daemon's API here, even on a port chosen by the OS.
+    let address_file = config.state_dir.join(crate::admin::ADDRESS_FILE);
+    std::fs::write(&address_file, &admin_address)?;
+
+    let mut running = Running {
+        shared: shared.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        delivery_client: deliver::client()?,
+        config: Arc::new(config.clone()),
+        endpoints: HashMap::new(),
+        targets: HashMap::new(),
+        reloads: 0,
+    };
+    running.apply(config);
+    shared.ready.store(true, Ordering::SeqCst);
     info!(
-        endpoints = config.endpoints.len(),
-        targets = config.targets.len(),
-        state_dir = %config.state_dir.display(),
+        endpoints = running.endpoints.len(),
+        targets = running.targets.len(),
+        state_dir = %running.config.state_dir.display(),
+        admin = %admin_address,
         queued = store.outbox_len(),
         "pollhook started"
     );
+    notify(&[NotifyState::Ready, NotifyState::Status(&shared.summary())]);
 
-    shutdown.cancelled().await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Pinging from this loop means a wedged supervisor gets restarted.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |timeout| timeout / 2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = hangup.recv() => {
+                info!("SIGHUP received: reloading the config");
+                let _ = running.reload();
+            }
+            Some(request) = requests.recv() => match request {
+                Control::Reload(reply) => {
+                    let _ = reply.send(running.reload());
+                }
+            },
+            _ = tick.tick() => {
+                if watchdog.is_some() {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                notify(&[NotifyState::Status(&shared.summary())]);
+            }
+        }
+    }
+    shared.ready.store(false, Ordering::SeqCst);
+    notify(&[NotifyState::Stopping]);
     info!("shutting down");
+    tracker.close();
     tracker.wait().await;
     store.flush().await?;
+    let _ = std::fs::remove_file(&address_file);
     info!(queued = store.outbox_len(), "stopped");
     Ok(())
 }
 
-/// Polls one endpoint on its schedule until shutdown. A failed poll is
-/// logged and retried with backoff; it never ends the task.
-async fn endpoint_task(
-    context: Arc<PollContext>,
-    endpoint: Arc<Endpoint>,
+/// A task the supervisor can stop on its own, and what it was started with.
+struct Task<T> {
+    spec: Arc<T>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The tasks of the current config.
+struct Running {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
     shutdown: CancellationToken,
+    delivery_client: reqwest::Client,
+    config: Arc<Config>,
+    endpoints: HashMap<String, Task<Endpoint>>,
+    targets: HashMap<String, Task<Target>>,
+    /// How many times [`Running::apply`] ran: 0 until start-up is done.
+    reloads: u64,
+}
+
+impl Running {
+    /// Re-reads the config file. On any error the running config stays.
+    fn reload(&mut self) -> Result<String, String> {
+        notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Reloading),
+        ]);
+        let result = match Config::load(&self.config.path) {
+            Ok(config) => {
+                let summary = self.apply(config);
+                info!(%summary, "config reloaded");
+                Ok(summary)
+            }
+            Err(problems) => {
+                let text = crate::error_chain(&problems);
+                error!(problems = %text, "reload failed; the running config stays");
+                Err(text)
+            }
+        };
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&self.shared.summary()),
+        ]);
+        result
+    }
+
+    /// Makes the running tasks match `config`: the one path for start-up and
+    /// reload. Returns a summary of what changed.
+    fn apply(&mut self, config: Config) -> String {
+        let restart_only = [
+            ("state_dir", config.state_dir != self.config.state_dir),
+            ("admin", config.admin != self.config.admin),
+            (
+                "max_concurrent_polls",
+                config.max_concurrent_polls != self.config.max_concurrent_polls,
+            ),
+        ];
+        let reloading = self.reloads > 0;
+        if reloading {
+            for (key, changed) in restart_only {
+                if changed {
+                    warn!(key, "`{key}` changed: it takes effect at the next restart");
+                }
+            }
+        }
+        let (mut started, mut stopped, mut restarted) = (0, 0, 0);
+
+        let wanted_targets: HashMap<String, Arc<Target>> = config
+            .targets
+            .iter()
+            .map(|target| (target.name.clone(), target.clone()))
+            .collect();
+        for name in self.targets.keys().cloned().collect::<Vec<_>>() {
+            if !wanted_targets.contains_key(&name) {
+                let task = self.targets.remove(&name).expect("listed above");
+                task.cancel.cancel();
+                write(&self.shared.wakes).remove(&name);
+                stopped += 1;
+                let queued = self
+                    .shared
+                    .store
+                    .outbox_rows(&name)
+                    .map(|rows| rows.len())
+                    .unwrap_or(0);
+                if queued > 0 {
+                    warn!(target = %name, queued, "target removed from the config; its queued webhooks stay in the store");
+                }
+            }
+        }
+        for (name, target) in wanted_targets {
+            // A reload is an operator's word that a paused target may go on.
+            if reloading && matches!(self.shared.store.resume(&name), Ok(true)) {
+                info!(target = %name, "target resumed by the reload");
+            }
+            let previous = match self.targets.remove(&name) {
+                Some(task) if *task.spec == *target => {
+                    self.targets.insert(name.clone(), task);
+                    self.shared.wake_target(&name);
+                    continue;
+                }
+                Some(task) => {
+                    task.cancel.cancel();
+                    restarted += 1;
+                    Some(task.handle)
+                }
+                None => {
+                    started += 1;
+                    None
+                }
+            };
+            let task = self.spawn_target(target, previous);
+            self.targets.insert(name, task);
+        }
+
+        let wanted_endpoints: HashMap<String, Arc<Endpoint>> = config
+            .endpoints
+            .iter()
+            .map(|endpoint| (endpoint.name.clone(), endpoint.clone()))
+            .collect();
+        for name in self.endpoints.keys().cloned().collect::<Vec<_>>() {
+            if !wanted_endpoints.contains_key(&name) {
+                let task = self.endpoints.remove(&name).expect("listed above");
+                task.cancel.cancel();
+                write(&self.shared.endpoints).remove(&name);
+                write(&self.shared.poll_now).remove(&name);
+                stopped += 1;
+            }
+        }
+        for (name, endpoint) in wanted_endpoints {
+            let previous = match self.endpoints.remove(&name) {
+                Some(task) if same_endpoint(&task.spec, &endpoint) => {
+                    self.endpoints.insert(name, task);
+                    continue;
+                }
+                Some(task) => {
+                    task.cancel.cancel();
+                    restarted += 1;
+                    Some(task.handle)
+                }
+                None => {
+                    started += 1;
+                    None
+                }
+            };
+            let task = self.spawn_endpoint(endpoint, previous);
+            self.endpoints.insert(name, task);
+        }
+        self.config = Arc::new(config);
+        self.reloads += 1;
+        format!("{started} started, {stopped} stopped, {restarted} restarted")
+    }
+
+    /// Starts a dispatcher; a restarted one waits for its predecessor, so a
+    /// row is never in two attempts at once.
+    fn spawn_target(&self, target: Arc<Target>, previous: Option<JoinHandle<()>>) -> Task<Target> {
+        let cancel = self.shutdown.child_token();
+        let wake = Arc::new(Notify::new());
+        write(&self.shared.wakes).insert(target.name.clone(), wake.clone());
+        let dispatcher = deliver::run_target(
+            self.shared.store.clone(),
+            self.delivery_client.clone(),
+            target.clone(),
+            wake,
+            self.shared.metrics.clone(),
+            cancel.clone(),
+            self.config.shutdown_grace,
+        );
+        let span = info_span!("target", target = %target.name);
+        let handle = self.tracker.spawn(
+            async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                dispatcher.await;
+            }
+            .instrument(span),
+        );
+        Task {
+            spec: target,
+            cancel,
+            handle,
+        }
+    }
+
+    /// Starts an endpoint task, after its predecessor has stopped.
+    fn spawn_endpoint(
+        &self,
+        endpoint: Arc<Endpoint>,
+        previous: Option<JoinHandle<()>>,
+    ) -> Task<Endpoint> {
+        let cancel = self.shutdown.child_token();
+        let poll_now = Arc::new(Notify::new());
+        write(&self.shared.poll_now).insert(endpoint.name.clone(), poll_now.clone());
+        write(&self.shared.endpoints).insert(
+            endpoint.name.clone(),
+            EndpointStatus {
+                name: endpoint.name.clone(),
+                url: endpoint.display_url(),
+                schedule: endpoint.schedule.to_string(),
+                targets: endpoint.targets.clone(),
+                ..EndpointStatus::default()
+            },
+        );
+        let task = endpoint_task(
+            self.shared.clone(),
+            endpoint.clone(),
+            poll_now,
+            cancel.clone(),
+        );
+        let span = info_span!("endpoint", endpoint = %endpoint.name);
+        let handle = self.tracker.spawn(
+            async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                task.await;
+            }
+            .instrument(span),
+        );
+        Task {
+            spec: endpoint,
+            cancel,
+            handle,
+        }
+    }
+}
+
+/// Whether a running endpoint task can go on with `new` unchanged.
+fn same_endpoint(old: &Endpoint, new: &Endpoint) -> bool {
+    // The definition hash covers header values; `Debug` covers the rest
+    // (schedule, targets, limits) and hides sensitive headers.
+    old.definition == new.definition && format!("{old:?}") == format!("{new:?}")
+}
+
+/// Polls one endpoint on its schedule, or when asked to, until cancelled.
+/// A failed poll is logged and retried with backoff; it never ends the task.
+async fn endpoint_task(
+    shared: Arc<Shared>,
+    endpoint: Arc<Endpoint>,
+    poll_now: Arc<Notify>,
+    cancel: CancellationToken,
 ) {
     let mut next_poll = Instant::now() + endpoint.schedule.first_delay(clock::now());
     let mut consecutive_failures: u32 = 0;
     loop {
+        set_status(&shared, &endpoint.name, |status| {
+            status.next_poll_ms = Some(
+                clock::now_ms()
+                    + next_poll
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64,
+            );
+        });
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next_poll) => {}
+            _ = poll_now.notified() => {}
         }
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = poll_once(&context, &endpoint) => result,
-        };
+        let started = StdInstant::now();
+        let result = poll_once(&shared, &endpoint, &cancel).await;
+        shared
+            .metrics
+            .poll_duration
+            .observe(started.elapsed().as_secs_f64());
         let now = Instant::now();
         match result {
-            Ok(()) => {
+            Ok(Some(result)) => {
+                shared.metrics.poll(&endpoint.name, result);
+                let labels = EndpointLabels {
+                    endpoint: endpoint.name.clone(),
+                };
+                shared
+                    .metrics
+                    .last_success
+                    .get_or_create(&labels)
+                    .set(clock::now_ms() as f64 / 1000.0);
                 if consecutive_failures > 0 {
                     info!(failures = consecutive_failures, "polling works again");
                 }
                 consecutive_failures = 0;
+                set_status(&shared, &endpoint.name, |status| {
+                    status.last_poll_ms = Some(clock::now_ms());
+                    status.last_error = None;
+                    status.consecutive_failures = 0;
+                });
                 next_poll = match &endpoint.schedule {
                     // Keep to the grid (no drift), but never try to catch up.
                     Schedule::Every(interval) => (next_poll + *interval).max(now),
                     Schedule::Cron(_) => now + endpoint.schedule.next_delay(clock::now()),
                 };
             }
+            // Cancelled while polling.
+            Ok(None) => return,
             Err(error) => {
+                shared.metrics.poll(&endpoint.name, "failed");
                 consecutive_failures = consecutive_failures.saturating_add(1);
                 let backoff = endpoint
                     .schedule
@@ -129,50 +511,95 @@ async fn endpoint_task(
                     }) => backoff.max(*wait),
                     _ => backoff,
                 };
+                let error_text = crate::error_chain(&error);
                 warn!(
-                    error = %crate::error_chain(&error),
+                    error = %error_text,
                     failures = consecutive_failures,
                     retry_in = %humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64)),
                     "poll failed"
                 );
+                set_status(&shared, &endpoint.name, |status| {
+                    status.last_poll_ms = Some(clock::now_ms());
+                    status.last_error = Some(error_text);
+                    status.consecutive_failures = consecutive_failures;
+                });
                 next_poll = now + retry_in;
             }
         }
     }
 }
 
-/// One poll: observe, write, wake the dispatchers of any rows queued.
-async fn poll_once(context: &PollContext, endpoint: &Endpoint) -> Result<(), poll::PollError> {
-    let observation = {
-        let _permit = context
+fn set_status(shared: &Shared, endpoint: &str, change: impl FnOnce(&mut EndpointStatus)) {
+    if let Some(status) = write(&shared.endpoints).get_mut(endpoint) {
+        change(status);
+    }
+}
+
+/// One poll: observe (abandoned if cancelled), then write and announce.
+/// Returns the metric's result label, or `None` when cancelled.
+async fn poll_once(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    cancel: &CancellationToken,
+) -> Result<Option<&'static str>, poll::PollError> {
+    let observe = async {
+        let _permit = shared
             .permits
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        poll::observe(&context.client, &context.store, endpoint).await?
+        poll::observe(&shared.poll_client, &shared.store, endpoint).await
     };
-    let queued = poll::apply(&context.store, endpoint, &observation).await?;
-    if let Observation::New {
-        reason, snapshot, ..
-    } = &observation
-    {
-        match reason {
-            NewReason::Baseline => info!(version = snapshot.version, queued, "baseline stored"),
+    let observation = tokio::select! {
+        _ = cancel.cancelled() => return Ok(None),
+        observation = observe => observation?,
+    };
+    // Not raced with cancellation: a decided change is always written whole.
+    let queued = poll::apply(&shared.store, endpoint, &observation).await?;
+    let result = match &observation {
+        Observation::Unchanged { .. } => "unchanged",
+        Observation::New {
+            reason, snapshot, ..
+        } => match reason {
+            NewReason::Baseline => {
+                info!(version = snapshot.version, queued, "baseline stored");
+                "baseline"
+            }
             NewReason::Rebaseline => {
                 info!(
                     version = snapshot.version,
                     "endpoint definition changed; re-baselined quietly"
-                )
+                );
+                "baseline"
             }
-            NewReason::Changed => info!(version = snapshot.version, queued, "changed"),
-        }
+            NewReason::Changed => {
+                info!(version = snapshot.version, queued, "changed");
+                let labels = EndpointLabels {
+                    endpoint: endpoint.name.clone(),
+                };
+                shared.metrics.changes.get_or_create(&labels).inc();
+                "changed"
+            }
+        },
+    };
+    for event in observation.events() {
+        // No subscriber is fine: the event is in the outbox either way.
+        let _ = shared.live.send(Arc::new(LiveEvent {
+            id: event.id.clone(),
+            kind: event.kind.to_string(),
+            endpoint: endpoint.name.clone(),
+            body: event.body(),
+        }));
     }
     if queued > 0 {
         for target in &endpoint.targets {
-            if let Some(wake) = context.wakes.get(target) {
-                wake.notify_one();
-            }
+            shared.wake_target(target);
         }
     }
-    Ok(())
+    Ok(Some(result))
+}
+
+/// Where a running daemon's admin API can be reached, from its state dir.
+pub fn admin_address_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join(crate::admin::ADDRESS_FILE)
 }

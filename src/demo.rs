@@ -87,6 +87,9 @@ fn demo_config(api_port: u16, receiver_port: u16, state_dir: &Path, every: Durat
         r#"
 state_dir = "{state_dir}"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [defaults]
 every = "{every}"
 timeout = "2s"

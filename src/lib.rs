@@ -11,9 +11,13 @@
 //! - [`poll`]: fetch → extract → diff → the writes one poll makes.
 //! - [`store`]: the only module that opens sled: snapshots, history, outbox.
 //! - [`deliver`]: signs and POSTs outbox rows, retrying until a 2xx.
-//! - [`daemon`]: the tasks: one per endpoint, one dispatcher per target.
+//! - [`daemon`]: the tasks: one per endpoint, one dispatcher per target, and
+//!   the supervisor that starts, reloads and stops them.
+//! - [`admin`]: the HTTP API (and its client) the CLI and monitoring use.
+//! - [`metrics`]: Prometheus counters and gauges.
 //! - [`cli`] and [`demo`]: the command line and the self-contained demo.
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,6 +28,7 @@ pub mod diff;
 pub mod event;
 pub mod extract;
 pub mod fetch;
+pub mod metrics;
 pub mod poll;
 pub mod schedule;
 pub mod store;

@@ -242,6 +242,27 @@ impl Store {
             .transpose()
     }
 
+    /// The stored versions of an endpoint, oldest first.
+    pub fn history(&self, endpoint: &str) -> Result<Vec<crate::admin::VersionView>, StoreError> {
+        self.history
+            .scan_prefix(prefix(endpoint))
+            .map(|entry| {
+                let (key, value) = entry?;
+                let version = decode_u64(&key[key.len() - 8..], "history key")?;
+                let at_ms = value
+                    .get(1..9)
+                    .map_or(Ok(0), |bytes| decode_u64(bytes, "history time"))?;
+                let document = decode_history(&value)?;
+                Ok(crate::admin::VersionView {
+                    version,
+                    at_ms,
+                    kind: format!("{:?}", document.kind).to_lowercase(),
+                    bytes: document.canonical.len(),
+                })
+            })
+            .collect()
+    }
+
     /// Writes a new snapshot, its history entry and its outbox rows in one
     /// transaction, makes it durable, then trims the history beyond
     /// `keep_history`. Until the flush is done the new rows are hidden from
@@ -256,8 +277,12 @@ impl Store {
             .map(|(target, row)| (*target, encode_json(row)))
             .collect();
         let version = commit.snapshot.version;
-        // Every key a (possibly retried) transaction generated, to unhide later.
-        let generated = std::sync::Mutex::new(Vec::new());
+        // Every key a (possibly retried) transaction generated: unhidden when
+        // this function ends, even if its caller drops it mid-flush.
+        let generated = Unhide {
+            store: self,
+            keys: std::sync::Mutex::new(Vec::new()),
+        };
         let result = (&self.snapshots, &self.history, &self.outbox)
             .transaction(|(snapshots, history_tree, outbox)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
@@ -267,7 +292,7 @@ impl Store {
                     let key = OutboxKey::new(target, outbox.generate_id()?);
                     // Hidden before the transaction can make it visible.
                     self.hide(&key);
-                    lock(&generated).push(key.clone());
+                    lock(&generated.keys).push(key.clone());
                     outbox.insert(key.0.as_slice(), row.as_slice())?;
                     keys.push(key);
                 }
@@ -278,12 +303,7 @@ impl Store {
             Ok(keys) if !keys.is_empty() => self.flush().await,
             _ => Ok(()),
         };
-        {
-            let mut unflushed = lock(&self.unflushed);
-            for key in lock(&generated).iter() {
-                unflushed.remove(key);
-            }
-        }
+        drop(generated);
         let keys = result?;
         flushed?;
         self.trim_history(commit.endpoint, version, commit.keep_history)?;
@@ -344,6 +364,10 @@ impl Store {
         target: Option<&str>,
     ) -> Result<Vec<(String, OutboxRow)>, StoreError> {
         rows_of(&self.outbox, target)
+    }
+
+    pub fn dead_len(&self) -> usize {
+        self.dead.len()
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -505,6 +529,21 @@ fn decode_history(bytes: &[u8]) -> Result<Document, StoreError> {
     let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
     let document = rest.get(8..).ok_or_else(|| corrupt("truncated"))?;
     Document::from_canonical(kind, document.to_vec()).map_err(|error| corrupt(&error.to_string()))
+}
+
+/// Unhides the outbox keys of a commit when dropped.
+struct Unhide<'a> {
+    store: &'a Store,
+    keys: std::sync::Mutex<Vec<OutboxKey>>,
+}
+
+impl Drop for Unhide<'_> {
+    fn drop(&mut self) {
+        let mut unflushed = lock(&self.store.unflushed);
+        for key in lock(&self.keys).iter() {
+            unflushed.remove(key);
+        }
+    }
 }
 
 /// Locks a mutex, also one a panicking thread left behind (the data are

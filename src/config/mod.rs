@@ -36,6 +36,8 @@ const DEFAULT_MAX_CONCURRENT_POLLS: usize = 64;
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PARALLEL: usize = 4;
+/// The admin API's default port on 127.0.0.1.
+pub const DEFAULT_ADMIN_PORT: u16 = 9477;
 
 /// Top-level keys other than the `[[endpoint]]` and `[[target]]` arrays.
 #[derive(Debug, Deserialize)]
@@ -46,6 +48,66 @@ struct TopConfig {
     shutdown_grace: Option<HumanDuration>,
     #[serde(default)]
     defaults: DefaultsConfig,
+    admin: Option<Spanned<AdminConfig>>,
+}
+
+/// `[admin]`: the HTTP API the CLI and monitoring talk to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminConfig {
+    listen: Option<AdminListen>,
+    /// Required for mutating routes when set; required at all off loopback.
+    token: Option<EnvString>,
+}
+
+/// Where the admin API listens: `127.0.0.1:9477` or `unix:/run/pollhook/admin.sock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "invalid admin address `{text}`: a unix socket path must be absolute"
+                ));
+            }
+            return Ok(AdminListen::Unix(PathBuf::from(path)));
+        }
+        text.parse()
+            .map(AdminListen::Tcp)
+            .map_err(|_| format!("invalid admin address `{text}`: write `127.0.0.1:9477` or `unix:/run/pollhook/admin.sock`"))
+    }
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Tcp(address) => write!(f, "{address}"),
+            AdminListen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The admin API's settings, validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: AdminListen,
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `[defaults]`: values every endpoint inherits unless it sets its own.
@@ -181,7 +243,14 @@ macro_rules! deserialize_via_from_str {
         }
     )*};
 }
-deserialize_via_from_str!(HttpMethod, HeaderKey, HeaderText, JsonPointer, Rate);
+deserialize_via_from_str!(
+    HttpMethod,
+    HeaderKey,
+    HeaderText,
+    JsonPointer,
+    Rate,
+    AdminListen
+);
 
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone)]
@@ -192,6 +261,7 @@ pub struct Config {
     pub max_concurrent_polls: usize,
     /// How long deliveries in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    pub admin: Admin,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub targets: Vec<Arc<Target>>,
 }
@@ -228,7 +298,7 @@ impl Endpoint {
 }
 
 /// Where webhooks go.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Target {
     pub name: String,
     pub url: url::Url,
@@ -425,6 +495,7 @@ impl<'s> Compiler<'s> {
             Some(value) => value.into_inner(),
             None => DEFAULT_MAX_CONCURRENT_POLLS,
         };
+        let admin = self.compile_admin(top.admin);
         Some(Config {
             path: path.to_path_buf(),
             state_dir: top.state_dir.unwrap_or_else(default_state_dir),
@@ -432,9 +503,45 @@ impl<'s> Compiler<'s> {
             shutdown_grace: top
                 .shutdown_grace
                 .map_or(DEFAULT_SHUTDOWN_GRACE, |grace| grace.0),
+            admin,
             endpoints,
             targets,
         })
+    }
+
+    fn compile_admin(&mut self, raw: Option<Spanned<AdminConfig>>) -> Admin {
+        let default_listen = AdminListen::Tcp(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            DEFAULT_ADMIN_PORT,
+        )));
+        let Some(raw) = raw else {
+            return Admin {
+                listen: default_listen,
+                token: None,
+            };
+        };
+        let start = raw.span().start;
+        let raw = raw.into_inner();
+        let admin = Admin {
+            listen: raw.listen.unwrap_or(default_listen),
+            token: raw
+                .token
+                .map(|token| token.value)
+                .filter(|token| !token.is_empty()),
+        };
+        if let AdminListen::Tcp(address) = &admin.listen
+            && !address.ip().is_loopback()
+            && admin.token.is_none()
+        {
+            self.problem(
+                start,
+                Some("admin".into()),
+                format!(
+                    "`listen = \"{address}\"` is reachable from other machines: set `token` too"
+                ),
+            );
+        }
+        admin
     }
 
     /// Removes `key` from the root and returns its tables, each with its span.

@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::Target;
+use crate::metrics::Metrics;
 use crate::store::{AttemptRecord, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError};
 use retry::RetryAction;
 
@@ -118,6 +119,7 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
 /// what was decided.
 fn record(
     store: &Store,
+    metrics: &Metrics,
     target: &Target,
     key: &OutboxKey,
     mut row: OutboxRow,
@@ -149,6 +151,13 @@ fn record(
     row.last_error = attempt.error.clone();
     row.attempt_log.push(record);
     let error_text = attempt.error.as_deref().unwrap_or("unknown");
+    let result = match action {
+        RetryAction::Success => "delivered",
+        RetryAction::Retry(_) => "failed",
+        RetryAction::Dead => "dead",
+        RetryAction::Pause => "paused",
+    };
+    metrics.delivery(&target.name, result);
     match action {
         RetryAction::Success => {
             store.complete(key)?;
@@ -203,6 +212,7 @@ fn record(
 pub async fn deliver_due(
     store: &Store,
     client: &reqwest::Client,
+    metrics: &Metrics,
     target: &Target,
 ) -> Result<usize, StoreError> {
     if store.paused(&target.name)?.is_some() {
@@ -215,7 +225,7 @@ pub async fn deliver_due(
             continue;
         }
         let result = attempt(client, target, &row).await;
-        match record(store, target, &key, row, &result)? {
+        match record(store, metrics, target, &key, row, &result)? {
             RetryAction::Success => delivered += 1,
             RetryAction::Pause => break,
             RetryAction::Retry(_) | RetryAction::Dead if target.ordered => break,
@@ -233,6 +243,7 @@ struct TargetTask {
     store: Arc<Store>,
     client: reqwest::Client,
     target: Arc<Target>,
+    metrics: Arc<Metrics>,
     /// The row each running attempt works on, by task.
     in_flight: HashMap<tokio::task::Id, OutboxKey>,
     attempts: JoinSet<Finished>,
@@ -249,6 +260,7 @@ pub async fn run_target(
     client: reqwest::Client,
     target: Arc<Target>,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -272,12 +284,20 @@ pub async fn run_target(
         store,
         client,
         target,
+        metrics,
         in_flight: HashMap::new(),
         attempts: JoinSet::new(),
         last_start: None,
         paused: paused.is_some(),
     };
     loop {
+        if task.paused {
+            // `resume` (CLI, admin API or reload) clears the flag and wakes us.
+            task.paused = !matches!(task.store.paused(&task.target.name), Ok(None));
+            if !task.paused {
+                info!(target = %task.target.name, "target resumed");
+            }
+        }
         let wake_at = if task.paused {
             None
         } else {
@@ -371,7 +391,7 @@ impl TargetTask {
         match done {
             Ok((id, (key, row, result))) => {
                 self.in_flight.remove(&id);
-                match record(&self.store, &self.target, &key, row, &result) {
+                match record(&self.store, &self.metrics, &self.target, &key, row, &result) {
                     Ok(RetryAction::Pause) => self.paused = true,
                     Ok(_) => {}
                     Err(error) => {

@@ -147,6 +147,8 @@ fn write_config(dir: &Path, api: &Api, receiver: &Receiver) -> PathBuf {
     let text = format!(
         r#"
 state_dir = "{state}"
+[admin]
+listen = "127.0.0.1:0"
 
 [[target]]
 name = "receiver"
@@ -284,7 +286,7 @@ async fn demo_shows_signed_webhooks_within_seconds() {
 fn delivery_config(dir: &Path, api: &Api, receiver: &Receiver) -> PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
-        "state_dir = \"{}\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = [\"20ms\"]\n\
+        "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = [\"20ms\"]\n\
          [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"20ms\"\nemit_initial = true\n",
         dir.join("state").display(),
         receiver.url(),

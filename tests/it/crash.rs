@@ -42,7 +42,7 @@ async fn kill_9_during_a_burst_loses_no_change_and_keeps_ids() {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{}\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = {FAST_RETRY}\n\
+            "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = {FAST_RETRY}\n\
              [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"25ms\"\n",
             dir.path().join("state").display(),
             receiver.url(),

@@ -66,6 +66,7 @@ impl Setup {
             deliver::client().unwrap(),
             self.target(),
             Arc::new(Notify::new()),
+            Arc::new(pollhook::metrics::Metrics::default()),
             shutdown.clone(),
             Duration::from_secs(10),
         ));

@@ -426,7 +426,11 @@ pub const FAST_RETRY: &str = r#"["50ms", "50ms", "50ms", "50ms", "50ms", "50ms",
 
 /// A config whose state lives in `state_dir`; `body` holds the tables.
 pub fn config(state_dir: &Path, body: &str) -> Config {
-    let text = format!("state_dir = \"{}\"\n{body}", state_dir.display());
+    // The admin table goes last: `body` may start with top-level keys.
+    let text = format!(
+        "state_dir = \"{}\"\n{body}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        state_dir.display()
+    );
     Config::compile(&text, Path::new("test.toml")).unwrap_or_else(|error| panic!("{error}\n{text}"))
 }
 

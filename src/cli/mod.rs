@@ -12,7 +12,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, HumanDuration};
 use crate::poll::{self, Observation};
-use crate::store::{DeadFilter, OutboxRow, Store};
+use crate::store::Store;
+
+mod state;
 
 /// EX_CONFIG from sysexits.h: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 78;
@@ -62,6 +64,38 @@ enum Command {
         /// Store the result and deliver the events instead of only printing them.
         #[arg(long)]
         send: bool,
+    },
+    /// Show every endpoint: schedule, last poll, last change, failures, queue.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Make the running daemon poll an endpoint now.
+    Poll {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
+    /// List an endpoint's stored versions, or show what changed between two.
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// Show the change from version V1 to version V2.
+        #[arg(long, num_args = 2, value_names = ["V1", "V2"])]
+        diff: Option<Vec<u64>>,
+    },
+    /// Print events as the running daemon produces them, one JSON line each.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this endpoint's.
+        name: Option<String>,
+    },
+    /// Make the running daemon re-read its config (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// List the webhooks waiting to be delivered, with their next attempt.
     Deliveries {
@@ -169,94 +203,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             names,
             send,
         } => once(&config.config, &names, send).await,
+        Command::Status { config } => state::status(&Config::load(&config.config)?).await,
+        Command::Poll { config, name } => state::poll(&Config::load(&config.config)?, &name).await,
+        Command::History { config, name, diff } => {
+            state::history(&Config::load(&config.config)?, &name, diff.as_deref()).await
+        }
+        Command::Tail { config, name } => {
+            state::tail(&Config::load(&config.config)?, name.as_deref()).await
+        }
+        Command::Reload { config } => state::reload(&Config::load(&config.config)?).await,
         Command::Deliveries { config, target } => {
-            let store = open_store(&config.config)?;
-            let now = crate::clock::now_ms();
-            let rows = store.queued_rows(target.as_deref())?;
-            let mut table = vec![row_of([
-                "TARGET",
-                "EVENT",
-                "ENDPOINT",
-                "TYPE",
-                "ATTEMPTS",
-                "LAST",
-                "NEXT ATTEMPT",
-            ])];
-            for (target, row) in &rows {
-                let next = if store.paused(target)?.is_some() {
-                    "paused".to_string()
-                } else if row.next_attempt_ms <= now {
-                    "now".to_string()
-                } else {
-                    let wait =
-                        std::time::Duration::from_secs((row.next_attempt_ms - now).div_ceil(1000));
-                    format!("in {}", humantime::format_duration(wait))
-                };
-                table.push(vec![
-                    target.clone(),
-                    row.event_id.clone(),
-                    row.endpoint.clone(),
-                    row.event_type.clone(),
-                    row.attempts.to_string(),
-                    last_result(row),
-                    next,
-                ]);
-            }
-            print_table(&table);
-            eprintln!("{} queued", rows.len());
-            Ok(ExitCode::SUCCESS)
+            state::deliveries(&Config::load(&config.config)?, target.as_deref()).await
         }
         Command::Dead {
             config,
             target,
             attempts,
-        } => {
-            let store = open_store(&config.config)?;
-            let rows = store.dead_rows(target.as_deref())?;
-            let mut table = vec![row_of([
-                "TARGET", "EVENT", "ENDPOINT", "TYPE", "ATTEMPTS", "LAST", "DIED",
-            ])];
-            for (target, row) in &rows {
-                table.push(vec![
-                    target.clone(),
-                    row.event_id.clone(),
-                    row.endpoint.clone(),
-                    row.event_type.clone(),
-                    row.attempts.to_string(),
-                    last_result(row),
-                    row.dead_at_ms
-                        .map(crate::clock::rfc3339)
-                        .unwrap_or_default(),
-                ]);
-            }
-            print_table(&table);
-            if attempts {
-                for (target, row) in &rows {
-                    println!("\n{} to {target}:", row.event_id);
-                    for attempt in &row.attempt_log {
-                        let status = attempt
-                            .status
-                            .map_or("-".to_string(), |status| status.to_string());
-                        println!(
-                            "  #{} {} status {status} in {} ms{}",
-                            attempt.attempt,
-                            crate::clock::rfc3339(attempt.at_ms),
-                            attempt.duration_ms,
-                            attempt
-                                .error
-                                .as_ref()
-                                .map(|error| format!(" ({error})"))
-                                .unwrap_or_default()
-                        );
-                        if !attempt.response.is_empty() {
-                            println!("    response: {}", attempt.response.replace('\n', " "));
-                        }
-                    }
-                }
-            }
-            eprintln!("{} dead letter(s)", rows.len());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => state::dead(&Config::load(&config.config)?, target.as_deref(), attempts).await,
         Command::Replay {
             config,
             ids,
@@ -264,39 +227,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             since,
         } => {
-            let store = open_store(&config.config)?;
-            let since_ms = since.as_deref().map(parse_since).transpose()?;
-            let dead = store.dead_rows(None)?;
-            let missing: Vec<&str> = ids
-                .iter()
-                .filter(|id| !dead.iter().any(|(_, row)| &row.event_id == *id))
-                .map(String::as_str)
-                .collect();
-            let replayed = store.replay(&DeadFilter {
-                event_ids: &ids,
-                target: target.as_deref(),
+            let since_ms = since.as_deref().map(state::parse_since).transpose()?;
+            state::replay(
+                &Config::load(&config.config)?,
+                &ids,
+                target.as_deref(),
                 since_ms,
-            })?;
-            store.flush().await?;
-            println!("re-queued {replayed} webhook(s); the daemon delivers them at its next start");
-            if !missing.is_empty() {
-                eprintln!("error: no dead letter with id {}", missing.join(", "));
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            )
+            .await
         }
         Command::Resume { config, target } => {
-            let store = open_store(&config.config)?;
-            let resumed = store.resume(&target)?;
-            store.flush().await?;
-            if resumed {
-                println!(
-                    "target `{target}` resumed: its queued webhooks are delivered at the daemon's next start"
-                );
-            } else {
-                println!("target `{target}` was not paused");
-            }
-            Ok(ExitCode::SUCCESS)
+            state::resume(&Config::load(&config.config)?, &target).await
         }
         Command::Demo { duration, tick } => {
             let parse = |text: &str, what: &str| -> anyhow::Result<std::time::Duration> {
@@ -375,8 +316,10 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
     }
     if send {
         let delivery_client = crate::deliver::client()?;
+        let metrics = crate::metrics::Metrics::default();
         for target in &config.targets {
-            let delivered = crate::deliver::deliver_due(&store, &delivery_client, target).await?;
+            let delivered =
+                crate::deliver::deliver_due(&store, &delivery_client, &metrics, target).await?;
             let queued = store.outbox_rows(&target.name)?.len();
             eprintln!(
                 "target {}: {delivered} delivered, {queued} still queued",
@@ -390,57 +333,6 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Opens the store of the config at `path`, for the commands that read it.
-fn open_store(path: &Path) -> anyhow::Result<Store> {
-    let config = Config::load(path)?;
-    Ok(Store::open(&config.state_dir)?)
-}
-
-/// `500 (HTTP status 500)`, `- (timed out after 15s)`, or empty.
-fn last_result(row: &OutboxRow) -> String {
-    match (row.last_status, &row.last_error) {
-        (Some(status), _) => status.to_string(),
-        (None, Some(error)) => error.clone(),
-        (None, None) => "-".to_string(),
-    }
-}
-
-/// `--since`: an RFC 3339 time, or a duration before now.
-fn parse_since(text: &str) -> anyhow::Result<u64> {
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(u64::try_from(time.timestamp_millis()).unwrap_or(0));
-    }
-    let ago = humantime::parse_duration(text).with_context(|| {
-        format!("bad `--since {text}`: give an RFC 3339 time or a duration such as `2h`")
-    })?;
-    Ok(crate::clock::now_ms().saturating_sub(ago.as_millis() as u64))
-}
-
-fn row_of<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|cell| cell.to_string()).collect()
-}
-
-/// Prints rows as left-aligned columns.
-fn print_table(rows: &[Vec<String>]) {
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|column| {
-            rows.iter()
-                .map(|row| row[column].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
@@ -472,8 +364,11 @@ fn init_logging(level: Option<&str>, format: LogFormat, demo: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    // Under systemd the journal stamps every line already.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (format, journald) {
+        (LogFormat::Plain, false) => builder.init(),
+        (LogFormat::Plain, true) => builder.without_time().init(),
+        (LogFormat::Json, _) => builder.json().init(),
     }
 }

@@ -1,0 +1,661 @@
+//! The admin HTTP API, and the client the CLI reaches it with.
+//!
+//! sled admits one process, so while the daemon runs the CLI asks it over
+//! this API instead of opening the store. It listens on loopback by default
+//! (or a unix socket); mutating routes need the bearer token when one is set.
+//! The daemon writes the address it really bound to `admin.addr` in its
+//! state dir, which is also how the CLI knows that a daemon is running.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts as _, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AdminListen, Config};
+use crate::daemon::{Control, EndpointStatus, LiveEvent, Shared, read};
+use crate::store::{DeadFilter, OutboxRow, Store, StoreError};
+
+/// The file in the state dir that holds a running daemon's API address.
+pub const ADDRESS_FILE: &str = "admin.addr";
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+/// Binds the admin API and serves it until `shutdown`. Returns the address
+/// it listens on (the real port when the config asked for port 0).
+pub async fn serve(
+    listen: &crate::config::Admin,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<String> {
+    let state = AdminState {
+        shared,
+        shutdown: shutdown.clone(),
+    };
+    let mutating = Router::new()
+        .route("/api/v1/endpoints/{name}/poll", post(poll_now))
+        .route("/api/v1/dead/{id}/replay", post(replay))
+        .route("/api/v1/targets/{name}/resume", post(resume))
+        .route("/api/v1/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/endpoints/{name}", get(endpoint))
+        .route("/api/v1/endpoints/{name}/history", get(history))
+        .route("/api/v1/endpoints/{name}/history/{version}", get(document))
+        .route("/api/v1/deliveries", get(deliveries))
+        .route("/api/v1/dead", get(dead))
+        .route("/api/v1/events", get(events))
+        .merge(mutating)
+        .with_state(state);
+    let stop = shutdown.clone().cancelled_owned();
+    match &listen.listen {
+        AdminListen::Tcp(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!("cannot listen on `{address}` for the admin API: {error}")
+                })?;
+            let bound = listener.local_addr()?.to_string();
+            tracker.spawn(async move {
+                if let Err(error) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %error, "the admin API stopped");
+                }
+            });
+            Ok(bound)
+        }
+        AdminListen::Unix(path) => {
+            // A socket left by a daemon that was killed would block the bind.
+            let _ = std::fs::remove_file(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let listener = tokio::net::UnixListener::bind(path).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot listen on `{}` for the admin API: {error}",
+                    path.display()
+                )
+            })?;
+            tracker.spawn(async move {
+                if let Err(error) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %error, "the admin API stopped");
+                }
+            });
+            Ok(format!("unix:{}", path.display()))
+        }
+    }
+}
+
+/// Mutating routes need `Authorization: Bearer <token>` when a token is set.
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.shared.admin.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "a valid bearer token is required"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.shared.metrics.render(&state.shared.store);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// An endpoint as the API shows it: runtime status plus what the store knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub name: String,
+    pub url: String,
+    pub schedule: String,
+    pub targets: Vec<String>,
+    pub last_poll_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub next_poll_ms: Option<u64>,
+    pub version: Option<u64>,
+    pub last_change_ms: Option<u64>,
+    pub pending_deliveries: usize,
+}
+
+fn view(
+    state: &AdminState,
+    status: &EndpointStatus,
+    pending: &[(String, OutboxRow)],
+) -> EndpointView {
+    let snapshot = state.shared.store.snapshot(&status.name).ok().flatten();
+    EndpointView {
+        name: status.name.clone(),
+        url: status.url.clone(),
+        schedule: status.schedule.clone(),
+        targets: status.targets.clone(),
+        last_poll_ms: status.last_poll_ms,
+        last_error: status.last_error.clone(),
+        consecutive_failures: status.consecutive_failures,
+        next_poll_ms: status.next_poll_ms,
+        version: snapshot.as_ref().map(|snapshot| snapshot.version),
+        last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
+        pending_deliveries: pending
+            .iter()
+            .filter(|(_, row)| row.endpoint == status.name)
+            .count(),
+    }
+}
+
+fn store_error(error: impl std::error::Error) -> Response {
+    let message = crate::error_chain(&error);
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(serde_json::json!({"error": message})),
+    )
+        .into_response()
+}
+
+fn not_found(what: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": what})),
+    )
+        .into_response()
+}
+
+async fn endpoints(State(state): State<AdminState>) -> Response {
+    let pending = match state.shared.store.queued_rows(None) {
+        Ok(rows) => rows,
+        Err(error) => return store_error(error),
+    };
+    let statuses: Vec<EndpointStatus> = read(&state.shared.endpoints).values().cloned().collect();
+    let views: Vec<EndpointView> = statuses
+        .iter()
+        .map(|status| view(&state, status, &pending))
+        .collect();
+    Json(views).into_response()
+}
+
+async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    let Some(status) = read(&state.shared.endpoints).get(&name).cloned() else {
+        return not_found(format!("no endpoint named `{name}`"));
+    };
+    match state.shared.store.queued_rows(None) {
+        Ok(pending) => Json(view(&state, &status, &pending)).into_response(),
+        Err(error) => store_error(error),
+    }
+}
+
+async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    match read(&state.shared.poll_now).get(&name) {
+        Some(trigger) => {
+            trigger.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({"polling": name})),
+            )
+                .into_response()
+        }
+        None => not_found(format!("no endpoint named `{name}`")),
+    }
+}
+
+/// One stored version, as `history` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    pub version: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub bytes: usize,
+}
+
+async fn history(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    match state.shared.store.history(&name) {
+        Ok(entries) => Json(entries).into_response(),
+        Err(error) => store_error(error),
+    }
+}
+
+async fn document(
+    State(state): State<AdminState>,
+    UrlPath((name, version)): UrlPath<(String, u64)>,
+) -> Response {
+    match state.shared.store.document(&name, version) {
+        Ok(Some(document)) => document.text().into_owned().into_response(),
+        Ok(None) => not_found(format!("`{name}` has no stored version {version}")),
+        Err(error) => store_error(error),
+    }
+}
+
+/// A queued or dead row with its target, as the API sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub target: String,
+    /// Whether the target is paused (410 Gone) and waits for `resume`.
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(flatten)]
+    pub row: OutboxRow,
+}
+
+#[derive(Debug, Deserialize)]
+struct TargetQuery {
+    target: Option<String>,
+}
+
+fn rows_response(store: &Store, rows: Result<Vec<(String, OutboxRow)>, StoreError>) -> Response {
+    let shown: Result<Vec<TargetRow>, StoreError> = rows.and_then(|rows| {
+        rows.into_iter()
+            .map(|(target, row)| {
+                Ok(TargetRow {
+                    paused: store.paused(&target)?.is_some(),
+                    target,
+                    row,
+                })
+            })
+            .collect()
+    });
+    match shown {
+        Ok(rows) => Json(rows).into_response(),
+        Err(error) => store_error(error),
+    }
+}
+
+async fn deliveries(State(state): State<AdminState>, Query(query): Query<TargetQuery>) -> Response {
+    rows_response(
+        &state.shared.store,
+        state.shared.store.queued_rows(query.target.as_deref()),
+    )
+}
+
+async fn dead(State(state): State<AdminState>, Query(query): Query<TargetQuery>) -> Response {
+    rows_response(
+        &state.shared.store,
+        state.shared.store.dead_rows(query.target.as_deref()),
+    )
+}
+
+async fn replay(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -> Response {
+    let targets: Vec<String> = match state.shared.store.dead_rows(None) {
+        Ok(rows) => rows
+            .into_iter()
+            .filter(|(_, row)| row.event_id == id)
+            .map(|(target, _)| target)
+            .collect(),
+        Err(error) => return store_error(error),
+    };
+    if targets.is_empty() {
+        return not_found(format!("no dead letter with id {id}"));
+    }
+    let ids = [id];
+    match state.shared.store.replay(&DeadFilter {
+        event_ids: &ids,
+        ..DeadFilter::default()
+    }) {
+        Ok(replayed) => {
+            for target in &targets {
+                state.shared.wake_target(target);
+            }
+            Json(serde_json::json!({"replayed": replayed})).into_response()
+        }
+        Err(error) => store_error(error),
+    }
+}
+
+async fn resume(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    match state.shared.store.resume(&name) {
+        Ok(resumed) => {
+            state.shared.wake_target(&name);
+            Json(serde_json::json!({"resumed": resumed})).into_response()
+        }
+        Err(error) => store_error(error),
+    }
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state
+        .shared
+        .control
+        .send(Control::Reload(reply))
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "shutting down"})),
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(Ok(summary)) => Json(serde_json::json!({"reloaded": summary})).into_response(),
+        Ok(Err(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({"error": problems})),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "shutting down"})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct EventFilter {
+    endpoint: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+impl EventFilter {
+    fn wants(&self, event: &LiveEvent) -> bool {
+        self.endpoint
+            .as_ref()
+            .is_none_or(|endpoint| *endpoint == event.endpoint)
+            && self.kind.as_ref().is_none_or(|kind| *kind == event.kind)
+    }
+}
+
+/// The live event stream: WebSocket when the client asks to upgrade,
+/// Server-Sent Events otherwise. A client too slow to keep up is dropped
+/// with a reason; it never slows the daemon (the channel never blocks).
+async fn events(
+    State(state): State<AdminState>,
+    Query(filter): Query<EventFilter>,
+    request: Request,
+) -> Response {
+    let receiver = state.shared.live.subscribe();
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade {
+        let (mut parts, _) = request.into_parts();
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(socket) => socket
+                .on_upgrade(move |socket| {
+                    stream_websocket(socket, receiver, filter, state.shutdown)
+                })
+                .into_response(),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let stream = futures_util::stream::unfold(
+        (receiver, filter, state.shutdown, false),
+        |(mut receiver, filter, shutdown, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    next = receiver.recv() => next,
+                };
+                match next {
+                    Ok(event) if filter.wants(&event) => {
+                        let sse = SseEvent::default()
+                            .event(event.kind.as_str())
+                            .id(event.id.as_str())
+                            .data(event.body.as_str());
+                        return Some((
+                            Ok::<_, Infallible>(sse),
+                            (receiver, filter, shutdown, false),
+                        ));
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let sse = SseEvent::default()
+                            .event("dropped")
+                            .data(format!("too slow: missed {missed} events"));
+                        return Some((Ok(sse), (receiver, filter, shutdown, true)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn stream_websocket(
+    mut socket: WebSocket,
+    mut receiver: broadcast::Receiver<Arc<LiveEvent>>,
+    filter: EventFilter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = socket.send(close(1001, "pollhook is stopping".to_string())).await;
+                return;
+            }
+            next = receiver.recv() => next,
+            incoming = socket.recv() => match incoming {
+                // The client went away or closed: done.
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        match next {
+            Ok(event) if filter.wants(&event) => {
+                if socket
+                    .send(Message::Text(event.body.clone().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let _ = socket
+                    .send(close(1008, format!("too slow: missed {missed} events")))
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn close(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Why the CLI could not use the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("pollhook is not running")]
+    NotRunning,
+    #[error("the admin API answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("cannot talk to the admin API at `{address}`: {message}")]
+    Io { address: String, message: String },
+}
+
+/// The CLI's side of the admin API.
+pub struct AdminClient {
+    address: String,
+    token: Option<String>,
+}
+
+impl AdminClient {
+    /// The API of the daemon running with this config, if one runs.
+    pub async fn discover(config: &Config) -> Option<AdminClient> {
+        let address = std::fs::read_to_string(config.state_dir.join(ADDRESS_FILE)).ok()?;
+        let client = AdminClient {
+            address: address.trim().to_string(),
+            token: config.admin.token.clone(),
+        };
+        // A file left by a daemon that was killed points at nothing.
+        client.send("GET", "/healthz").await.ok().map(|_| client)
+    }
+
+    /// Sends a request and returns the response, its body still streaming.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "pollhook");
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|error| self.io_error(error))?;
+        match self.address.strip_prefix("unix:") {
+            Some(path) => {
+                let stream = tokio::net::UnixStream::connect(Path::new(path))
+                    .await
+                    .map_err(|error| self.connect_error(error))?;
+                self.exchange(stream, request).await
+            }
+            None => {
+                let stream = tokio::net::TcpStream::connect(&self.address)
+                    .await
+                    .map_err(|error| self.connect_error(error))?;
+                self.exchange(stream, request).await
+            }
+        }
+    }
+
+    async fn exchange<S>(
+        &self,
+        stream: S,
+        request: hyper::Request<http_body_util::Empty<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|error| self.io_error(error))?;
+        tokio::spawn(connection);
+        sender
+            .send_request(request)
+            .await
+            .map_err(|error| self.io_error(error))
+    }
+
+    /// Sends a request and decodes a 2xx JSON answer.
+    pub async fn json<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<T, AdminError> {
+        let body = self.bytes(method, path).await?;
+        serde_json::from_slice(&body).map_err(|error| self.io_error(error))
+    }
+
+    /// Sends a request and returns a 2xx answer's body.
+    pub async fn bytes(&self, method: &str, path: &str) -> Result<Bytes, AdminError> {
+        let response = self.send(method, path).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| self.io_error(error))?
+            .to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|value| value["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+            return Err(AdminError::Status {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(body)
+    }
+
+    fn connect_error(&self, error: std::io::Error) -> AdminError {
+        match error.kind() {
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                AdminError::NotRunning
+            }
+            _ => self.io_error(error),
+        }
+    }
+
+    fn io_error(&self, error: impl std::fmt::Display) -> AdminError {
+        AdminError::Io {
+            address: self.address.clone(),
+            message: error.to_string(),
+        }
+    }
+}
