@@ -444,36 +444,25 @@ async fn events(
         };
     }
     let stream = futures_util::stream::unfold(
-        (receiver, filter, state.shutdown, false),
-        |(mut receiver, filter, shutdown, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    next = receiver.recv() => next,
-                };
-                match next {
-                    Ok(event) if filter.wants(&event) => {
-                        let sse = SseEvent::default()
-                            .event(event.kind.as_str())
-                            .id(event.id.as_str())
-                            .data(event.body.as_str());
-                        return Some((
-                            Ok::<_, Infallible>(sse),
-                            (receiver, filter, shutdown, false),
-                        ));
-                    }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let sse = SseEvent::default()
-                            .event("dropped")
-                            .data(format!("too slow: missed {missed} events"));
-                        return Some((Ok(sse), (receiver, filter, shutdown, true)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+        Some((receiver, filter, state.shutdown)),
+        |streaming| async move {
+            let (mut receiver, filter, shutdown) = streaming?;
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                next = next_live(&mut receiver, &filter) => next,
+            };
+            match next {
+                Live::Event(event) => {
+                    let sse = SseEvent::default()
+                        .event(event.kind.as_str())
+                        .id(event.id.as_str())
+                        .data(event.body.as_str());
+                    Some((Ok::<_, Infallible>(sse), Some((receiver, filter, shutdown))))
                 }
+                Live::Dropped(reason) => {
+                    Some((Ok(SseEvent::default().event("dropped").data(reason)), None))
+                }
+                Live::Closed => None,
             }
         },
     );
@@ -490,11 +479,8 @@ async fn stream_websocket(
 ) {
     loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = socket.send(close(1001, "pollhook is stopping".to_string())).await;
-                return;
-            }
-            next = receiver.recv() => next,
+            _ = shutdown.cancelled() => Live::Dropped("pollhook is stopping".to_string()),
+            next = next_live(&mut receiver, &filter) => next,
             incoming = socket.recv() => match incoming {
                 // The client went away or closed: done.
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
@@ -502,7 +488,7 @@ async fn stream_websocket(
             },
         };
         match next {
-            Ok(event) if filter.wants(&event) => {
+            Live::Event(event) => {
                 if socket
                     .send(Message::Text(event.body.clone().into()))
                     .await
@@ -511,14 +497,41 @@ async fn stream_websocket(
                     return;
                 }
             }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                let _ = socket
-                    .send(close(1008, format!("too slow: missed {missed} events")))
-                    .await;
+            Live::Dropped(reason) => {
+                // 1008: policy violation, the closest code to "too slow".
+                let _ = socket.send(close(1008, reason)).await;
                 return;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Live::Closed => return,
+        }
+    }
+}
+
+/// What a live stream does next.
+#[derive(Debug)]
+enum Live {
+    Event(Arc<LiveEvent>),
+    /// End the stream and say why.
+    Dropped(String),
+    /// The daemon is gone.
+    Closed,
+}
+
+/// The next event a client wants. A client that fell more than the
+/// channel's capacity behind is dropped rather than allowed to hold
+/// events back: the daemon never waits for a reader.
+async fn next_live(
+    receiver: &mut broadcast::Receiver<Arc<LiveEvent>>,
+    filter: &EventFilter,
+) -> Live {
+    loop {
+        match receiver.recv().await {
+            Ok(event) if filter.wants(&event) => return Live::Event(event),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                return Live::Dropped(format!("too slow: missed {missed} events"));
+            }
+            Err(broadcast::error::RecvError::Closed) => return Live::Closed,
         }
     }
 }
@@ -657,5 +670,54 @@ impl AdminClient {
             address: self.address.clone(),
             message: error.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(endpoint: &str) -> Arc<LiveEvent> {
+        let kind = "endpoint.changed".to_string();
+        Arc::new(LiveEvent {
+            id: "msg_1".into(),
+            kind,
+            endpoint: endpoint.into(),
+            body: "{}".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn live_streams_filter_and_drop_slow_readers() {
+        let (sender, mut receiver) = broadcast::channel(2);
+        let filter = EventFilter {
+            endpoint: Some("a".into()),
+            kind: None,
+        };
+        sender.send(event("b")).unwrap();
+        sender.send(event("a")).unwrap();
+        assert!(
+            matches!(next_live(&mut receiver, &filter).await, Live::Event(event) if event.endpoint == "a")
+        );
+
+        // Five more into a channel of two: this reader fell behind.
+        for _ in 0..5 {
+            sender.send(event("a")).unwrap();
+        }
+        let next = next_live(&mut receiver, &filter).await;
+        assert!(
+            matches!(&next, Live::Dropped(reason) if reason == "too slow: missed 3 events"),
+            "{next:?}"
+        );
+        let mut fresh = receiver.resubscribe();
+        drop(sender);
+        assert!(matches!(next_live(&mut fresh, &filter).await, Live::Closed));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
     }
 }

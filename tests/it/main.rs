@@ -1,8 +1,10 @@
 //! One integration binary: a module per feature, shared helpers in `support`.
 
+mod admin;
 mod cli;
 mod crash;
 mod delivery;
 mod pipeline;
 mod retry;
+mod service;
 mod support;

@@ -1,0 +1,484 @@
+//! The admin API of the real daemon on a free port: every route, the token,
+//! metrics parsed as Prometheus reads them, the live stream over SSE and
+//! WebSocket, and reload with a good and a broken config.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use pollhook::config::Config;
+use serde_json::Value;
+
+use crate::support::{Api, Daemon, Receiver, Reply, SECRET, eventually};
+
+/// The address a daemon with this state dir wrote once it listened.
+async fn admin_address(state_dir: &Path) -> String {
+    let file = state_dir.join("admin.addr");
+    eventually("the admin API listens", || file.exists()).await;
+    format!("http://{}", std::fs::read_to_string(file).unwrap().trim())
+}
+
+async fn get(url: String) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn get_json(url: String) -> Value {
+    let (status, body) = get(url.clone()).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn post(url: String, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn write_config(
+    path: &Path,
+    state: &Path,
+    endpoints: &str,
+    receiver: &Receiver,
+    admin_extra: &str,
+) -> Config {
+    let text = format!(
+        "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n\
+         [[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = [\"20ms\"]\n{endpoints}",
+        state.display(),
+        receiver.url()
+    );
+    std::fs::write(path, text).unwrap();
+    Config::load(path).unwrap()
+}
+
+fn endpoint(name: &str, api: &Api, extra: &str) -> String {
+    format!(
+        "[[endpoint]]\nname = \"{name}\"\nurl = \"{}\"\nevery = \"20ms\"\n{extra}\n",
+        api.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let quiet_api = Api::start(Reply::json(r#"{"q":1}"#)).await;
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    let endpoints = endpoint("data", &api, "")
+        + &format!(
+            "[[endpoint]]\nname = \"quiet\"\nurl = \"{}\"\nevery = \"1000h\"\n",
+            quiet_api.url()
+        );
+    let config = write_config(
+        &dir.path().join("config.toml"),
+        dir.path(),
+        &endpoints,
+        &receiver,
+        "",
+    );
+    let daemon = Daemon::start(config);
+    let admin = admin_address(dir.path()).await;
+
+    assert_eq!(
+        get(format!("{admin}/healthz")).await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(
+        get(format!("{admin}/readyz")).await,
+        (200, "ready\n".to_string())
+    );
+
+    api.wait_for_requests(2).await;
+    api.set(Reply::json(r#"{"a":2}"#));
+    let mut dead = Value::Null;
+    for _ in 0..500 {
+        dead = get_json(format!("{admin}/api/v1/dead")).await;
+        if dead.as_array().is_some_and(|rows| !rows.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = dead[0]["event_id"]
+        .as_str()
+        .expect("a dead letter")
+        .to_string();
+    assert_eq!(dead[0]["target"], "receiver");
+    assert_eq!(dead[0]["attempts"], 2);
+
+    let listed = get_json(format!("{admin}/api/v1/endpoints")).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let data = get_json(format!("{admin}/api/v1/endpoints/data")).await;
+    assert_eq!(data["version"], 2);
+    assert_eq!(data["schedule"], "every 20ms");
+    assert_eq!(data["consecutive_failures"], 0);
+    assert!(
+        data["last_poll_ms"].as_u64().is_some() && data["last_change_ms"].as_u64().is_some(),
+        "{data}"
+    );
+    assert_eq!(get(format!("{admin}/api/v1/endpoints/nope")).await.0, 404);
+
+    let history = get_json(format!("{admin}/api/v1/endpoints/data/history")).await;
+    let versions: Vec<u64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        get(format!("{admin}/api/v1/endpoints/data/history/1")).await,
+        (200, r#"{"a":1}"#.to_string())
+    );
+
+    // The quiet endpoint polls only when asked.
+    assert_eq!(
+        quiet_api.requests(),
+        0,
+        "its first poll is spread over 1000 hours"
+    );
+    let (status, answer) = post(format!("{admin}/api/v1/endpoints/quiet/poll"), None).await;
+    assert_eq!((status, answer["polling"].as_str()), (202, Some("quiet")));
+    eventually("the poll asked for", || quiet_api.requests() == 1).await;
+    assert_eq!(
+        post(format!("{admin}/api/v1/endpoints/nope/poll"), None)
+            .await
+            .0,
+        404
+    );
+
+    receiver.answer(204);
+    let (status, answer) = post(format!("{admin}/api/v1/dead/{id}/replay"), None).await;
+    assert_eq!((status, answer["replayed"].as_u64()), (200, Some(1)));
+    eventually("the replay is delivered", || receiver.accepted().len() == 1).await;
+    assert_eq!(receiver.accepted()[0].id, id);
+    assert_eq!(
+        post(format!("{admin}/api/v1/dead/{id}/replay"), None)
+            .await
+            .0,
+        404
+    );
+    let queued = get_json(format!("{admin}/api/v1/deliveries?target=receiver")).await;
+    assert_eq!(queued, serde_json::json!([]));
+
+    let (status, text) = get(format!("{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|sample| {
+                sample.metric == name
+                    && labels
+                        .iter()
+                        .all(|(key, value)| sample.labels.get(key) == Some(*value))
+            })
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
+                | prometheus_parse::Value::Untyped(value) => value,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+    };
+    assert_eq!(
+        value(
+            "pollhook_polls_total",
+            &[("endpoint", "data"), ("result", "changed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "pollhook_polls_total",
+            &[("endpoint", "data"), ("result", "baseline")]
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            "pollhook_polls_total",
+            &[("endpoint", "data"), ("result", "unchanged")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value("pollhook_changes_total", &[("endpoint", "data")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "pollhook_deliveries_total",
+            &[("target", "receiver"), ("result", "dead")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "pollhook_deliveries_total",
+            &[("target", "receiver"), ("result", "failed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "pollhook_deliveries_total",
+            &[("target", "receiver"), ("result", "delivered")]
+        ),
+        1.0
+    );
+    assert_eq!(value("pollhook_outbox_depth", &[]), 0.0);
+    assert_eq!(value("pollhook_dead_letters", &[]), 0.0);
+    assert!(
+        value(
+            "pollhook_last_success_timestamp_seconds",
+            &[("endpoint", "data")]
+        ) > 1.7e9
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|sample| sample.metric.starts_with("pollhook_poll_duration_seconds"))
+    );
+
+    daemon.stop().await;
+    assert!(
+        !dir.path().join("admin.addr").exists(),
+        "a clean stop removes the address"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_routes_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = write_config(
+        &dir.path().join("config.toml"),
+        dir.path(),
+        &endpoint("data", &api, ""),
+        &receiver,
+        "token = \"s3cret-token\"",
+    );
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "the token never shows"
+    );
+    let daemon = Daemon::start(config);
+    let admin = admin_address(dir.path()).await;
+    assert_eq!(post(format!("{admin}/api/v1/reload"), None).await.0, 401);
+    assert_eq!(
+        post(format!("{admin}/api/v1/reload"), Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(format!("{admin}/api/v1/endpoints/data/poll"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(format!("{admin}/api/v1/reload"), Some("s3cret-token"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(format!("{admin}/api/v1/endpoints")).await.0,
+        200,
+        "reading needs no token"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_reach_sse_and_websocket_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let other_api = Api::start(Reply::json(r#"{"b":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let endpoints = endpoint("data", &api, "") + &endpoint("other", &other_api, "");
+    let daemon = Daemon::start(write_config(
+        &dir.path().join("config.toml"),
+        dir.path(),
+        &endpoints,
+        &receiver,
+        "",
+    ));
+    let admin = admin_address(dir.path()).await;
+
+    let sse = reqwest::get(format!("{admin}/api/v1/events?endpoint=data"))
+        .await
+        .unwrap();
+    assert!(
+        sse.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let ws_url = format!(
+        "{}/api/v1/events?type=endpoint.changed&endpoint=data",
+        admin.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    api.wait_for_requests(2).await;
+    other_api.set(Reply::json(r#"{"b":2}"#));
+    other_api.wait_for_requests(2).await;
+    api.set(Reply::json(r#"{"a":2}"#));
+
+    let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    assert_eq!(event["type"], "endpoint.changed");
+    assert_eq!(
+        event["data"]["endpoint"], "data",
+        "the filter keeps `other` out"
+    );
+    assert_eq!(
+        event["data"]["patch"],
+        serde_json::json!([{"op": "replace", "path": "/a", "value": 2}])
+    );
+
+    let mut sse = sse.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") || !text.contains("data: ") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: endpoint.changed\n"), "{text}");
+    assert!(
+        text.contains(&format!("id: {}\n", receiver_id(&receiver).await)),
+        "{text}"
+    );
+    assert!(!text.contains(r#""endpoint":"other""#), "{text}");
+    drop(sse);
+    drop(socket);
+    daemon.stop().await;
+}
+
+/// The id of the one webhook `data` caused, as the receiver got it.
+async fn receiver_id(receiver: &Receiver) -> String {
+    eventually("the webhook arrives", || {
+        receiver
+            .accepted()
+            .iter()
+            .any(|hook| hook.json()["data"]["endpoint"] == "data")
+    })
+    .await;
+    let hooks = receiver.accepted();
+    hooks
+        .iter()
+        .find(|hook| hook.json()["data"]["endpoint"] == "data")
+        .unwrap()
+        .id
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_good_config_and_keeps_the_old_one_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let mut noisy = Reply::json("");
+    noisy.bodies = vec![r#"{"a":1,"noise":1}"#.into()];
+    let api = Api::start(noisy.clone()).await;
+    let second_api = Api::start(Reply::json(r#"{"b":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(write_config(
+        &path,
+        dir.path(),
+        &endpoint("data", &api, ""),
+        &receiver,
+        "",
+    ));
+    let admin = admin_address(dir.path()).await;
+    api.wait_for_requests(2).await;
+
+    // Added: `second` starts.
+    let both = endpoint("data", &api, "") + &endpoint("second", &second_api, "");
+    write_config(&path, dir.path(), &both, &receiver, "");
+    let (status, answer) = post(format!("{admin}/api/v1/reload"), None).await;
+    assert_eq!(
+        (status, answer["reloaded"].as_str()),
+        (200, Some("1 started, 0 stopped, 0 restarted"))
+    );
+    second_api.wait_for_requests(2).await;
+
+    // Broken: refused with the located errors; both keep polling.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("every = \"20ms\"", "every = \"soon\""),
+    )
+    .unwrap();
+    let (status, answer) = post(format!("{admin}/api/v1/reload"), None).await;
+    assert_eq!(status, 422);
+    let problems = answer["error"].as_str().unwrap();
+    assert!(
+        problems.contains("config.toml:") && problems.contains("invalid duration `soon`"),
+        "{problems}"
+    );
+    api.wait_for_requests(2).await;
+    second_api.wait_for_requests(2).await;
+    assert_eq!(
+        get_json(format!("{admin}/api/v1/endpoints"))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Changed: `data` now ignores `/noise` while it moves: re-baselined, not sent.
+    noisy.bodies = vec![r#"{"a":1,"noise":2}"#.into()];
+    api.set(noisy);
+    let changed = endpoint("data", &api, "ignore = [\"/noise\"]");
+    write_config(&path, dir.path(), &changed, &receiver, "");
+    let (status, answer) = post(format!("{admin}/api/v1/reload"), None).await;
+    assert_eq!(
+        (status, answer["reloaded"].as_str()),
+        (200, Some("0 started, 1 stopped, 1 restarted"))
+    );
+    api.wait_for_requests(3).await;
+    let requests = second_api.requests();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        second_api.requests(),
+        requests,
+        "the removed endpoint stopped polling"
+    );
+    daemon.stop().await;
+    assert!(
+        receiver.all().is_empty(),
+        "no spurious change: {:#?}",
+        receiver.all()
+    );
+}
+
+#[test]
+fn an_open_admin_listener_needs_a_token() {
+    let text = "[admin]\nlisten = \"0.0.0.0:9477\"\n";
+    let error = Config::compile(text, Path::new("open.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("open.toml:1:1: admin: `listen = \"0.0.0.0:9477\"` is reachable from other machines: set `token` too"), "{error}");
+    let with_token = "[admin]\nlisten = \"0.0.0.0:9477\"\ntoken = \"t\"\n";
+    assert!(Config::compile(with_token, Path::new("ok.toml")).is_ok());
+}

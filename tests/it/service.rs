@@ -1,0 +1,224 @@
+//! The real binary as systemd runs it: notify messages on a real
+//! `NOTIFY_SOCKET`, SIGHUP reloads, and the CLI against a running daemon
+//! (through the admin API) and a stopped one (through the store).
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::Command;
+
+use crate::support::{Api, Receiver, Reply, SECRET};
+
+fn pollhook() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pollhook"));
+    command
+        .env_remove("POLLHOOK_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    command
+}
+
+async fn cli(config: &Path, args: &[&str]) -> Output {
+    let output = pollhook().args(args).arg("-c").arg(config).output();
+    tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn kill(signal: &str, pid: u32) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// The next notify message that is not only a watchdog ping or a status.
+async fn next_state(socket: &UnixDatagram, seen: &mut Vec<String>) -> String {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let length = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("no notify message; so far: {seen:?}"))
+            .unwrap();
+        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+        seen.push(message.clone());
+        if message
+            .lines()
+            .any(|line| !line.starts_with("WATCHDOG=") && !line.starts_with("STATUS="))
+        {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = dir.path().join("config.toml");
+    let write = |every: &str| {
+        let text = format!(
+            "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\
+             [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"{every}\"\n",
+            dir.path().join("state").display(),
+            receiver.url(),
+            api.url()
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("20ms");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let mut daemon = pollhook()
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("JOURNAL_STREAM", "8:1234")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id().unwrap();
+    let mut seen = Vec::new();
+
+    let ready = next_state(&socket, &mut seen).await;
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        ready.contains("STATUS=polling 1 endpoints, 0 failing, 0 queued"),
+        "{ready}"
+    );
+
+    // The CLI talks to the running daemon through its API.
+    api.wait_for_requests(2).await;
+    let status = cli(&config, &["status"]).await;
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let table = text(&status.stdout);
+    assert!(
+        table.starts_with("ENDPOINT") && table.contains("data") && table.contains("every 20ms"),
+        "{table}"
+    );
+    let mut tail = pollhook()
+        .args(["tail", "data", "-c"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tail_lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.set(Reply::json(r#"{"a":2}"#));
+    let line = tokio::time::timeout(Duration::from_secs(10), tail_lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["data"]["version"], 2, "{line}");
+    tail.start_kill().unwrap();
+    let history = cli(&config, &["history", "data"]).await;
+    assert!(
+        text(&history.stdout).contains("json"),
+        "{}",
+        text(&history.stdout)
+    );
+    let diff = cli(&config, &["history", "data", "--diff", "1", "2"]).await;
+    assert!(
+        text(&diff.stdout).contains(r#""path": "/a""#),
+        "{}",
+        text(&diff.stdout)
+    );
+    let poll = cli(&config, &["poll", "data"]).await;
+    assert!(
+        text(&poll.stdout).contains("polling `data` now"),
+        "{}",
+        text(&poll.stderr)
+    );
+
+    // SIGHUP with a broken config: refused, READY again, the old config runs on.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("20ms", "whenever"),
+    )
+    .unwrap();
+    kill("-HUP", pid);
+    let reloading = next_state(&socket, &mut seen).await;
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next_state(&socket, &mut seen).await.contains("READY=1"));
+    let refused = cli(&config, &["check"]).await;
+    assert_eq!(refused.status.code(), Some(78));
+
+    // `pollhook reload` with a good one.
+    write("30ms");
+    let reload = cli(&config, &["reload"]).await;
+    assert!(
+        text(&reload.stdout).contains("reloaded: 0 started, 0 stopped, 1 restarted"),
+        "{}",
+        text(&reload.stderr)
+    );
+    assert!(next_state(&socket, &mut seen).await.contains("RELOADING=1"));
+    assert!(next_state(&socket, &mut seen).await.contains("READY=1"));
+    assert!(
+        seen.iter().any(|message| message.trim() == "WATCHDOG=1"),
+        "watchdog pings: {seen:?}"
+    );
+
+    kill("-TERM", pid);
+    assert!(next_state(&socket, &mut seen).await.contains("STOPPING=1"));
+    let exit = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    let mut log = String::new();
+    let mut lines = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        log.contains("reload failed; the running config stays"),
+        "{log}"
+    );
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        !first.starts_with("20"),
+        "no timestamps for the journal: {first}"
+    );
+
+    // Stopped: the CLI says so, and reads the store itself where it can.
+    let status = cli(&config, &["status"]).await;
+    assert_eq!(status.status.code(), Some(3));
+    assert!(text(&status.stderr).contains("pollhook is not running"));
+    assert!(
+        text(&status.stdout).contains("data"),
+        "{}",
+        text(&status.stdout)
+    );
+    let poll = cli(&config, &["poll", "data"]).await;
+    assert_eq!(poll.status.code(), Some(1));
+    assert!(
+        text(&poll.stderr)
+            .contains("pollhook is not running; `pollhook once data` polls without it")
+    );
+    let history = cli(&config, &["history", "data"]).await;
+    assert!(history.status.success() && text(&history.stdout).contains("json"));
+}
