@@ -482,3 +482,44 @@ fn an_open_admin_listener_needs_a_token() {
     let with_token = "[admin]\nlisten = \"0.0.0.0:9477\"\ntoken = \"t\"\n";
     assert!(Config::compile(with_token, Path::new("ok.toml")).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_also_listens_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let path = dir.path().join("config.toml");
+    let socket = dir.path().join("run/admin.sock");
+    let mut config = write_config(
+        &path,
+        dir.path(),
+        &endpoint("data", &api, ""),
+        &receiver,
+        "",
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("unix:{}", socket.display()));
+    std::fs::write(&path, text).unwrap();
+    config = Config::load(&path).unwrap();
+    let daemon = Daemon::start(config);
+    eventually("the socket exists", || socket.exists()).await;
+    api.wait_for_requests(2).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["status", "-c"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        table.contains("data") && table.contains("every 20ms"),
+        "{table}"
+    );
+    daemon.stop().await;
+}
