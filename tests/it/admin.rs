@@ -490,7 +490,7 @@ async fn the_api_also_listens_on_a_unix_socket() {
     let receiver = Receiver::start().await;
     let path = dir.path().join("config.toml");
     let socket = dir.path().join("run/admin.sock");
-    let mut config = write_config(
+    write_config(
         &path,
         dir.path(),
         &endpoint("data", &api, ""),
@@ -501,8 +501,7 @@ async fn the_api_also_listens_on_a_unix_socket() {
         .unwrap()
         .replace("127.0.0.1:0", &format!("unix:{}", socket.display()));
     std::fs::write(&path, text).unwrap();
-    config = Config::load(&path).unwrap();
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::start(Config::load(&path).unwrap());
     eventually("the socket exists", || socket.exists()).await;
     api.wait_for_requests(2).await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
