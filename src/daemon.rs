@@ -25,10 +25,12 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use crate::clock;
 use crate::config::{Admin, Config, Endpoint, Target};
 use crate::deliver;
+use crate::event::{self, Event};
+use crate::hosts::Hosts;
 use crate::metrics::{EndpointLabels, Metrics};
 use crate::poll::{self, NewReason, Observation};
 use crate::schedule::Schedule;
-use crate::store::Store;
+use crate::store::{Failing, Store};
 
 /// Live events kept for slow stream clients before they are dropped.
 const LIVE_BUFFER: usize = 1024;
@@ -80,6 +82,8 @@ pub struct Shared {
     pub poll_now: RwLock<HashMap<String, Arc<Notify>>>,
     /// The global cap on polls in flight.
     permits: Semaphore,
+    /// The per-host caps and spacing.
+    hosts: Hosts,
     poll_client: reqwest::Client,
 }
 
@@ -138,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         wakes: RwLock::new(HashMap::new()),
         poll_now: RwLock::new(HashMap::new()),
         permits: Semaphore::new(config.max_concurrent_polls),
+        hosts: Hosts::new(config.per_host, config.per_host_spacing),
         poll_client: crate::fetch::client()?,
     });
     let tracker = TaskTracker::new();
@@ -259,6 +264,11 @@ impl Running {
             (
                 "max_concurrent_polls",
                 config.max_concurrent_polls != self.config.max_concurrent_polls,
+            ),
+            ("per_host", config.per_host != self.config.per_host),
+            (
+                "per_host_spacing",
+                config.per_host_spacing != self.config.per_host_spacing,
             ),
         ];
         let reloading = self.reloads > 0;
@@ -447,7 +457,8 @@ async fn endpoint_task(
     cancel: CancellationToken,
 ) {
     let mut next_poll = Instant::now() + endpoint.schedule.first_delay(clock::now());
-    let mut consecutive_failures: u32 = 0;
+    let mut health = Health::load(&shared, &endpoint);
+    let mut reported_duplicates = Vec::new();
     loop {
         set_status(&shared, &endpoint.name, |status| {
             status.next_poll_ms = Some(
@@ -463,7 +474,7 @@ async fn endpoint_task(
             _ = poll_now.notified() => {}
         }
         let started = StdInstant::now();
-        let result = poll_once(&shared, &endpoint, &cancel).await;
+        let result = poll_once(&shared, &endpoint, &cancel, &mut reported_duplicates).await;
         shared
             .metrics
             .poll_duration
@@ -480,10 +491,7 @@ async fn endpoint_task(
                     .last_success
                     .get_or_create(&labels)
                     .set(clock::now_ms() as f64 / 1000.0);
-                if consecutive_failures > 0 {
-                    info!(failures = consecutive_failures, "polling works again");
-                }
-                consecutive_failures = 0;
+                health.succeeded(&shared, &endpoint).await;
                 set_status(&shared, &endpoint.name, |status| {
                     status.last_poll_ms = Some(clock::now_ms());
                     status.last_error = None;
@@ -499,32 +507,133 @@ async fn endpoint_task(
             Ok(None) => return,
             Err(error) => {
                 shared.metrics.poll(&endpoint.name, "failed");
-                consecutive_failures = consecutive_failures.saturating_add(1);
-                let backoff = endpoint
-                    .schedule
-                    .retry_delay(consecutive_failures, clock::now());
-                // A server that says when to come back (429/503) is listened to.
-                let retry_in = match &error {
-                    poll::PollError::Fetch(crate::fetch::FetchError::Status {
-                        retry_after: Some(wait),
-                        ..
-                    }) => backoff.max(*wait),
-                    _ => backoff,
-                };
                 let error_text = crate::error_chain(&error);
+                let (status, retry_after) = match &error {
+                    poll::PollError::Fetch(crate::fetch::FetchError::Status {
+                        status,
+                        retry_after,
+                    }) => (Some(*status), *retry_after),
+                    _ => (None, None),
+                };
+                let failures = health.failed(&shared, &endpoint, &error_text, status).await;
+                let backoff = endpoint.schedule.retry_delay(failures, clock::now());
+                // A server that says when to come back (429/503) is listened to.
+                let retry_in = retry_after.map_or(backoff, |wait| backoff.max(wait));
                 warn!(
                     error = %error_text,
-                    failures = consecutive_failures,
+                    failures,
                     retry_in = %humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64)),
                     "poll failed"
                 );
                 set_status(&shared, &endpoint.name, |status| {
                     status.last_poll_ms = Some(clock::now_ms());
                     status.last_error = Some(error_text);
-                    status.consecutive_failures = consecutive_failures;
+                    status.consecutive_failures = failures;
                 });
                 next_poll = now + retry_in;
             }
+        }
+    }
+}
+
+/// An endpoint's run of failed polls, and whether `endpoint.failing` was
+/// sent for it. The sent state is kept in the store, so a restart neither
+/// repeats the alert nor forgets to send `endpoint.recovered`.
+struct Health {
+    run: Option<Failing>,
+    alerted: bool,
+}
+
+impl Health {
+    fn load(shared: &Shared, endpoint: &Endpoint) -> Health {
+        match shared.store.failing(&endpoint.name) {
+            Ok(Some(failing)) => Health {
+                run: Some(failing),
+                alerted: true,
+            },
+            Ok(None) => Health {
+                run: None,
+                alerted: false,
+            },
+            Err(error) => {
+                warn!(error = %crate::error_chain(&error), "cannot read the health state");
+                Health {
+                    run: None,
+                    alerted: false,
+                }
+            }
+        }
+    }
+
+    /// Counts a failed poll; sends `endpoint.failing` once the run reaches
+    /// `fail_after`. Returns the failures in a row.
+    async fn failed(
+        &mut self,
+        shared: &Shared,
+        endpoint: &Endpoint,
+        error: &str,
+        status: Option<u16>,
+    ) -> u32 {
+        let run = self.run.get_or_insert_with(|| Failing {
+            failures: 0,
+            since_ms: clock::now_ms(),
+            error: String::new(),
+            status: None,
+        });
+        run.failures = run.failures.saturating_add(1);
+        run.error = error.to_string();
+        run.status = status;
+        let failures = run.failures;
+        if !self.alerted && endpoint.fail_after > 0 && failures >= endpoint.fail_after {
+            let event = event::endpoint_failing(endpoint, run, clock::now_ms());
+            if send_health(shared, endpoint, Some(run), event).await {
+                error!(failures, since = %clock::rfc3339(run.since_ms), "endpoint is failing");
+                self.alerted = true;
+            }
+        }
+        failures
+    }
+
+    /// Ends a run of failures; sends `endpoint.recovered` if it was alerted.
+    async fn succeeded(&mut self, shared: &Shared, endpoint: &Endpoint) {
+        let Some(run) = &self.run else {
+            return;
+        };
+        info!(failures = run.failures, "polling works again");
+        if self.alerted {
+            let event = event::endpoint_recovered(endpoint, run, clock::now_ms());
+            if !send_health(shared, endpoint, None, event).await {
+                // Kept: the next successful poll tries again.
+                return;
+            }
+            self.alerted = false;
+        }
+        self.run = None;
+    }
+}
+
+/// Stores the health state and queues its event in one transaction, then
+/// announces it. False when the store failed (logged).
+async fn send_health(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    failing: Option<&Failing>,
+    event: Event,
+) -> bool {
+    let events = [event];
+    let rows = poll::outbox_rows(endpoint, &events);
+    match shared
+        .store
+        .commit_health(&endpoint.name, failing, &rows)
+        .await
+    {
+        Ok(keys) => {
+            announce(shared, endpoint, &events, keys.len());
+            true
+        }
+        Err(error) => {
+            error!(error = %crate::error_chain(&error), "cannot queue a health event");
+            false
         }
     }
 }
@@ -541,8 +650,12 @@ async fn poll_once(
     shared: &Shared,
     endpoint: &Endpoint,
     cancel: &CancellationToken,
+    reported_duplicates: &mut Vec<serde_json::Value>,
 ) -> Result<Option<&'static str>, poll::PollError> {
     let observe = async {
+        // The host's gate first: waiting for a busy host must not hold one
+        // of the global permits that other hosts could use.
+        let _host = shared.hosts.enter(&endpoint.url).await;
         let _permit = shared
             .permits
             .acquire()
@@ -559,30 +672,51 @@ async fn poll_once(
     let result = match &observation {
         Observation::Unchanged { .. } => "unchanged",
         Observation::New {
-            reason, snapshot, ..
-        } => match reason {
-            NewReason::Baseline => {
-                info!(version = snapshot.version, queued, "baseline stored");
-                "baseline"
+            reason,
+            snapshot,
+            document,
+            ..
+        } => {
+            // Reported once, not at every poll while the response has them.
+            if document.duplicate_keys != *reported_duplicates {
+                if !document.duplicate_keys.is_empty() {
+                    warn!(
+                        keys = %serde_json::Value::Array(document.duplicate_keys.clone()),
+                        "several items have the same key; of each, the one that sorts first is kept"
+                    );
+                }
+                reported_duplicates.clone_from(&document.duplicate_keys);
             }
-            NewReason::Rebaseline => {
-                info!(
-                    version = snapshot.version,
-                    "endpoint definition changed; re-baselined quietly"
-                );
-                "baseline"
+            match reason {
+                NewReason::Baseline => {
+                    info!(version = snapshot.version, queued, "baseline stored");
+                    "baseline"
+                }
+                NewReason::Rebaseline => {
+                    info!(
+                        version = snapshot.version,
+                        "endpoint definition changed; re-baselined quietly"
+                    );
+                    "baseline"
+                }
+                NewReason::Changed => {
+                    info!(version = snapshot.version, queued, "changed");
+                    let labels = EndpointLabels {
+                        endpoint: endpoint.name.clone(),
+                    };
+                    shared.metrics.changes.get_or_create(&labels).inc();
+                    "changed"
+                }
             }
-            NewReason::Changed => {
-                info!(version = snapshot.version, queued, "changed");
-                let labels = EndpointLabels {
-                    endpoint: endpoint.name.clone(),
-                };
-                shared.metrics.changes.get_or_create(&labels).inc();
-                "changed"
-            }
-        },
+        }
     };
-    for event in observation.events() {
+    announce(shared, endpoint, observation.events(), queued);
+    Ok(Some(result))
+}
+
+/// Shows queued events to live-stream clients and wakes their dispatchers.
+fn announce(shared: &Shared, endpoint: &Endpoint, events: &[Event], queued: usize) {
+    for event in events {
         // No subscriber is fine: the event is in the outbox either way.
         let _ = shared.live.send(Arc::new(LiveEvent {
             id: event.id.clone(),
@@ -596,7 +730,6 @@ async fn poll_once(
             shared.wake_target(target);
         }
     }
-    Ok(Some(result))
 }
 
 /// Where a running daemon's admin API can be reached, from its state dir.

@@ -1,8 +1,11 @@
 //! What changed between two documents: pure, no IO.
 //!
-//! JSON gives an RFC 6902 JSON Patch, text a unified diff, anything else
+//! JSON gives an RFC 6902 JSON Patch, item lists the items added, removed
+//! and changed (each change a patch), text a unified diff, anything else
 //! only the two hashes. Identical documents (same hash) short-circuit before
 //! any diff work.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
@@ -13,6 +16,8 @@ use crate::extract::{Document, Kind};
 pub enum Change {
     /// RFC 6902 operations that turn the previous document into the current.
     Json { patch: Value },
+    /// Item mode: what happened to each item, by key.
+    Items(ItemChanges),
     /// A unified diff, `previous` → `current`.
     Text { diff: String },
     /// Not diffable: only the hashes differ.
@@ -20,6 +25,32 @@ pub enum Change {
         previous_hash: String,
         current_hash: String,
     },
+}
+
+/// The items added, removed and changed between two item documents, each
+/// list sorted by key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemChanges {
+    /// `(key, item)`
+    pub added: Vec<(Value, Value)>,
+    /// `(key, the item as it was)`
+    pub removed: Vec<(Value, Value)>,
+    pub changed: Vec<ItemChange>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemChange {
+    pub key: Value,
+    pub previous: Value,
+    pub item: Value,
+    /// RFC 6902 operations from `previous` to `item`.
+    pub patch: Value,
+}
+
+impl ItemChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 /// The change from `previous` to `current`, or `None` when they are equal.
@@ -36,11 +67,18 @@ pub fn diff(previous: Option<&Document>, current: &Document) -> Option<Change> {
             previous.and_then(|p| p.json.as_ref()),
             &current.json,
         ) {
+            (Kind::Items, Kind::Items, previous_json, Some(current_json)) => {
+                Change::Items(item_changes(previous_json, current_json))
+            }
             (Kind::Json, Kind::Json, previous_json, Some(current_json)) => {
                 let patch = json_patch::diff(previous_json.unwrap_or(&Value::Null), current_json);
                 Change::Json {
                     patch: serde_json::to_value(patch).unwrap_or(Value::Null),
                 }
+            }
+            // An initial event in item mode: every item is new.
+            (_, Kind::Items, None, Some(current_json)) if previous.is_none() => {
+                Change::Items(item_changes(None, current_json))
             }
             (Kind::Bytes, _, _, _) | (_, Kind::Bytes, _, _) => Change::Bytes {
                 previous_hash: previous.map(Document::hash_hex).unwrap_or_default(),
@@ -62,6 +100,41 @@ pub fn diff(previous: Option<&Document>, current: &Document) -> Option<Change> {
     )
 }
 
+/// Compares two item documents (arrays of `{"key", "item"}`) by key.
+fn item_changes(previous: Option<&Value>, current: &Value) -> ItemChanges {
+    let entries = |document: Option<&Value>| -> BTreeMap<String, (Value, Value)> {
+        document
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let key = entry.get("key").cloned().unwrap_or(Value::Null);
+                let item = entry.get("item").cloned().unwrap_or(Value::Null);
+                (key.to_string(), (key, item))
+            })
+            .collect()
+    };
+    let mut before = entries(previous);
+    let mut changes = ItemChanges::default();
+    for (key_text, (key, item)) in entries(Some(current)) {
+        match before.remove(&key_text) {
+            None => changes.added.push((key, item)),
+            Some((_, previous)) if previous != item => {
+                let patch = json_patch::diff(&previous, &item);
+                changes.changed.push(ItemChange {
+                    key,
+                    patch: serde_json::to_value(patch).unwrap_or(Value::Null),
+                    previous,
+                    item,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    changes.removed = before.into_values().collect();
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,9 +146,9 @@ mod tests {
         extract(
             text.as_bytes(),
             None,
-            Rules {
+            &Rules {
                 format: Some(Format::Json),
-                ignore: &[],
+                ..Rules::default()
             },
         )
         .unwrap()
@@ -85,9 +158,9 @@ mod tests {
         extract(
             text.as_bytes(),
             None,
-            Rules {
+            &Rules {
                 format: Some(Format::Text),
-                ignore: &[],
+                ..Rules::default()
             },
         )
         .unwrap()

@@ -1,12 +1,23 @@
 //! The webhook body: a Standard Webhooks envelope around what changed.
+//!
+//! Types: `endpoint.changed` (a patch, diff or hashes), `item.added`,
+//! `item.removed`, `item.changed` and `items.changed` (item mode), and the
+//! health events `endpoint.failing` and `endpoint.recovered`.
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::Endpoint;
+use crate::config::{Endpoint, ItemEvent};
 use crate::diff::Change;
+use crate::store::Failing;
 
 pub const ENDPOINT_CHANGED: &str = "endpoint.changed";
+pub const ITEM_ADDED: &str = "item.added";
+pub const ITEM_REMOVED: &str = "item.removed";
+pub const ITEM_CHANGED: &str = "item.changed";
+pub const ITEMS_CHANGED: &str = "items.changed";
+pub const ENDPOINT_FAILING: &str = "endpoint.failing";
+pub const ENDPOINT_RECOVERED: &str = "endpoint.recovered";
 
 /// One event, as it will be queued for every target of its endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,41 +54,125 @@ pub fn new_id() -> String {
     format!("msg_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// `endpoint.changed`: the extracted document went from `previous_version`
-/// (none for an initial event) to `version`.
-pub fn endpoint_changed(
+/// The events a change makes: one `endpoint.changed`, or in item mode one
+/// event per item (only the kinds in `on`), or one `items.changed` with
+/// `batch`. None when item mode leaves nothing to send.
+pub fn for_change(
     endpoint: &Endpoint,
     previous_version: Option<u64>,
     version: u64,
     change: Change,
     at_ms: u64,
-) -> Event {
-    let mut data = json!({
-        "endpoint": endpoint.name,
-        "url": endpoint.display_url(),
-        "version": version,
-        "previous_version": previous_version,
-    });
-    let fields = data.as_object_mut().expect("built as an object");
-    match change {
+) -> Vec<Event> {
+    let base = |extra: Value| {
+        let mut data = json!({
+            "endpoint": endpoint.name,
+            "url": endpoint.display_url(),
+            "version": version,
+            "previous_version": previous_version,
+        });
+        let fields = data.as_object_mut().expect("built as an object");
+        if let Value::Object(extra) = extra {
+            fields.extend(extra);
+        }
+        data
+    };
+    let event = |kind: &'static str, data: Value| Event {
+        id: new_id(),
+        kind,
+        timestamp_ms: at_ms,
+        data,
+    };
+    let items = match change {
         Change::Json { patch } => {
-            fields.insert("patch".into(), patch);
+            return vec![event(ENDPOINT_CHANGED, base(json!({ "patch": patch })))];
         }
         Change::Text { diff } => {
-            fields.insert("diff".into(), Value::String(diff));
+            return vec![event(ENDPOINT_CHANGED, base(json!({ "diff": diff })))];
         }
         Change::Bytes {
             previous_hash,
             current_hash,
         } => {
-            fields.insert("previous_hash".into(), Value::String(previous_hash));
-            fields.insert("current_hash".into(), Value::String(current_hash));
+            let hashes = json!({ "previous_hash": previous_hash, "current_hash": current_hash });
+            return vec![event(ENDPOINT_CHANGED, base(hashes))];
         }
+        Change::Items(items) => items,
+    };
+    let wanted = |kind: ItemEvent| endpoint.on.contains(&kind);
+    let added: Vec<Value> = match wanted(ItemEvent::Added) {
+        true => items
+            .added
+            .into_iter()
+            .map(|(key, item)| json!({ "key": key, "item": item }))
+            .collect(),
+        false => Vec::new(),
+    };
+    let removed: Vec<Value> = match wanted(ItemEvent::Removed) {
+        true => items
+            .removed
+            .into_iter()
+            .map(|(key, item)| json!({ "key": key, "item": item }))
+            .collect(),
+        false => Vec::new(),
+    };
+    let changed: Vec<Value> = match wanted(ItemEvent::Changed) {
+        true => items
+            .changed
+            .into_iter()
+            .map(|change| json!({ "key": change.key, "item": change.item, "patch": change.patch }))
+            .collect(),
+        false => Vec::new(),
+    };
+    if added.is_empty() && removed.is_empty() && changed.is_empty() {
+        return Vec::new();
     }
+    if endpoint.batch {
+        let lists = json!({ "added": added, "removed": removed, "changed": changed });
+        return vec![event(ITEMS_CHANGED, base(lists))];
+    }
+    let tagged = [
+        (ITEM_ADDED, added),
+        (ITEM_CHANGED, changed),
+        (ITEM_REMOVED, removed),
+    ];
+    tagged
+        .into_iter()
+        .flat_map(|(kind, entries)| entries.into_iter().map(move |entry| (kind, entry)))
+        .map(|(kind, entry)| event(kind, base(entry)))
+        .collect()
+}
+
+/// `endpoint.failing`: sent once when an endpoint has failed `fail_after`
+/// polls in a row.
+pub fn endpoint_failing(endpoint: &Endpoint, health: &Failing, at_ms: u64) -> Event {
     Event {
         id: new_id(),
-        kind: ENDPOINT_CHANGED,
+        kind: ENDPOINT_FAILING,
         timestamp_ms: at_ms,
-        data,
+        data: json!({
+            "endpoint": endpoint.name,
+            "url": endpoint.display_url(),
+            "failures": health.failures,
+            "since": crate::clock::rfc3339(health.since_ms),
+            "error": health.error,
+            "status": health.status,
+        }),
+    }
+}
+
+/// `endpoint.recovered`: the first successful poll after `endpoint.failing`.
+pub fn endpoint_recovered(endpoint: &Endpoint, health: &Failing, at_ms: u64) -> Event {
+    Event {
+        id: new_id(),
+        kind: ENDPOINT_RECOVERED,
+        timestamp_ms: at_ms,
+        data: json!({
+            "endpoint": endpoint.name,
+            "url": endpoint.display_url(),
+            "failures": health.failures,
+            "since": crate::clock::rfc3339(health.since_ms),
+            "recovered_at": crate::clock::rfc3339(at_ms),
+        }),
     }
 }

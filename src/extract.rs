@@ -1,14 +1,18 @@
 //! From a response body to the document that is compared: pure, no IO.
 //!
-//! JSON is parsed, the `ignore` pointers are removed, and it is written back
-//! in canonical form (object keys sorted, no whitespace), so key order and
-//! formatting never make a change. Text is kept as it is. Anything else is
-//! compared by hash only.
+//! JSON is parsed, narrowed by the `select` jq filter, the `ignore` pointers
+//! are removed, and it is written back in canonical form (object keys
+//! sorted, no whitespace), so key order and formatting never make a change.
+//! In item mode the document is the list of items by key, sorted, so their
+//! order never makes a change either. Text keeps the lines that `match`,
+//! normalised by `replace`. Anything else is compared by hash only.
 
-use serde_json::Value;
+use regex::Regex;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::Format;
+use crate::jq::{self, Jq};
 
 /// What kind of document an endpoint produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub enum Kind {
     Json = 1,
     Text = 2,
     Bytes = 3,
+    /// Item mode: a JSON array of `{"key", "item"}`, sorted by key.
+    Items = 4,
 }
 
 impl Kind {
@@ -25,8 +31,29 @@ impl Kind {
             1 => Some(Kind::Json),
             2 => Some(Kind::Text),
             3 => Some(Kind::Bytes),
+            4 => Some(Kind::Items),
             _ => None,
         }
+    }
+
+    /// The name the history listing shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Json => "json",
+            Kind::Text => "text",
+            Kind::Bytes => "bytes",
+            Kind::Items => "items",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Json, Kind::Text, Kind::Bytes, Kind::Items]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+
+    fn is_json(self) -> bool {
+        matches!(self, Kind::Json | Kind::Items)
     }
 }
 
@@ -36,41 +63,52 @@ pub struct Document {
     pub kind: Kind,
     /// The canonical bytes: what is hashed and stored.
     pub canonical: Vec<u8>,
-    /// The parsed value, for JSON documents.
+    /// The parsed value, for JSON and item documents.
     pub json: Option<Value>,
     pub hash: [u8; 32],
+    /// Item mode: keys that more than one item had. Only the item whose
+    /// canonical form sorts first was kept, whatever the response's order.
+    pub duplicate_keys: Vec<Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("the response is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    #[error("the `{name}` filter `{source_text}` failed: {message}")]
+    Filter {
+        name: &'static str,
+        source_text: String,
+        message: String,
+    },
 }
 
 impl Document {
     /// Rebuilds a document from its stored canonical bytes.
     pub fn from_canonical(kind: Kind, canonical: Vec<u8>) -> Result<Document, ExtractError> {
-        let json = match kind {
-            Kind::Json => Some(serde_json::from_slice(&canonical).map_err(ExtractError::NotJson)?),
-            Kind::Text | Kind::Bytes => None,
+        let json = match kind.is_json() {
+            true => Some(serde_json::from_slice(&canonical).map_err(ExtractError::NotJson)?),
+            false => None,
         };
         Ok(Document {
             hash: hash(kind, &canonical),
             kind,
             canonical,
             json,
+            duplicate_keys: Vec::new(),
         })
     }
 
-    fn from_json(value: Value) -> Document {
+    fn from_json(kind: Kind, value: Value) -> Document {
         // Without serde_json's `preserve_order`, objects are B-tree maps: this
         // writes keys sorted, which is the canonical form.
         let canonical = serde_json::to_vec(&value).expect("a JSON value always serialises");
         Document {
-            hash: hash(Kind::Json, &canonical),
-            kind: Kind::Json,
+            hash: hash(kind, &canonical),
+            kind,
             canonical,
             json: Some(value),
+            duplicate_keys: Vec::new(),
         }
     }
 
@@ -82,6 +120,16 @@ impl Document {
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.canonical)
     }
+
+    /// The document as a JSON value: itself for JSON, a string for text,
+    /// `null` for bytes. What `when` filters see.
+    pub fn value(&self) -> Value {
+        match (&self.json, self.kind) {
+            (Some(json), _) => json.clone(),
+            (None, Kind::Text) => Value::String(self.text().into_owned()),
+            (None, _) => Value::Null,
+        }
+    }
 }
 
 fn hash(kind: Kind, canonical: &[u8]) -> [u8; 32] {
@@ -91,40 +139,71 @@ fn hash(kind: Kind, canonical: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// What to do with a response body.
-#[derive(Debug, Clone, Copy)]
-pub struct Rules<'a> {
-    /// Set in the config; otherwise the Content-Type decides.
+/// How a response body becomes the document to compare.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Set in the config; otherwise the rules or the Content-Type decide.
     pub format: Option<Format>,
+    /// A jq filter that narrows a JSON document first.
+    pub select: Option<Jq>,
     /// JSON pointers removed before comparing; `*` matches every key or index.
-    pub ignore: &'a [String],
+    pub ignore: Vec<String>,
+    /// Item mode.
+    pub items: Option<ItemRules>,
+    /// Text: only the lines that match this are kept.
+    pub keep_lines: Option<Regex>,
+    /// Text: each replacement is applied to every kept line, in order.
+    pub replace: Vec<(Regex, String)>,
+}
+
+/// `items` yields the items of a JSON document, `key` each item's identity.
+#[derive(Debug, Clone)]
+pub struct ItemRules {
+    pub items: Jq,
+    pub key: Jq,
+}
+
+impl Rules {
+    /// JSON-only rules make a JSON document, text-only rules a text one.
+    fn kind(&self, body: &[u8], content_type: Option<&str>) -> Kind {
+        match self.format {
+            Some(Format::Json) => Kind::Json,
+            Some(Format::Text) => Kind::Text,
+            None if self.select.is_some() || self.items.is_some() => Kind::Json,
+            None if self.keep_lines.is_some() || !self.replace.is_empty() => Kind::Text,
+            None => sniff(body, content_type),
+        }
+    }
 }
 
 /// Turns a response body into the document to compare.
 pub fn extract(
     body: &[u8],
     content_type: Option<&str>,
-    rules: Rules<'_>,
+    rules: &Rules,
 ) -> Result<Document, ExtractError> {
-    match rules
-        .format
-        .map(kind_of_format)
-        .unwrap_or_else(|| sniff(body, content_type))
-    {
-        Kind::Json => {
+    match rules.kind(body, content_type) {
+        Kind::Json | Kind::Items => {
             let mut value: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
-            for pointer in rules.ignore {
+            if let Some(select) = &rules.select {
+                value = run(select, "select", &value).map(jq::collapse)?;
+            }
+            for pointer in &rules.ignore {
                 remove_pointer(&mut value, pointer);
             }
-            Ok(Document::from_json(value))
+            match &rules.items {
+                Some(item_rules) => items_document(&value, item_rules),
+                None => Ok(Document::from_json(Kind::Json, value)),
+            }
         }
         Kind::Text => {
-            let text = String::from_utf8_lossy(body).into_owned().into_bytes();
+            let text = normalise_text(&String::from_utf8_lossy(body), rules).into_bytes();
             Ok(Document {
                 hash: hash(Kind::Text, &text),
                 kind: Kind::Text,
                 canonical: text,
                 json: None,
+                duplicate_keys: Vec::new(),
             })
         }
         Kind::Bytes => {
@@ -135,16 +214,75 @@ pub fn extract(
                 kind: Kind::Bytes,
                 canonical: Vec::new(),
                 json: None,
+                duplicate_keys: Vec::new(),
             })
         }
     }
 }
 
-fn kind_of_format(format: Format) -> Kind {
-    match format {
-        Format::Json => Kind::Json,
-        Format::Text => Kind::Text,
+fn run(filter: &Jq, name: &'static str, input: &Value) -> Result<Vec<Value>, ExtractError> {
+    filter.run(input).map_err(|message| ExtractError::Filter {
+        name,
+        source_text: filter.source().to_string(),
+        message,
+    })
+}
+
+/// The items of `value` by key, sorted by key, so that their order in the
+/// response never makes a change. Of several items with one key the one
+/// whose canonical form sorts first is kept, whatever the response's order.
+fn items_document(value: &Value, rules: &ItemRules) -> Result<Document, ExtractError> {
+    let mut entries = Vec::new();
+    for item in run(&rules.items, "items", value)? {
+        let key = run(&rules.key, "key", &item).map(jq::collapse)?;
+        let sort_key = (key.to_string(), item.to_string());
+        entries.push((sort_key, key, item));
     }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut duplicate_keys: Vec<Value> = Vec::new();
+    let mut kept: Vec<Value> = Vec::with_capacity(entries.len());
+    let mut previous_key: Option<String> = None;
+    for ((key_text, _), key, item) in entries {
+        if previous_key.as_ref() == Some(&key_text) {
+            if duplicate_keys.last() != Some(&key) {
+                duplicate_keys.push(key);
+            }
+            continue;
+        }
+        previous_key = Some(key_text);
+        kept.push(json!({ "key": key, "item": item }));
+    }
+    let mut document = Document::from_json(Kind::Items, Value::Array(kept));
+    document.duplicate_keys = duplicate_keys;
+    Ok(document)
+}
+
+/// Keeps the lines that match `keep_lines` and applies `replace` to each.
+fn normalise_text(text: &str, rules: &Rules) -> String {
+    if rules.keep_lines.is_none() && rules.replace.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if rules
+            .keep_lines
+            .as_ref()
+            .is_some_and(|keep| !keep.is_match(line))
+        {
+            continue;
+        }
+        let mut line = std::borrow::Cow::Borrowed(line);
+        for (pattern, replacement) in &rules.replace {
+            if let std::borrow::Cow::Owned(replaced) =
+                pattern.replace_all(&line, replacement.as_str())
+            {
+                line = std::borrow::Cow::Owned(replaced);
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// JSON when the Content-Type says so (`application/json`, `+json`), text
@@ -240,10 +378,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn json_rules(ignore: &[String]) -> Rules<'_> {
+    fn json_rules(ignore: &[String]) -> Rules {
         Rules {
-            format: None,
-            ignore,
+            ignore: ignore.to_vec(),
+            ..Rules::default()
         }
     }
 
@@ -252,13 +390,13 @@ mod tests {
         let a = extract(
             br#"{"b": 1, "a": [1, 2], "c": {"y": 1, "x": 2}}"#,
             Some("application/json"),
-            json_rules(&[]),
+            &json_rules(&[]),
         )
         .unwrap();
         let b = extract(
             br#"{"c":{"x":2,"y":1},"a":[1,2],"b":1}"#,
             Some("application/json"),
-            json_rules(&[]),
+            &json_rules(&[]),
         )
         .unwrap();
         assert_eq!(a.hash, b.hash);
@@ -310,34 +448,34 @@ mod tests {
             extract(
                 body,
                 Some("application/json; charset=utf-8"),
-                json_rules(&[])
+                &json_rules(&[])
             )
             .unwrap()
             .kind,
             Kind::Json
         );
         assert_eq!(
-            extract(body, Some("application/vnd.github+json"), json_rules(&[]))
+            extract(body, Some("application/vnd.github+json"), &json_rules(&[]))
                 .unwrap()
                 .kind,
             Kind::Json
         );
         assert_eq!(
-            extract(body, Some("text/plain"), json_rules(&[]))
+            extract(body, Some("text/plain"), &json_rules(&[]))
                 .unwrap()
                 .kind,
             Kind::Text
         );
         let forced = Rules {
             format: Some(Format::Json),
-            ignore: &[],
+            ..Rules::default()
         };
         assert_eq!(
-            extract(body, Some("text/plain"), forced).unwrap().kind,
+            extract(body, Some("text/plain"), &forced).unwrap().kind,
             Kind::Json
         );
         assert_eq!(
-            extract(&[0xff, 0xfe, 0], None, json_rules(&[]))
+            extract(&[0xff, 0xfe, 0], None, &json_rules(&[]))
                 .unwrap()
                 .kind,
             Kind::Bytes
@@ -349,7 +487,7 @@ mod tests {
         let error = extract(
             b"<html>oops</html>",
             Some("application/json"),
-            json_rules(&[]),
+            &json_rules(&[]),
         )
         .unwrap_err();
         assert!(error.to_string().contains("not valid JSON"), "{error}");
@@ -360,10 +498,159 @@ mod tests {
         let original = extract(
             br#"{"z":[1,{"b":2,"a":"\u00e9"}]}"#,
             Some("application/json"),
-            json_rules(&[]),
+            &json_rules(&[]),
         )
         .unwrap();
         let restored = Document::from_canonical(Kind::Json, original.canonical.clone()).unwrap();
         assert_eq!(restored, original);
+    }
+
+    fn item_rules(items: &str, key: &str) -> Rules {
+        Rules {
+            items: Some(ItemRules {
+                items: items.parse().unwrap(),
+                key: key.parse().unwrap(),
+            }),
+            ..Rules::default()
+        }
+    }
+
+    /// The `(key, item)` pairs of an item document, in stored order.
+    fn entries(document: &Document) -> Vec<(Value, Value)> {
+        document
+            .json
+            .as_ref()
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| (entry["key"].clone(), entry["item"].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn item_documents_are_keyed_and_sorted() {
+        let rules = item_rules(".data[]", ".id");
+        // (case, body, expected (key, item) pairs, expected duplicate keys)
+        type Case = (&'static str, &'static str, Vec<(Value, Value)>, Vec<Value>);
+        let cases: Vec<Case> = vec![
+            (
+                "sorted by key whatever the order",
+                r#"{"data":[{"id":2,"n":"b"},{"id":1,"n":"a"}]}"#,
+                vec![
+                    (json!(1), json!({"id":1,"n":"a"})),
+                    (json!(2), json!({"id":2,"n":"b"})),
+                ],
+                vec![],
+            ),
+            ("an empty list", r#"{"data":[]}"#, vec![], vec![]),
+            (
+                "duplicate keys keep the item that sorts first",
+                r#"{"data":[{"id":1,"n":"z"},{"id":1,"n":"a"},{"id":2}]}"#,
+                vec![
+                    (json!(1), json!({"id":1,"n":"a"})),
+                    (json!(2), json!({"id":2})),
+                ],
+                vec![json!(1)],
+            ),
+            (
+                "string keys and unicode",
+                r#"{"data":[{"id":"ünï","v":"☂"},{"id":"abc"}]}"#,
+                vec![
+                    (json!("abc"), json!({"id":"abc"})),
+                    (json!("ünï"), json!({"id":"ünï","v":"☂"})),
+                ],
+                vec![],
+            ),
+        ];
+        for (case, body, expected, duplicates) in cases {
+            let document = extract(body.as_bytes(), None, &rules).unwrap();
+            assert_eq!(document.kind, Kind::Items, "{case}");
+            assert_eq!(entries(&document), expected, "{case}");
+            assert_eq!(document.duplicate_keys, duplicates, "{case}");
+        }
+        // Items the key cannot index are a failed poll, as in jq; `?` makes
+        // their key null instead.
+        assert!(extract(br#"{"data":["x"]}"#, None, &rules).is_err());
+        let lenient = item_rules(".data[]", ".id?");
+        let document = extract(br#"{"data":["x", {"id": 1}]}"#, None, &lenient).unwrap();
+        assert_eq!(
+            entries(&document),
+            vec![(json!(1), json!({"id": 1})), (json!(null), json!("x"))]
+        );
+        // Order and duplicates never change the hash.
+        let a = extract(
+            br#"{"data":[{"id":1,"n":"z"},{"id":1,"n":"a"},{"id":2}]}"#,
+            None,
+            &rules,
+        )
+        .unwrap();
+        let b = extract(
+            br#"{"data":[{"id":2},{"id":1,"n":"a"},{"id":1,"n":"z"}]}"#,
+            None,
+            &rules,
+        )
+        .unwrap();
+        assert_eq!(a.hash, b.hash);
+    }
+
+    #[test]
+    fn select_and_nested_ignores_apply_before_items() {
+        let rules = Rules {
+            select: Some(".result".parse().unwrap()),
+            ignore: vec!["/items/*/stats/views".into(), "/generated".into()],
+            ..item_rules(".items[]", ".id")
+        };
+        let body = br#"{"meta":1,"result":{"generated":"now","items":[{"id":1,"stats":{"views":9,"likes":2}}]}}"#;
+        let document = extract(body, None, &rules).unwrap();
+        assert_eq!(
+            entries(&document),
+            vec![(json!(1), json!({"id":1,"stats":{"likes":2}}))]
+        );
+    }
+
+    #[test]
+    fn filters_that_fail_on_a_response_are_errors() {
+        let cases = [
+            (
+                Rules {
+                    select: Some(".a[0]".parse().unwrap()),
+                    ..Rules::default()
+                },
+                "select",
+            ),
+            (item_rules(".a[]", ".id"), "items"),
+            (item_rules(".[]", ".id"), "key"),
+        ];
+        for (rules, name) in cases {
+            let error = extract(br#"{"a": 5}"#, None, &rules)
+                .map(|_| ())
+                .unwrap_err();
+            assert!(
+                error.to_string().contains(&format!("the `{name}` filter")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_keeps_matching_lines_normalised() {
+        let rules = Rules {
+            keep_lines: Some(Regex::new("^(api|search):").unwrap()),
+            replace: vec![
+                (Regex::new(r"\(\d+ ms\)").unwrap(), "(… ms)".into()),
+                (Regex::new("degraded").unwrap(), "DEGRADED".into()),
+            ],
+            ..Rules::default()
+        };
+        let body = "updated 12:03\napi: up (12 ms)\nsearch: degraded (340 ms)\nbilling: up\n";
+        let document = extract(body.as_bytes(), Some("application/json"), &rules).unwrap();
+        assert_eq!(document.kind, Kind::Text, "text rules make a text document");
+        assert_eq!(document.text(), "api: up (… ms)\nsearch: DEGRADED (… ms)\n");
+        let later = "updated 12:04\napi: up (15 ms)\nsearch: degraded (290 ms)\nbilling: down\n";
+        assert_eq!(
+            extract(later.as_bytes(), None, &rules).unwrap().hash,
+            document.hash
+        );
     }
 }

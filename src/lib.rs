@@ -28,6 +28,8 @@ pub mod diff;
 pub mod event;
 pub mod extract;
 pub mod fetch;
+pub mod hosts;
+pub mod jq;
 pub mod metrics;
 pub mod poll;
 pub mod schedule;

@@ -6,9 +6,11 @@
 
 use crate::clock;
 use crate::config::Endpoint;
-use crate::diff::diff;
+use serde_json::{Value, json};
+
+use crate::diff::{Change, diff};
 use crate::event::{self, Event};
-use crate::extract::{self, Document, ExtractError, Rules};
+use crate::extract::{self, Document, ExtractError};
 use crate::fetch::{self, FetchError, Fetched, Validators};
 use crate::store::{Commit, OutboxRow, Snapshot, Store, StoreError};
 
@@ -92,11 +94,7 @@ pub async fn observe(
                 validators,
             } => (bytes, content_type, validators),
         };
-    let rules = Rules {
-        format: endpoint.format,
-        ignore: &endpoint.ignore,
-    };
-    let document = extract::extract(&bytes, content_type.as_deref(), rules)?;
+    let document = extract::extract(&bytes, content_type.as_deref(), &endpoint.rules)?;
     let now_ms = clock::now_ms();
     let new_snapshot = |version: u64| Snapshot {
         version,
@@ -108,14 +106,9 @@ pub async fn observe(
     };
 
     let Some(previous) = previous else {
-        let events = if endpoint.emit_initial {
-            let change = diff(None, &document);
-            change
-                .map(|change| event::endpoint_changed(endpoint, None, 1, change, now_ms))
-                .into_iter()
-                .collect()
-        } else {
-            Vec::new()
+        let events = match endpoint.emit_initial {
+            true => events(endpoint, None, &document, None, 1, now_ms)?,
+            false => Vec::new(),
         };
         let snapshot = new_snapshot(1);
         return Ok(Observation::New {
@@ -146,12 +139,14 @@ pub async fn observe(
         return Ok(Observation::Unchanged { refreshed });
     }
     let previous_document = store.document(&endpoint.name, previous.version)?;
-    let events = diff(previous_document.as_ref(), &document)
-        .map(|change| {
-            event::endpoint_changed(endpoint, Some(previous.version), version, change, now_ms)
-        })
-        .into_iter()
-        .collect();
+    let events = events(
+        endpoint,
+        previous_document.as_ref(),
+        &document,
+        Some(previous.version),
+        version,
+        now_ms,
+    )?;
     let snapshot = new_snapshot(version);
     Ok(Observation::New {
         reason: NewReason::Changed,
@@ -159,6 +154,70 @@ pub async fn observe(
         document,
         events,
     })
+}
+
+/// The events to send for the change from `previous` to `current`: the
+/// diff, narrowed by `when`, made into events.
+fn events(
+    endpoint: &Endpoint,
+    previous: Option<&Document>,
+    current: &Document,
+    previous_version: Option<u64>,
+    version: u64,
+    now_ms: u64,
+) -> Result<Vec<Event>, ExtractError> {
+    let Some(change) = diff(previous, current) else {
+        return Ok(Vec::new());
+    };
+    let change = match &endpoint.when {
+        None => Some(change),
+        Some(when) => {
+            let holds = |previous: Value, current: Value| {
+                let input = json!({ "previous": previous, "current": current });
+                when.run_one(&input)
+                    .map(|verdict| verdict == Value::Bool(true))
+                    .map_err(|message| ExtractError::Filter {
+                        name: "when",
+                        source_text: when.source().to_string(),
+                        message,
+                    })
+            };
+            match change {
+                // In item mode the condition is asked of each item.
+                Change::Items(mut items) => {
+                    items.added =
+                        retain(items.added, |(_, item)| holds(Value::Null, item.clone()))?;
+                    items.removed =
+                        retain(items.removed, |(_, item)| holds(item.clone(), Value::Null))?;
+                    items.changed = retain(items.changed, |change| {
+                        holds(change.previous.clone(), change.item.clone())
+                    })?;
+                    (!items.is_empty()).then_some(Change::Items(items))
+                }
+                change => {
+                    let previous = previous.map_or(Value::Null, Document::value);
+                    holds(previous, current.value())?.then_some(change)
+                }
+            }
+        }
+    };
+    Ok(change
+        .map(|change| event::for_change(endpoint, previous_version, version, change, now_ms))
+        .unwrap_or_default())
+}
+
+/// The elements for which `keep` holds, or its first error.
+fn retain<T, E>(
+    elements: Vec<T>,
+    mut keep: impl FnMut(&T) -> Result<bool, E>,
+) -> Result<Vec<T>, E> {
+    let mut kept = Vec::with_capacity(elements.len());
+    for element in elements {
+        if keep(&element)? {
+            kept.push(element);
+        }
+    }
+    Ok(kept)
 }
 
 /// Writes what [`observe`] found: snapshot, history and one outbox row per
@@ -183,30 +242,7 @@ pub async fn apply(
             events,
             ..
         } => {
-            let now_ms = clock::now_ms();
-            let deliveries: Vec<(&str, OutboxRow)> = events
-                .iter()
-                .flat_map(|event| {
-                    endpoint.targets.iter().map(move |target| {
-                        (
-                            target.as_str(),
-                            OutboxRow {
-                                event_id: event.id.clone(),
-                                event_type: event.kind.to_string(),
-                                endpoint: endpoint.name.clone(),
-                                body: event.body(),
-                                created_ms: event.timestamp_ms,
-                                attempts: 0,
-                                next_attempt_ms: now_ms,
-                                last_status: None,
-                                last_error: None,
-                                attempt_log: Vec::new(),
-                                dead_at_ms: None,
-                            },
-                        )
-                    })
-                })
-                .collect();
+            let deliveries = outbox_rows(endpoint, events);
             let queued = deliveries.len();
             store
                 .commit(&Commit {
@@ -220,4 +256,32 @@ pub async fn apply(
             Ok(queued)
         }
     }
+}
+
+/// One outbox row per event and target of `endpoint`, due now.
+pub fn outbox_rows<'e>(endpoint: &'e Endpoint, events: &[Event]) -> Vec<(&'e str, OutboxRow)> {
+    let now_ms = clock::now_ms();
+    events
+        .iter()
+        .flat_map(|event| {
+            endpoint.targets.iter().map(move |target| {
+                (
+                    target.as_str(),
+                    OutboxRow {
+                        event_id: event.id.clone(),
+                        event_type: event.kind.to_string(),
+                        endpoint: endpoint.name.clone(),
+                        body: event.body(),
+                        created_ms: event.timestamp_ms,
+                        attempts: 0,
+                        next_attempt_ms: now_ms,
+                        last_status: None,
+                        last_error: None,
+                        attempt_log: Vec::new(),
+                        dead_at_ms: None,
+                    },
+                )
+            })
+        })
+        .collect()
 }

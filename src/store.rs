@@ -76,6 +76,19 @@ pub struct Snapshot {
     pub changed_at_ms: u64,
 }
 
+/// A run of failed polls, as the health events describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failing {
+    /// Failed polls in a row.
+    pub failures: u32,
+    /// When the first of them happened.
+    pub since_ms: u64,
+    /// The latest error, as logged.
+    pub error: String,
+    /// The latest HTTP status, when the server answered.
+    pub status: Option<u16>,
+}
+
 /// One webhook waiting to be delivered to one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {
@@ -163,6 +176,8 @@ pub struct Store {
     dead: sled::Tree,
     attempts: sled::Tree,
     paused: sled::Tree,
+    /// Endpoints whose `endpoint.failing` was sent, until they recover.
+    health: sled::Tree,
     /// Outbox rows committed but not yet flushed: not handed out yet.
     unflushed: std::sync::Mutex<std::collections::HashSet<OutboxKey>>,
     /// Entries in each target's attempt log, counted once per process.
@@ -221,6 +236,7 @@ impl Store {
             dead: db.open_tree("dead")?,
             attempts: db.open_tree("attempts")?,
             paused: db.open_tree("paused")?,
+            health: db.open_tree("health")?,
             unflushed: Default::default(),
             attempt_counts: Default::default(),
             db,
@@ -256,7 +272,7 @@ impl Store {
                 Ok(crate::admin::VersionView {
                     version,
                     at_ms,
-                    kind: format!("{:?}", document.kind).to_lowercase(),
+                    kind: document.kind.name().to_string(),
                     bytes: document.canonical.len(),
                 })
             })
@@ -287,18 +303,79 @@ impl Store {
             .transaction(|(snapshots, history_tree, outbox)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
                 history_tree.insert(history_key(commit.endpoint, version), history.as_slice())?;
-                let mut keys = Vec::with_capacity(rows.len());
-                for (target, row) in &rows {
-                    let key = OutboxKey::new(target, outbox.generate_id()?);
-                    // Hidden before the transaction can make it visible.
-                    self.hide(&key);
-                    lock(&generated.keys).push(key.clone());
-                    outbox.insert(key.0.as_slice(), row.as_slice())?;
-                    keys.push(key);
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(keys)
+                self.insert_rows(outbox, &rows, &generated)
             })
             .map_err(transaction_error);
+        let keys = self.flushed(result, generated).await?;
+        self.trim_history(commit.endpoint, version, commit.keep_history)?;
+        Ok(keys)
+    }
+
+    /// Records that `endpoint` is failing (`Some`) or healthy again (`None`)
+    /// with the rows of the health event that says so, in one transaction,
+    /// durable before it returns: the event is sent exactly when the state
+    /// it announces is stored.
+    pub async fn commit_health(
+        &self,
+        endpoint: &str,
+        failing: Option<&Failing>,
+        deliveries: &[(&str, OutboxRow)],
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let state = failing.map(encode_json);
+        let rows: Vec<(&str, Vec<u8>)> = deliveries
+            .iter()
+            .map(|(target, row)| (*target, encode_json(row)))
+            .collect();
+        let generated = Unhide {
+            store: self,
+            keys: std::sync::Mutex::new(Vec::new()),
+        };
+        let result = (&self.health, &self.outbox)
+            .transaction(|(health, outbox)| {
+                match &state {
+                    Some(state) => health.insert(endpoint.as_bytes(), state.as_slice())?,
+                    None => health.remove(endpoint.as_bytes())?,
+                };
+                self.insert_rows(outbox, &rows, &generated)
+            })
+            .map_err(transaction_error);
+        self.flushed(result, generated).await
+    }
+
+    /// The failure run an `endpoint.failing` was sent for, if it has not
+    /// recovered since.
+    pub fn failing(&self, endpoint: &str) -> Result<Option<Failing>, StoreError> {
+        self.health
+            .get(endpoint)?
+            .map(|bytes| decode_json(&bytes, "health"))
+            .transpose()
+    }
+
+    /// Inserts outbox rows inside a transaction, hidden until flushed.
+    fn insert_rows(
+        &self,
+        outbox: &sled::transaction::TransactionalTree,
+        rows: &[(&str, Vec<u8>)],
+        generated: &Unhide<'_>,
+    ) -> Result<Vec<OutboxKey>, ConflictableTransactionError<StoreError>> {
+        let mut keys = Vec::with_capacity(rows.len());
+        for (target, row) in rows {
+            let key = OutboxKey::new(target, outbox.generate_id()?);
+            // Hidden before the transaction can make it visible.
+            self.hide(&key);
+            lock(&generated.keys).push(key.clone());
+            outbox.insert(key.0.as_slice(), row.as_slice())?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Flushes a transaction that queued rows, then shows them.
+    async fn flushed(
+        &self,
+        result: Result<Vec<OutboxKey>, StoreError>,
+        generated: Unhide<'_>,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
         let flushed = match &result {
             Ok(keys) if !keys.is_empty() => self.flush().await,
             _ => Ok(()),
@@ -306,7 +383,6 @@ impl Store {
         drop(generated);
         let keys = result?;
         flushed?;
-        self.trim_history(commit.endpoint, version, commit.keep_history)?;
         Ok(keys)
     }
 

@@ -259,6 +259,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// `pollhook once`: polls the chosen endpoints now and prints their events.
+/// A document as people read it: indented JSON, the text, or a hash.
+fn show_document(document: &crate::extract::Document) -> String {
+    match (&document.json, document.kind) {
+        (Some(json), _) => serde_json::to_string_pretty(json).unwrap_or_default(),
+        (None, crate::extract::Kind::Text) => document.text().into_owned(),
+        (None, _) => format!("(not text; sha256 {})", document.hash_hex()),
+    }
+}
+
 async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let endpoints = if names.is_empty() {
@@ -291,21 +300,47 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
                 continue;
             }
         };
-        match &observation {
-            Observation::Unchanged { .. } => eprintln!("{}: unchanged", endpoint.name),
+        let document = match &observation {
+            Observation::Unchanged { .. } => {
+                eprintln!("{}: unchanged", endpoint.name);
+                // The same as the stored version (or a 304 said so).
+                match store.snapshot(&endpoint.name)? {
+                    Some(snapshot) => store.document(&endpoint.name, snapshot.version)?,
+                    None => None,
+                }
+            }
             Observation::New {
                 reason,
                 snapshot,
                 events,
-                ..
+                document,
             } => {
                 eprintln!(
                     "{}: {reason:?}, version {}, {} event(s)",
                     endpoint.name,
                     snapshot.version,
                     events.len()
-                )
+                );
+                if !document.duplicate_keys.is_empty() {
+                    eprintln!(
+                        "{}: warning: several items have the key(s) {}; of each, the one that sorts first is kept",
+                        endpoint.name,
+                        serde_json::Value::Array(document.duplicate_keys.clone())
+                    );
+                }
+                Some(document.clone())
             }
+        };
+        // Named endpoints show what is compared, to help tune the filters.
+        if !names.is_empty()
+            && let Some(document) = document
+        {
+            eprintln!(
+                "{}: extracted document ({}):\n{}",
+                endpoint.name,
+                document.kind.name(),
+                show_document(&document)
+            );
         }
         for event in observation.events() {
             writeln!(stdout, "{}", event.body())?;

@@ -175,11 +175,7 @@ pub async fn history(
                 let bytes = client
                     .bytes("GET", &format!("/api/v1/endpoints/{name}/history/{wanted}"))
                     .await?;
-                let kind = match kept.kind.as_str() {
-                    "json" => Kind::Json,
-                    "text" => Kind::Text,
-                    _ => Kind::Bytes,
-                };
+                let kind = Kind::from_name(&kept.kind).unwrap_or(Kind::Bytes);
                 Document::from_canonical(kind, bytes.to_vec())?
             }
             Source::Store(store) => store
@@ -192,6 +188,24 @@ pub async fn history(
         None => println!("versions {from} and {to} are the same"),
         Some(crate::diff::Change::Json { patch }) => {
             println!("{}", serde_json::to_string_pretty(&patch)?)
+        }
+        Some(crate::diff::Change::Items(items)) => {
+            let entries = |list: Vec<(serde_json::Value, serde_json::Value)>| -> Vec<_> {
+                list.into_iter()
+                    .map(|(key, item)| serde_json::json!({ "key": key, "item": item }))
+                    .collect()
+            };
+            let changed: Vec<_> = items
+                .changed
+                .into_iter()
+                .map(|change| serde_json::json!({ "key": change.key, "patch": change.patch }))
+                .collect();
+            let report = serde_json::json!({
+                "added": entries(items.added),
+                "removed": entries(items.removed),
+                "changed": changed,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?)
         }
         Some(crate::diff::Change::Text { diff }) => print!("{diff}"),
         Some(crate::diff::Change::Bytes {

@@ -21,6 +21,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::deliver::retry::RetryPolicy;
+use crate::extract::{ItemRules, Rules};
+use crate::jq::Jq;
 use crate::schedule::Schedule;
 pub use values::{
     ByteSize, CronExpr, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
@@ -36,6 +38,8 @@ const DEFAULT_MAX_CONCURRENT_POLLS: usize = 64;
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PARALLEL: usize = 4;
+const DEFAULT_PER_HOST: usize = 2;
+const DEFAULT_FAIL_AFTER: u32 = 3;
 /// The admin API's default port on 127.0.0.1.
 pub const DEFAULT_ADMIN_PORT: u16 = 9477;
 
@@ -45,6 +49,8 @@ pub const DEFAULT_ADMIN_PORT: u16 = 9477;
 struct TopConfig {
     state_dir: Option<PathBuf>,
     max_concurrent_polls: Option<Spanned<usize>>,
+    per_host: Option<Spanned<usize>>,
+    per_host_spacing: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
     #[serde(default)]
     defaults: DefaultsConfig,
@@ -120,6 +126,7 @@ struct DefaultsConfig {
     max_body: Option<ByteSize>,
     keep_history: Option<Spanned<usize>>,
     emit_initial: Option<bool>,
+    fail_after: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,12 +142,45 @@ struct EndpointConfig {
     cron: Option<Spanned<CronExpr>>,
     timeout: Option<HumanDuration>,
     max_body: Option<ByteSize>,
-    format: Option<Format>,
+    format: Option<Spanned<Format>>,
+    select: Option<Spanned<Jq>>,
     #[serde(default)]
     ignore: Vec<JsonPointer>,
+    items: Option<Spanned<Jq>>,
+    key: Option<Spanned<Jq>>,
+    on: Option<Spanned<Vec<ItemEvent>>>,
+    batch: Option<Spanned<bool>>,
+    #[serde(rename = "match")]
+    keep_lines: Option<Spanned<Pattern>>,
+    replace: Option<Spanned<Vec<(Pattern, String)>>>,
+    when: Option<Jq>,
+    fail_after: Option<u32>,
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
     keep_history: Option<Spanned<usize>>,
+}
+
+/// Which item events an item-mode endpoint sends (`on = ["added"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemEvent {
+    Added,
+    Removed,
+    Changed,
+}
+
+/// A regular expression, compiled while the config is read.
+#[derive(Debug, Clone)]
+struct Pattern(regex::Regex);
+
+impl FromStr for Pattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        regex::Regex::new(text)
+            .map(Pattern)
+            .map_err(|error| format!("invalid regular expression `{text}`: {error}"))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,7 +289,8 @@ deserialize_via_from_str!(
     HeaderText,
     JsonPointer,
     Rate,
-    AdminListen
+    AdminListen,
+    Pattern
 );
 
 /// A validated configuration, ready to run.
@@ -259,6 +300,10 @@ pub struct Config {
     pub path: PathBuf,
     pub state_dir: PathBuf,
     pub max_concurrent_polls: usize,
+    /// Requests in flight at once to one host (`host:port`).
+    pub per_host: usize,
+    /// The least time between two requests to one host.
+    pub per_host_spacing: Option<Duration>,
     /// How long deliveries in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub admin: Admin,
@@ -277,14 +322,23 @@ pub struct Endpoint {
     pub schedule: Schedule,
     pub timeout: Duration,
     pub max_body: u64,
-    pub format: Option<Format>,
-    pub ignore: Vec<String>,
+    /// How the body becomes the document that is compared.
+    pub rules: Rules,
+    /// A jq condition over `{previous, current}` that a change must meet to
+    /// be sent; in item mode it is asked per item.
+    pub when: Option<Jq>,
+    /// Item mode: which item events are sent.
+    pub on: Vec<ItemEvent>,
+    /// Item mode: one `items.changed` event per poll instead of one per item.
+    pub batch: bool,
+    /// Consecutive failed polls before `endpoint.failing` is sent; 0: never.
+    pub fail_after: u32,
     /// Names of the targets that receive this endpoint's events.
     pub targets: Vec<String>,
     pub emit_initial: bool,
     pub keep_history: usize,
     /// A hash of everything that shapes the extracted document (url, method,
-    /// headers, body, ignore, format). When it changes, the next poll
+    /// headers, body, format and the extraction rules). When it changes, the next poll
     /// re-baselines quietly instead of sending a diff between two different
     /// questions.
     pub definition: String,
@@ -495,11 +549,21 @@ impl<'s> Compiler<'s> {
             Some(value) => value.into_inner(),
             None => DEFAULT_MAX_CONCURRENT_POLLS,
         };
+        let per_host = match top.per_host {
+            Some(value) if *value.get_ref() == 0 => {
+                self.problem(value.span().start, None, "`per_host` must be at least 1");
+                DEFAULT_PER_HOST
+            }
+            Some(value) => value.into_inner(),
+            None => DEFAULT_PER_HOST,
+        };
         let admin = self.compile_admin(top.admin);
         Some(Config {
             path: path.to_path_buf(),
             state_dir: top.state_dir.unwrap_or_else(default_state_dir),
             max_concurrent_polls,
+            per_host,
+            per_host_spacing: top.per_host_spacing.map(|spacing| spacing.0),
             shutdown_grace: top
                 .shutdown_grace
                 .map_or(DEFAULT_SHUTDOWN_GRACE, |grace| grace.0),
@@ -667,7 +731,7 @@ impl<'s> Compiler<'s> {
                     format!("duplicate endpoint name `{name}`"),
                 );
             }
-            let Some(raw) = self.deserialize_table::<EndpointConfig>(table, &context) else {
+            let Some(mut raw) = self.deserialize_table::<EndpointConfig>(table, &context) else {
                 continue;
             };
             self.check_name(&raw.name, &context);
@@ -726,23 +790,29 @@ impl<'s> Compiler<'s> {
             let Some(schedule) = schedule else {
                 continue;
             };
+            let rules = self.compile_rules(&mut raw, &context);
             let mut headers = HeaderMap::new();
             for (name, value) in raw.headers {
                 if let Ok(name) = HeaderName::from_str(&name.0) {
                     headers.insert(name, value.0);
                 }
             }
-            let ignore: Vec<String> = raw.ignore.into_iter().map(|pointer| pointer.0).collect();
+            let on = match raw.on {
+                Some(on) if on.get_ref().is_empty() => {
+                    self.problem(
+                        on.span().start,
+                        context.clone(),
+                        "`on` is empty: list `added`, `removed` and/or `changed`",
+                    );
+                    Vec::new()
+                }
+                Some(on) => on.into_inner(),
+                None => vec![ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed],
+            };
             let body = raw.body.map(|body| body.value);
             let method = raw.method.map_or(reqwest::Method::GET, |method| method.0);
-            let definition = definition_hash(
-                &raw.url.0,
-                &method,
-                &headers,
-                body.as_deref(),
-                &ignore,
-                raw.format,
-            );
+            let definition =
+                definition_hash(&raw.url.0, &method, &headers, body.as_deref(), &rules);
             endpoints.push(Arc::new(Endpoint {
                 name: raw.name.into_inner(),
                 url: raw.url.0,
@@ -758,8 +828,14 @@ impl<'s> Compiler<'s> {
                     .max_body
                     .or(defaults.max_body)
                     .map_or(DEFAULT_MAX_BODY, |size| size.0),
-                format: raw.format,
-                ignore,
+                rules,
+                when: raw.when,
+                on,
+                batch: raw.batch.is_some_and(|batch| batch.into_inner()),
+                fail_after: raw
+                    .fail_after
+                    .or(defaults.fail_after)
+                    .unwrap_or(DEFAULT_FAIL_AFTER),
                 targets,
                 emit_initial: raw.emit_initial.or(defaults.emit_initial).unwrap_or(false),
                 keep_history,
@@ -767,6 +843,85 @@ impl<'s> Compiler<'s> {
             }));
         }
         endpoints
+    }
+
+    /// The extraction rules, checked for keys that cannot go together:
+    /// jq and JSON pointers work on JSON, `match` and `replace` on text.
+    fn compile_rules(&mut self, raw: &mut EndpointConfig, context: &Option<String>) -> Rules {
+        let format = raw.format.as_ref().map(|format| *format.get_ref());
+        let json_key = [
+            ("select", raw.select.as_ref().map(|v| v.span())),
+            ("items", raw.items.as_ref().map(|v| v.span())),
+        ]
+        .into_iter()
+        .find_map(|(name, span)| span.map(|span| (name, span)));
+        let text_key = [
+            ("match", raw.keep_lines.as_ref().map(|v| v.span())),
+            ("replace", raw.replace.as_ref().map(|v| v.span())),
+        ]
+        .into_iter()
+        .find_map(|(name, span)| span.map(|span| (name, span)));
+        match (format, json_key, text_key) {
+            (_, Some((json, _)), Some((text, span))) => self.problem(
+                span.start,
+                context.clone(),
+                format!("`{text}` works on text and `{json}` on JSON: use one or the other"),
+            ),
+            (Some(Format::Text), Some((json, span)), _) => self.problem(
+                span.start,
+                context.clone(),
+                format!("`{json}` works on JSON, but `format = \"text\"`"),
+            ),
+            (Some(Format::Json), _, Some((text, span))) => self.problem(
+                span.start,
+                context.clone(),
+                format!("`{text}` works on text, but `format = \"json\"`"),
+            ),
+            _ => {}
+        }
+        if raw.items.is_none() {
+            let item_only = [
+                ("key", raw.key.as_ref().map(|v| v.span())),
+                ("on", raw.on.as_ref().map(|v| v.span())),
+                ("batch", raw.batch.as_ref().map(|v| v.span())),
+            ];
+            for (name, span) in item_only {
+                if let Some(span) = span {
+                    self.problem(
+                        span.start,
+                        context.clone(),
+                        format!("`{name}` is for item mode: set `items` too"),
+                    );
+                }
+            }
+        }
+        let items = raw.items.take().map(|items| ItemRules {
+            items: items.into_inner(),
+            // Without a key, an item is its own identity: only additions
+            // and removals are seen.
+            key: raw
+                .key
+                .take()
+                .map_or_else(|| ".".parse().expect("`.` compiles"), Spanned::into_inner),
+        });
+        Rules {
+            format,
+            select: raw.select.take().map(Spanned::into_inner),
+            ignore: std::mem::take(&mut raw.ignore)
+                .into_iter()
+                .map(|pointer| pointer.0)
+                .collect(),
+            items,
+            keep_lines: raw.keep_lines.take().map(|pattern| pattern.into_inner().0),
+            replace: raw
+                .replace
+                .take()
+                .map(Spanned::into_inner)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(pattern, replacement)| (pattern.0, replacement))
+                .collect(),
+        }
     }
 
     fn deserialize_table<T: for<'de> Deserialize<'de>>(
@@ -821,8 +976,7 @@ fn definition_hash(
     method: &reqwest::Method,
     headers: &HeaderMap,
     body: Option<&str>,
-    ignore: &[String],
-    format: Option<Format>,
+    rules: &Rules,
 ) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -836,10 +990,32 @@ fn definition_hash(
         field(value.as_bytes());
     }
     field(body.unwrap_or_default().as_bytes());
-    for pointer in ignore {
+    for pointer in &rules.ignore {
         field(pointer.as_bytes());
     }
-    field(format!("{format:?}").as_bytes());
+    field(format!("{:?}", rules.format).as_bytes());
+    // Rules added later are hashed only when set, so that an endpoint that
+    // does not use them keeps its hash (and is not re-baselined) on upgrade.
+    let filters = [
+        ("select", rules.select.as_ref()),
+        ("items", rules.items.as_ref().map(|items| &items.items)),
+        ("key", rules.items.as_ref().map(|items| &items.key)),
+    ];
+    for (name, filter) in filters {
+        if let Some(filter) = filter {
+            field(name.as_bytes());
+            field(filter.source().as_bytes());
+        }
+    }
+    if let Some(keep) = &rules.keep_lines {
+        field(b"match");
+        field(keep.as_str().as_bytes());
+    }
+    for (pattern, replacement) in &rules.replace {
+        field(b"replace");
+        field(pattern.as_str().as_bytes());
+        field(replacement.as_bytes());
+    }
     hex(&hasher.finalize())
 }
 
