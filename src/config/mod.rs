@@ -232,8 +232,9 @@ impl FromStr for HeaderKey {
     }
 }
 
-/// A header value with `${ENV}` expanded. Values that came from the
-/// environment are marked sensitive, so `Debug` and logs never show them.
+/// A header value with `${...}` expanded. Values that came from outside (the
+/// environment, a file, a credential) are marked sensitive, so `Debug` and
+/// logs never show them.
 #[derive(Debug, Clone)]
 struct HeaderText(HeaderValue);
 
