@@ -95,45 +95,49 @@ const ERROR_CHARS: usize = 200;
 /// Writes the envelope `body` (as the outbox keeps it) in `format`. An
 /// error means this row can never be sent to this target as configured.
 pub fn render(format: &TargetFormat, body: &str) -> Result<Rendered, String> {
-    if *format == TargetFormat::Standard {
-        return Ok(Rendered {
+    let event = || -> Result<Value, String> {
+        serde_json::from_str(body).map_err(|error| format!("the event is not JSON: {error}"))
+    };
+    let rendered = match format {
+        TargetFormat::Standard => Rendered {
             body: body.as_bytes().to_vec(),
             content_type: JSON.into(),
             headers: Vec::new(),
-        });
-    }
-    let event: Value =
-        serde_json::from_str(body).map_err(|error| format!("the event is not JSON: {error}"))?;
-    let rendered = match format {
-        TargetFormat::Standard => unreachable!("returned above"),
+        },
         TargetFormat::Slack => {
-            let text = escape_and_cut(&summary(&event), slack_escape, SLACK_LIMIT_CHARS, chars);
+            let text = escape_and_cut(&summary(&event()?), slack_escape, SLACK_LIMIT_CHARS, chars);
             json_body(&json!({ "text": text }))
         }
         TargetFormat::Discord => {
-            let content =
-                escape_and_cut(&summary(&event), discord_escape, DISCORD_LIMIT_CHARS, chars);
+            let content = escape_and_cut(
+                &summary(&event()?),
+                discord_escape,
+                DISCORD_LIMIT_CHARS,
+                chars,
+            );
             json_body(&json!({ "content": content, "allowed_mentions": { "parse": [] } }))
         }
-        TargetFormat::Ntfy => {
-            let message = escape_and_cut(&summary(&event), verbatim, NTFY_LIMIT_BYTES, bytes);
-            let kind = event["type"].as_str().unwrap_or_default();
-            let mut headers = vec![
-                ("Title", header_text(&ntfy_title(&event))),
-                ("Tags", header_text(&format!("{},{kind}", ntfy_emoji(kind)))),
-            ];
-            if kind == "endpoint.failing" {
-                headers.push(("Priority", "high".into()));
-            }
-            Rendered {
-                body: message.into_bytes(),
-                content_type: PLAIN_TEXT.into(),
-                headers,
-            }
-        }
-        TargetFormat::Template(template) => render_template(template, &event)?,
+        TargetFormat::Ntfy => ntfy_body(&event()?),
+        TargetFormat::Template(template) => render_template(template, &event()?)?,
     };
     Ok(rendered)
+}
+
+fn ntfy_body(event: &Value) -> Rendered {
+    let message = escape_and_cut(&summary(event), verbatim, NTFY_LIMIT_BYTES, bytes);
+    let kind = event["type"].as_str().unwrap_or_default();
+    let mut headers = vec![
+        ("Title", header_text(&ntfy_title(event))),
+        ("Tags", header_text(&format!("{},{kind}", ntfy_emoji(kind)))),
+    ];
+    if kind == "endpoint.failing" {
+        headers.push(("Priority", "high".into()));
+    }
+    Rendered {
+        body: message.into_bytes(),
+        content_type: PLAIN_TEXT.into(),
+        headers,
+    }
 }
 
 fn json_body(value: &Value) -> Rendered {
@@ -426,9 +430,11 @@ fn ntfy_emoji(kind: &str) -> &'static str {
     }
 }
 
-/// Header values must be visible ASCII; anything else becomes `?`.
+/// Header values must be visible ASCII (an invalid one would fail every
+/// attempt): anything else becomes `?`, and a long value ends in `...`.
 fn header_text(text: &str) -> String {
-    let text: String = text
+    const MAX: usize = 250;
+    let mut text: String = text
         .chars()
         .map(|c| {
             if c == ' ' || c.is_ascii_graphic() {
@@ -438,7 +444,11 @@ fn header_text(text: &str) -> String {
             }
         })
         .collect();
-    cut(&text, 250)
+    if text.len() > MAX {
+        text.truncate(MAX - 3);
+        text.push_str("...");
+    }
+    text
 }
 
 /// Slack reads `&`, `<` and `>` as markup (links, `<!channel>`).
@@ -691,8 +701,8 @@ mod tests {
         let slack: Value = serde_json::from_slice(&slack.body).unwrap();
         assert!(slack["text"].as_str().unwrap().chars().count() <= SLACK_LIMIT_CHARS);
 
-        // Summaries cut long labels themselves; force the service limit with
-        // a template-free path: a very long endpoint name.
+        // Summaries cut long keys themselves; a very long endpoint name is
+        // what reaches each service's limit.
         let name = "ü".repeat(5_000);
         let body = event("endpoint.recovered", json!({"endpoint": name, "url": "u"})).to_string();
         let discord = render(&TargetFormat::Discord, &body).unwrap();
@@ -754,6 +764,11 @@ mod tests {
             "api: failing since 12:03 UTC (HTTP 503, 3 failed polls)"
         );
         assert_eq!(ntfy.content_type, "text/plain; charset=utf-8");
+        assert_eq!(header_text("née\n"), "n?e?");
+        assert_eq!(
+            header_text(&"x".repeat(300)),
+            format!("{}...", "x".repeat(247))
+        );
         assert_eq!(
             ntfy.headers,
             vec![

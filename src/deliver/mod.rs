@@ -4,8 +4,8 @@
 //! row with a fresh timestamp, POSTs it, and removes it only after a 2xx;
 //! a failure reschedules it, an exhausted schedule moves it to the dead
 //! letters, a 410 pauses the target. A row is never in two attempts at once.
-//! A row is written in its target's format ([`format`]) just before it is
-//! sent; one that cannot be is dead-lettered at once.
+//! A row is written in its target's format ([`format`](mod@format)) just
+//! before it is sent; one that cannot be is dead-lettered at once.
 
 pub mod format;
 pub mod retry;
