@@ -10,7 +10,8 @@
 //! - [`event`]: the Standard Webhooks envelope.
 //! - [`poll`]: fetch → extract → diff → the writes one poll makes.
 //! - [`store`]: the only module that opens sled: snapshots, history, outbox.
-//! - [`deliver`]: signs and POSTs outbox rows, retrying until a 2xx.
+//! - [`deliver`]: writes outbox rows in each target's format (envelope, Slack,
+//!   Discord, ntfy, template), signs and POSTs them, retrying until a 2xx.
 //! - [`daemon`]: the tasks: one per endpoint, one dispatcher per target, and
 //!   the supervisor that starts, reloads and stops them.
 //! - [`admin`]: the HTTP API (and its client) the CLI and monitoring use.

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::deliver::format::{self, TargetFormat, Template};
 use crate::deliver::retry::RetryPolicy;
 use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
@@ -199,6 +200,40 @@ struct TargetConfig {
     ordered: Option<bool>,
     parallel: Option<Spanned<usize>>,
     rate: Option<Rate>,
+    /// How events are written: the envelope (default) or a chat tool's body.
+    format: Option<Spanned<FormatName>>,
+    /// A minijinja template, with `format = "template"`.
+    template: Option<Spanned<String>>,
+    /// Or a file holding it, relative to the config file's folder.
+    template_file: Option<Spanned<PathBuf>>,
+    /// The `Content-Type` of a template's output (default: sniffed).
+    content_type: Option<Spanned<ContentType>>,
+}
+
+/// `format` on a target, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatName {
+    Standard,
+    Slack,
+    Discord,
+    Ntfy,
+    Template,
+}
+
+/// A `Content-Type` header value, checked while parsing.
+#[derive(Debug, Clone)]
+struct ContentType(String);
+
+impl FromStr for ContentType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match HeaderValue::from_str(text) {
+            Ok(_) if !text.trim().is_empty() => Ok(ContentType(text.to_string())),
+            _ => Err(format!("invalid content type `{text}`")),
+        }
+    }
 }
 
 /// How a response body is read. Without it, the Content-Type decides.
@@ -237,8 +272,9 @@ impl FromStr for HeaderKey {
     }
 }
 
-/// A header value with `${ENV}` expanded. Values that came from the
-/// environment are marked sensitive, so `Debug` and logs never show them.
+/// A header value with `${...}` expanded. Values that came from outside (the
+/// environment, a file, a credential) are marked sensitive, so `Debug` and
+/// logs never show them.
 #[derive(Debug, Clone)]
 struct HeaderText(HeaderValue);
 
@@ -290,7 +326,8 @@ deserialize_via_from_str!(
     JsonPointer,
     Rate,
     AdminListen,
-    Pattern
+    Pattern,
+    ContentType
 );
 
 /// A validated configuration, ready to run.
@@ -366,6 +403,8 @@ pub struct Target {
     pub parallel: usize,
     /// The least time between two attempt starts, from `rate`.
     pub min_spacing: Option<Duration>,
+    /// How each event is written when it is sent.
+    pub format: TargetFormat,
 }
 
 /// `10/s`, `100/m`, `5/h`: at most that many deliveries per unit of time.
@@ -454,6 +493,7 @@ impl Config {
     pub fn compile(source: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut compiler = Compiler {
             source,
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             problems: Vec::new(),
         };
         let config = compiler.compile(path);
@@ -478,6 +518,8 @@ impl Config {
 /// Walks the parsed document, collecting problems instead of stopping.
 struct Compiler<'s> {
     source: &'s str,
+    /// The config file's folder: relative paths in it start there.
+    dir: PathBuf,
     problems: Vec<Problem>,
 }
 
@@ -696,6 +738,13 @@ impl<'s> Compiler<'s> {
                 Some(parallel) => parallel.into_inner(),
                 None => DEFAULT_PARALLEL,
             };
+            let format = self.compile_format(
+                raw.format,
+                raw.template,
+                raw.template_file,
+                raw.content_type,
+                &context,
+            );
             targets.push(Arc::new(Target {
                 name: raw.name.into_inner(),
                 url: raw.url.0,
@@ -705,9 +754,125 @@ impl<'s> Compiler<'s> {
                 ordered: raw.ordered.unwrap_or(false),
                 parallel,
                 min_spacing: raw.rate.map(|rate| rate.0),
+                format,
             }));
         }
         targets
+    }
+
+    /// A target's `format` and the keys that only mean something with
+    /// `format = "template"`. Templates are parsed here, so a syntax error
+    /// is a config error, not a failed delivery.
+    fn compile_format(
+        &mut self,
+        name: Option<Spanned<FormatName>>,
+        template: Option<Spanned<String>>,
+        template_file: Option<Spanned<PathBuf>>,
+        content_type: Option<Spanned<ContentType>>,
+        context: &Option<String>,
+    ) -> TargetFormat {
+        let format_start = name.as_ref().map(|name| name.span().start);
+        let name = name.map_or(FormatName::Standard, Spanned::into_inner);
+        if name != FormatName::Template {
+            let stray = [
+                ("template", template.as_ref().map(|t| t.span().start)),
+                (
+                    "template_file",
+                    template_file.as_ref().map(|t| t.span().start),
+                ),
+                (
+                    "content_type",
+                    content_type.as_ref().map(|t| t.span().start),
+                ),
+            ];
+            for (key, offset) in stray {
+                if let Some(offset) = offset {
+                    self.problem(
+                        offset,
+                        context.clone(),
+                        format!("`{key}` is only used with `format = \"template\"`"),
+                    );
+                }
+            }
+        }
+        match name {
+            FormatName::Standard => TargetFormat::Standard,
+            FormatName::Slack => TargetFormat::Slack,
+            FormatName::Discord => TargetFormat::Discord,
+            FormatName::Ntfy => TargetFormat::Ntfy,
+            FormatName::Template => {
+                let source = match (template, template_file) {
+                    (Some(_), Some(file)) => {
+                        self.problem(
+                            file.span().start,
+                            context.clone(),
+                            "set `template` or `template_file`, not both",
+                        );
+                        None
+                    }
+                    (Some(template), None) => {
+                        let start = template.span().start;
+                        let source = template.into_inner();
+                        match format::check_template(&source) {
+                            Ok(()) => Some(source),
+                            Err(error) => {
+                                self.problem(
+                                    start,
+                                    context.clone(),
+                                    format!("invalid `template`: {error}"),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    (None, Some(file)) => self.read_template(file, context),
+                    (None, None) => {
+                        self.problem(
+                            format_start.unwrap_or(0),
+                            context.clone(),
+                            "`format = \"template\"` needs `template` or `template_file`",
+                        );
+                        None
+                    }
+                };
+                TargetFormat::Template(Template {
+                    source: source.unwrap_or_default(),
+                    content_type: content_type.map(|content_type| content_type.into_inner().0),
+                })
+            }
+        }
+    }
+
+    /// Reads and parses a `template_file`; problems point at the key.
+    fn read_template(
+        &mut self,
+        file: Spanned<PathBuf>,
+        context: &Option<String>,
+    ) -> Option<String> {
+        let start = file.span().start;
+        let path = self.dir.join(file.get_ref());
+        let source = match std::fs::read_to_string(&path) {
+            Ok(source) => source,
+            Err(error) => {
+                self.problem(
+                    start,
+                    context.clone(),
+                    format!("cannot read template file `{}`: {error}", path.display()),
+                );
+                return None;
+            }
+        };
+        match format::check_template(&source) {
+            Ok(()) => Some(source),
+            Err(error) => {
+                self.problem(
+                    start,
+                    context.clone(),
+                    format!("invalid template in `{}`: {error}", path.display()),
+                );
+                None
+            }
+        }
     }
 
     fn compile_endpoints(
@@ -1139,6 +1304,73 @@ targets = ["nowhere"]
             found[3].starts_with("15:12 endpoint `one` unknown target `nowhere`"),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn target_formats_and_their_mistakes() {
+        let target = |extra: &str| {
+            format!("[[target]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/hook\"\n{extra}\n")
+        };
+        let compiled = |extra: &str| {
+            Config::compile(&target(extra), Path::new("c.toml"))
+                .unwrap()
+                .targets[0]
+                .format
+                .clone()
+        };
+        assert_eq!(compiled(""), TargetFormat::Standard);
+        assert_eq!(compiled("format = \"slack\""), TargetFormat::Slack);
+        assert_eq!(compiled("format = \"discord\""), TargetFormat::Discord);
+        assert_eq!(compiled("format = \"ntfy\""), TargetFormat::Ntfy);
+        assert_eq!(
+            compiled(
+                "format = \"template\"\ntemplate = \"{{ summary }}\"\ncontent_type = \"text/markdown\""
+            ),
+            TargetFormat::Template(Template {
+                source: "{{ summary }}".into(),
+                content_type: Some("text/markdown".into()),
+            })
+        );
+
+        let cases = [
+            (
+                "format = \"slak\"",
+                "4:10 target `chat` unknown variant `slak`",
+            ),
+            (
+                "template = \"{{ summary }}\"",
+                "4:12 target `chat` `template` is only used with `format = \"template\"`",
+            ),
+            (
+                "format = \"ntfy\"\ntemplate_file = \"x.j2\"",
+                "5:17 target `chat` `template_file` is only used with `format = \"template\"`",
+            ),
+            (
+                "format = \"template\"",
+                "4:10 target `chat` `format = \"template\"` needs `template` or `template_file`",
+            ),
+            (
+                "format = \"template\"\ntemplate = \"{{ a }}\"\ntemplate_file = \"x.j2\"",
+                "6:17 target `chat` set `template` or `template_file`, not both",
+            ),
+            (
+                "format = \"template\"\ntemplate = \"\"\"\nfine\n{% if %}\"\"\"",
+                "5:12 target `chat` invalid `template`: syntax error: unexpected end of block",
+            ),
+            (
+                "format = \"template\"\ntemplate_file = \"/nonexistent/pollhook.j2\"",
+                "5:17 target `chat` cannot read template file `/nonexistent/pollhook.j2`",
+            ),
+            (
+                "format = \"template\"\ntemplate = \"x\"\ncontent_type = \"bad\\nvalue\"",
+                "6:16 target `chat` invalid content type",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let found = problems(&target(extra));
+            assert_eq!(found.len(), 1, "{extra}: {found:#?}");
+            assert!(found[0].starts_with(expected), "{extra}: {found:#?}");
+        }
     }
 
     #[test]

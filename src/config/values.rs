@@ -5,6 +5,8 @@
 //! the line and column of the mistake, not just its description.
 
 use std::fmt;
+use std::io::Read as _;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ impl FromStr for HumanDuration {
     }
 }
 
-/// An absolute `http` or `https` URL, after `${ENV}` expansion.
+/// An absolute `http` or `https` URL, after `${...}` expansion (environment, file, credential).
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpUrl(pub url::Url);
 
@@ -231,8 +233,9 @@ impl FromStr for ByteSize {
     }
 }
 
-/// A string with `${NAME}` expanded from the environment. It may carry a
-/// secret (a token in a header), so its `Debug` never shows the value.
+/// A string with `${NAME}`, `${file:...}` and `${credential:...}` expanded
+/// (see [`expand_env`]). It may carry a secret (a token in a header), so
+/// its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EnvString {
     pub value: String,
@@ -262,7 +265,15 @@ impl fmt::Debug for EnvString {
     }
 }
 
-/// Expands `${NAME}` from the environment; `$${` stands for a literal `${`.
+/// Expands, in config values:
+///
+/// - `${NAME}`: the environment variable `NAME`;
+/// - `${file:/path}`: the contents of a file (one trailing newline dropped);
+/// - `${credential:NAME}`: the systemd credential `NAME`, the file
+///   `$CREDENTIALS_DIRECTORY/NAME` that `LoadCredential=` provides.
+///
+/// `$${` stands for a literal `${`. Errors name the variable, file or
+/// credential, never the value.
 pub fn expand_env(text: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -276,13 +287,7 @@ pub fn expand_env(text: &str) -> Result<String, String> {
             let end = tail
                 .find('}')
                 .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
-            let name = &tail[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable name `{name}` in `${{...}}`"));
-            }
-            let value = std::env::var(name)
-                .map_err(|_| format!("environment variable `{name}` is not set"))?;
-            out.push_str(&value);
+            out.push_str(&expand_one(&tail[..end])?);
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -291,6 +296,68 @@ pub fn expand_env(text: &str) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The value of what one `${...}` holds.
+fn expand_one(name: &str) -> Result<String, String> {
+    if let Some(path) = name.strip_prefix("file:") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "`${{file:{path}}}` needs an absolute path, e.g. `${{file:/etc/pollhook/token}}`"
+            ));
+        }
+        return read_secret_file(Path::new(path), &format!("secret file `{path}`"));
+    }
+    if let Some(credential) = name.strip_prefix("credential:") {
+        let plain = !credential.is_empty()
+            && credential != "."
+            && credential != ".."
+            && !credential.contains('/');
+        if !plain {
+            return Err(format!("invalid credential name `{credential}`"));
+        }
+        let directory = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|directory| !directory.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "`${{credential:{credential}}}` needs `$CREDENTIALS_DIRECTORY`, which systemd sets for `LoadCredential=`; it is not set"
+                )
+            })?;
+        let path = Path::new(&directory).join(credential);
+        return read_secret_file(
+            &path,
+            &format!("credential `{credential}` (`{}`)", path.display()),
+        );
+    }
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("invalid variable name `{name}` in `${{...}}`"));
+    }
+    std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))
+}
+
+/// Secrets are short: a bigger file is a mistake (a wrong path, a device),
+/// and reading stops there.
+const SECRET_FILE_MAX: u64 = 64 << 10;
+
+/// The contents of a secret file without one trailing newline (`echo` and
+/// editors add one). `what` names it in errors; the contents never appear.
+fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|error| format!("cannot read {what}: {error}"))?;
+    let mut bytes = Vec::new();
+    file.take(SECRET_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read {what}: {error}"))?;
+    if bytes.len() as u64 > SECRET_FILE_MAX {
+        return Err(format!("{what} is larger than 64 KiB"));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8 text"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 /// A Standard Webhooks signing secret: `whsec_` followed by base64 (the
@@ -402,6 +469,43 @@ mod tests {
             missing.contains("POLLHOOK_TEST_SURELY_MISSING"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn file_expansion_drops_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |contents: &[u8], expected: &str| {
+            let path = dir.path().join("secret");
+            std::fs::write(&path, contents).unwrap();
+            let text = format!("Bearer ${{file:{}}}!", path.display());
+            assert_eq!(expand_env(&text).unwrap(), expected, "{contents:?}");
+        };
+        check(b"s3cret\n", "Bearer s3cret!");
+        check(b"s3cret\r\n", "Bearer s3cret!");
+        check(b"s3cret\n\n", "Bearer s3cret\n!");
+        check(b"s3cret", "Bearer s3cret!");
+        check("é".as_bytes(), "Bearer é!");
+
+        let path = dir.path().join("secret");
+        std::fs::write(&path, b"\xff s3cret").unwrap();
+        let error = expand_env(&format!("${{file:{}}}", path.display())).unwrap_err();
+        assert!(error.ends_with("is not UTF-8 text"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        std::fs::write(&path, vec![b'x'; 70_000]).unwrap();
+        let error = expand_env(&format!("${{file:{}}}", path.display())).unwrap_err();
+        assert!(error.ends_with("is larger than 64 KiB"), "{error}");
+
+        let missing = expand_env("${file:/nonexistent/pollhook-token}").unwrap_err();
+        assert!(
+            missing.starts_with("cannot read secret file `/nonexistent/pollhook-token`: "),
+            "{missing}"
+        );
+        let relative = expand_env("${file:token.txt}").unwrap_err();
+        assert!(relative.contains("needs an absolute path"), "{relative}");
+        for bad in ["${credential:}", "${credential:../x}", "${credential:a/b}"] {
+            let error = expand_env(bad).unwrap_err();
+            assert!(error.starts_with("invalid credential name"), "{error}");
+        }
     }
 
     #[test]

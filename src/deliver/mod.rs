@@ -4,7 +4,10 @@
 //! row with a fresh timestamp, POSTs it, and removes it only after a 2xx;
 //! a failure reschedules it, an exhausted schedule moves it to the dead
 //! letters, a 410 pauses the target. A row is never in two attempts at once.
+//! A row is written in its target's format ([`format`](mod@format)) just
+//! before it is sent; one that cannot be is dead-lettered at once.
 
+pub mod format;
 pub mod retry;
 pub mod sign;
 
@@ -46,6 +49,10 @@ pub struct Attempt {
     pub response: String,
     pub error: Option<String>,
     pub duration: Duration,
+    /// The row could not be written in the target's format, so nothing was
+    /// sent: retrying cannot help, the row goes to the dead letters (a
+    /// replay after the config is fixed sends it).
+    pub unsendable: bool,
 }
 
 /// POSTs one row to its target, signed with a fresh timestamp.
@@ -53,21 +60,6 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
     let started = Instant::now();
     let at_ms = clock::now_ms();
     let timestamp = at_ms / 1000;
-    let mut request = client
-        .post(target.url.clone())
-        .timeout(target.timeout)
-        .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", &row.event_id)
-        .header("webhook-timestamp", timestamp.to_string());
-    if !target.secrets.is_empty() {
-        let signature = sign::signature_header(
-            &target.secrets,
-            &row.event_id,
-            timestamp,
-            row.body.as_bytes(),
-        );
-        request = request.header("webhook-signature", signature);
-    }
     let mut attempt = Attempt {
         at_ms,
         status: None,
@@ -75,7 +67,35 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
         response: String::new(),
         error: None,
         duration: Duration::ZERO,
+        unsendable: false,
     };
+    let rendered = match format::render(&target.format, &row.body) {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            attempt.error = Some(format!(
+                "cannot write the event as `format = \"{}\"`: {error}",
+                target.format.name()
+            ));
+            attempt.unsendable = true;
+            attempt.duration = started.elapsed();
+            return attempt;
+        }
+    };
+    let mut request = client
+        .post(target.url.clone())
+        .timeout(target.timeout)
+        .header(CONTENT_TYPE, &rendered.content_type)
+        .header("webhook-id", &row.event_id)
+        .header("webhook-timestamp", timestamp.to_string());
+    for (name, value) in &rendered.headers {
+        request = request.header(*name, value);
+    }
+    if !target.secrets.is_empty() {
+        // The signature covers the bytes sent, whatever the format.
+        let signature =
+            sign::signature_header(&target.secrets, &row.event_id, timestamp, &rendered.body);
+        request = request.header("webhook-signature", signature);
+    }
     let describe = |error: reqwest::Error| {
         if error.is_timeout() {
             format!(
@@ -86,7 +106,7 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
             crate::error_chain(&error.without_url())
         }
     };
-    match request.body(row.body.clone()).send().await {
+    match request.body(rendered.body).send().await {
         Ok(mut response) => {
             let status = response.status();
             attempt.status = Some(status.as_u16());
@@ -126,12 +146,16 @@ fn record(
     attempt: &Attempt,
 ) -> Result<RetryAction, StoreError> {
     row.attempts += 1;
-    let action = retry::decide(
-        attempt.status,
-        attempt.retry_after,
-        row.attempts,
-        &target.retry,
-    );
+    let action = if attempt.unsendable {
+        RetryAction::Dead
+    } else {
+        retry::decide(
+            attempt.status,
+            attempt.retry_after,
+            row.attempts,
+            &target.retry,
+        )
+    };
     let next_attempt_ms = match action {
         RetryAction::Retry(wait) => Some(clock::now_ms().saturating_add(wait.as_millis() as u64)),
         RetryAction::Success | RetryAction::Dead | RetryAction::Pause => None,
@@ -178,10 +202,15 @@ fn record(
         RetryAction::Dead => {
             row.dead_at_ms = Some(clock::now_ms());
             store.dead_letter(key, &row)?;
+            let why = if attempt.unsendable {
+                "it cannot be written in the target's format"
+            } else {
+                "every attempt failed"
+            };
             error!(
                 target = %target.name, event_id = %row.event_id, endpoint = %row.endpoint,
                 attempts = row.attempts, error = error_text,
-                "event.dead: every attempt failed; kept as a dead letter (`pollhook replay {}`)", row.event_id
+                "event.dead: {why}; kept as a dead letter (`pollhook replay {}`)", row.event_id
             );
         }
         RetryAction::Pause => {

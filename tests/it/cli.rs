@@ -9,7 +9,7 @@ use tokio::process::Command;
 
 use crate::support::{Api, Receiver, Reply, SECRET};
 
-fn binary() -> Command {
+pub(crate) fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pollhook"));
     command
         .env_remove("POLLHOOK_CONFIG")
@@ -19,13 +19,13 @@ fn binary() -> Command {
     command
 }
 
-fn data(name: &str) -> PathBuf {
+pub(crate) fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
 }
 
-async fn run(args: &[&str]) -> Output {
+pub(crate) async fn run(args: &[&str]) -> Output {
     let output = binary().args(args).output();
     tokio::time::timeout(Duration::from_secs(30), output)
         .await
@@ -33,7 +33,7 @@ async fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod crash;
 mod delivery;
+mod formats;
 mod pipeline;
 mod retry;
 mod service;

@@ -169,6 +169,8 @@ pub struct Webhook {
     pub id: String,
     pub timestamp: String,
     pub signature: Option<String>,
+    /// Every header, for formats that add their own.
+    pub headers: HeaderMap,
     pub body: Bytes,
     /// The status the receiver answered with.
     pub answered: u16,
@@ -378,6 +380,7 @@ async fn receive(
         id,
         timestamp: header("webhook-timestamp").unwrap_or_default(),
         signature: header("webhook-signature"),
+        headers: headers.clone(),
         body,
         answered,
         arrived,
