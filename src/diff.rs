@@ -216,4 +216,84 @@ mod tests {
         assert!(diff.contains("-two\n+2\n"), "{diff}");
         assert!(super::diff(Some(&text("same")), &text("same")).is_none());
     }
+
+    mod properties {
+        use super::*;
+        use crate::extract::ItemRules;
+        use proptest::prelude::*;
+
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "[a-c\\u{e9}\\u{2602}/~0-9]{0,4}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-c0-9~/]{0,3}", inner, 0..6)
+                        .prop_map(|map| Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn pointer() -> impl Strategy<Value = String> {
+            prop::collection::vec("[a-c0-9*~/]{0,2}", 0..4)
+                .prop_map(|tokens| tokens.iter().map(|t| format!("/{t}")).collect())
+        }
+
+        fn rules(ignore: Vec<String>, item_mode: bool) -> Rules {
+            Rules {
+                format: Some(Format::Json),
+                ignore,
+                // `..` reaches items at any depth; `?` keeps odd ones keyless.
+                items: item_mode.then(|| ItemRules {
+                    items: "..".parse().unwrap(),
+                    key: ".a? // .b?".parse().unwrap(),
+                }),
+                ..Rules::default()
+            }
+        }
+
+        proptest! {
+            /// Extract and diff never panic, and a document compared with
+            /// itself is never a change.
+            #[test]
+            fn extract_and_diff_never_panic(
+                before in any_json(),
+                after in any_json(),
+                ignore in prop::collection::vec(pointer(), 0..3),
+                item_mode in any::<bool>(),
+            ) {
+                let rules = rules(ignore, item_mode);
+                let extract_json = |value: &Value| {
+                    extract(value.to_string().as_bytes(), None, &rules)
+                };
+                if let (Ok(before), Ok(after)) = (extract_json(&before), extract_json(&after)) {
+                    prop_assert_eq!(diff(Some(&before), &before), None);
+                    let change = diff(Some(&before), &after);
+                    prop_assert_eq!(change.is_none(), before.hash == after.hash);
+                    let _ = diff(None, &after);
+                    let restored = Document::from_canonical(after.kind, after.canonical.clone());
+                    prop_assert_eq!(restored.map(|doc| doc.hash).ok(), Some(after.hash));
+                }
+            }
+
+            /// Any bytes at all, as JSON or text, give a document or an error.
+            #[test]
+            fn any_body_is_a_document_or_an_error(
+                body in prop::collection::vec(any::<u8>(), 0..256),
+                as_text in any::<bool>(),
+            ) {
+                let format = if as_text { Format::Text } else { Format::Json };
+                let rules = Rules { format: Some(format), ..Rules::default() };
+                if let Ok(document) = extract(&body, None, &rules) {
+                    let _ = diff(Some(&document), &document);
+                    let _ = diff(None, &document);
+                }
+            }
+        }
+    }
 }

@@ -178,9 +178,14 @@ impl FromStr for Pattern {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        regex::Regex::new(text)
-            .map(Pattern)
-            .map_err(|error| format!("invalid regular expression `{text}`: {error}"))
+        regex::Regex::new(text).map(Pattern).map_err(|error| {
+            // The regex crate draws a caret under the pattern over
+            // several lines; its last line says what is wrong.
+            let error = error.to_string();
+            let reason = error.lines().last().unwrap_or_default().trim();
+            let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+            format!("invalid regular expression `{text}`: {reason}")
+        })
     }
 }
 

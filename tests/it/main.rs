@@ -9,3 +9,4 @@ mod pipeline;
 mod retry;
 mod service;
 mod support;
+mod watch;
