@@ -50,6 +50,8 @@ pub struct Reply {
     pub bodies: Vec<String>,
     /// Sent as `ETag`; a request with a matching `If-None-Match` gets a 304.
     pub etag: Option<String>,
+    /// Sent as `Retry-After`.
+    pub retry_after: Option<&'static str>,
     pub delay: Duration,
 }
 
@@ -60,6 +62,7 @@ impl Reply {
             content_type: "application/json",
             bodies: vec![body.to_string()],
             etag: None,
+            retry_after: None,
             delay: Duration::ZERO,
         }
     }
@@ -155,6 +158,11 @@ async fn api_handler(State((reply, counts)): State<ApiState>, headers: HeaderMap
         header::CONTENT_TYPE,
         HeaderValue::from_static(reply.content_type),
     );
+    if let Some(retry_after) = reply.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+    }
     if let Some(etag) = &reply.etag {
         response
             .headers_mut()

@@ -234,6 +234,29 @@ async fn failing_and_recovered_are_sent_once_each_even_across_a_restart() {
     assert!(recovered["data"]["failures"].as_u64().unwrap() >= 8);
 }
 
+/// Under tokio's paused clock: minutes pass in milliseconds.
+#[tokio::test(start_paused = true)]
+async fn retry_after_on_a_poll_delays_that_endpoints_next_poll() {
+    let state = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply {
+        status: 429,
+        retry_after: Some("120"),
+        ..Reply::json("{}")
+    })
+    .await;
+    let endpoint = format!(
+        "[[endpoint]]\nname = \"busy\"\nurl = \"{}\"\nevery = \"1s\"\nfail_after = 0\n",
+        api.url()
+    );
+    let daemon = Daemon::start(config(state.path(), &endpoint));
+    api.wait_for_requests(1).await;
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(api.requests(), 1, "asked to wait 120 s, polled early");
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(api.requests(), 2, "polled again after 120 s");
+    daemon.stop().await;
+}
+
 /// A host that counts the requests it is handling at once.
 #[derive(Clone, Default)]
 struct Counting {
