@@ -51,6 +51,24 @@ impl ItemChanges {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
+
+    /// The three lists as events carry them: `added` and `removed` as
+    /// `[{key, item}]`, `changed` as `[{key, item, patch}]`.
+    pub fn into_json(self) -> [Vec<Value>; 3] {
+        let entries = |list: Vec<(Value, Value)>| -> Vec<Value> {
+            list.into_iter()
+                .map(|(key, item)| serde_json::json!({ "key": key, "item": item }))
+                .collect()
+        };
+        let changed = self
+            .changed
+            .into_iter()
+            .map(|change| {
+                serde_json::json!({ "key": change.key, "item": change.item, "patch": change.patch })
+            })
+            .collect();
+        [entries(self.added), entries(self.removed), changed]
+    }
 }
 
 /// The change from `previous` to `current`, or `None` when they are equal.

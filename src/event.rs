@@ -99,31 +99,14 @@ pub fn for_change(
         }
         Change::Items(items) => items,
     };
-    let wanted = |kind: ItemEvent| endpoint.on.contains(&kind);
-    let added: Vec<Value> = match wanted(ItemEvent::Added) {
-        true => items
-            .added
-            .into_iter()
-            .map(|(key, item)| json!({ "key": key, "item": item }))
-            .collect(),
+    let wanted = |kind: ItemEvent, list: Vec<Value>| match endpoint.on.contains(&kind) {
+        true => list,
         false => Vec::new(),
     };
-    let removed: Vec<Value> = match wanted(ItemEvent::Removed) {
-        true => items
-            .removed
-            .into_iter()
-            .map(|(key, item)| json!({ "key": key, "item": item }))
-            .collect(),
-        false => Vec::new(),
-    };
-    let changed: Vec<Value> = match wanted(ItemEvent::Changed) {
-        true => items
-            .changed
-            .into_iter()
-            .map(|change| json!({ "key": change.key, "item": change.item, "patch": change.patch }))
-            .collect(),
-        false => Vec::new(),
-    };
+    let [added, removed, changed] = items.into_json();
+    let added = wanted(ItemEvent::Added, added);
+    let removed = wanted(ItemEvent::Removed, removed);
+    let changed = wanted(ItemEvent::Changed, changed);
     if added.is_empty() && removed.is_empty() && changed.is_empty() {
         return Vec::new();
     }

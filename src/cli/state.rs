@@ -190,21 +190,9 @@ pub async fn history(
             println!("{}", serde_json::to_string_pretty(&patch)?)
         }
         Some(crate::diff::Change::Items(items)) => {
-            let entries = |list: Vec<(serde_json::Value, serde_json::Value)>| -> Vec<_> {
-                list.into_iter()
-                    .map(|(key, item)| serde_json::json!({ "key": key, "item": item }))
-                    .collect()
-            };
-            let changed: Vec<_> = items
-                .changed
-                .into_iter()
-                .map(|change| serde_json::json!({ "key": change.key, "patch": change.patch }))
-                .collect();
-            let report = serde_json::json!({
-                "added": entries(items.added),
-                "removed": entries(items.removed),
-                "changed": changed,
-            });
+            let [added, removed, changed] = items.into_json();
+            let report =
+                serde_json::json!({ "added": added, "removed": removed, "changed": changed });
             println!("{}", serde_json::to_string_pretty(&report)?)
         }
         Some(crate::diff::Change::Text { diff }) => print!("{diff}"),
