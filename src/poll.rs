@@ -4,10 +4,10 @@
 //! would be sent; [`apply`] writes the decision to the store in one
 //! transaction. The endpoint tasks in `daemon` call both.
 
-use crate::clock;
-use crate::config::Endpoint;
 use serde_json::{Value, json};
 
+use crate::clock;
+use crate::config::Endpoint;
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError};
