@@ -568,7 +568,7 @@ fn metric_sum(metrics: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, value| sum + value)
 }
 
 /// A deterministic number in [0, 1) from an endpoint and a request count.
