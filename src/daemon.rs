@@ -474,7 +474,16 @@ async fn endpoint_task(
             _ = poll_now.notified() => {}
         }
         let started = StdInstant::now();
-        let result = poll_once(&shared, &endpoint, &cancel, &mut reported_duplicates).await;
+        // Boxed: the poll's state (request, body, store write) is large and
+        // only needed while polling. Inline, every sleeping task would carry
+        // it: about 1 KiB per endpoint, 10 MiB at 10,000 endpoints.
+        let result = Box::pin(poll_once(
+            &shared,
+            &endpoint,
+            &cancel,
+            &mut reported_duplicates,
+        ))
+        .await;
         shared
             .metrics
             .poll_duration

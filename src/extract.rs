@@ -6,9 +6,17 @@
 //! In item mode the document is the list of items by key, sorted, so their
 //! order never makes a change either. Text keeps the lines that `match`,
 //! normalised by `replace`. Anything else is compared by hash only.
+//!
+//! Only the canonical bytes are kept: the diff parses the part of them that
+//! changed, so a poll never holds a parsed tree of a large document for
+//! longer than extracting it takes.
+
+use std::borrow::Cow;
 
 use regex::Regex;
-use serde_json::{Value, json};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
+use serde_json::{Number, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::Format;
@@ -61,10 +69,8 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     pub kind: Kind,
-    /// The canonical bytes: what is hashed and stored.
+    /// The canonical bytes: what is hashed, stored and diffed.
     pub canonical: Vec<u8>,
-    /// The parsed value, for JSON and item documents.
-    pub json: Option<Value>,
     pub hash: [u8; 32],
     /// Item mode: keys that more than one item had. Only the item whose
     /// canonical form sorts first was kept, whatever the response's order.
@@ -86,29 +92,35 @@ pub enum ExtractError {
 impl Document {
     /// Rebuilds a document from its stored canonical bytes.
     pub fn from_canonical(kind: Kind, canonical: Vec<u8>) -> Result<Document, ExtractError> {
-        let json = match kind.is_json() {
-            true => Some(serde_json::from_slice(&canonical).map_err(ExtractError::NotJson)?),
-            false => None,
-        };
-        Ok(Document {
-            hash: hash(kind, &canonical),
-            kind,
-            canonical,
-            json,
-            duplicate_keys: Vec::new(),
-        })
+        if kind.is_json() {
+            // Checked without building a tree: the diff parses only what changed.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&canonical)
+                .map_err(ExtractError::NotJson)?;
+        }
+        Ok(Document::from_canonical_json(kind, canonical))
     }
 
-    fn from_json(kind: Kind, value: Value) -> Document {
-        // Without serde_json's `preserve_order`, objects are B-tree maps: this
-        // writes keys sorted, which is the canonical form.
-        let canonical = serde_json::to_vec(&value).expect("a JSON value always serialises");
+    fn from_canonical_json(kind: Kind, canonical: Vec<u8>) -> Document {
         Document {
             hash: hash(kind, &canonical),
             kind,
             canonical,
-            json: Some(value),
             duplicate_keys: Vec::new(),
+        }
+    }
+
+    fn from_json(kind: Kind, value: &Value) -> Document {
+        // Without serde_json's `preserve_order`, objects are B-tree maps: this
+        // writes keys sorted, which is the canonical form.
+        let canonical = serde_json::to_vec(value).expect("a JSON value always serialises");
+        Document::from_canonical_json(kind, canonical)
+    }
+
+    /// The parsed value of a JSON or item document.
+    pub fn json(&self) -> Option<Value> {
+        match self.kind.is_json() {
+            true => serde_json::from_slice(&self.canonical).ok(),
+            false => None,
         }
     }
 
@@ -124,10 +136,10 @@ impl Document {
     /// The document as a JSON value: itself for JSON, a string for text,
     /// `null` for bytes. What `when` filters see.
     pub fn value(&self) -> Value {
-        match (&self.json, self.kind) {
-            (Some(json), _) => json.clone(),
-            (None, Kind::Text) => Value::String(self.text().into_owned()),
-            (None, _) => Value::Null,
+        match self.kind {
+            Kind::Json | Kind::Items => self.json().unwrap_or(Value::Null),
+            Kind::Text => Value::String(self.text().into_owned()),
+            Kind::Bytes => Value::Null,
         }
     }
 }
@@ -182,7 +194,14 @@ pub fn extract(
     content_type: Option<&str>,
     rules: &Rules,
 ) -> Result<Document, ExtractError> {
+    let plain_json = rules.select.is_none() && rules.ignore.is_empty() && rules.items.is_none();
     match rules.kind(body, content_type) {
+        // The fast path: no tree of `Value`s for a document kept as it is.
+        Kind::Json if plain_json => {
+            let node: Node<'_> = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
+            let canonical = serde_json::to_vec(&node).expect("a parsed value always serialises");
+            Ok(Document::from_canonical_json(Kind::Json, canonical))
+        }
         Kind::Json | Kind::Items => {
             let mut value: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
             if let Some(select) = &rules.select {
@@ -193,7 +212,7 @@ pub fn extract(
             }
             match &rules.items {
                 Some(item_rules) => items_document(&value, item_rules),
-                None => Ok(Document::from_json(Kind::Json, value)),
+                None => Ok(Document::from_json(Kind::Json, &value)),
             }
         }
         Kind::Text => {
@@ -202,7 +221,6 @@ pub fn extract(
                 hash: hash(Kind::Text, &text),
                 kind: Kind::Text,
                 canonical: text,
-                json: None,
                 duplicate_keys: Vec::new(),
             })
         }
@@ -213,7 +231,6 @@ pub fn extract(
                 hash: digest,
                 kind: Kind::Bytes,
                 canonical: Vec::new(),
-                json: None,
                 duplicate_keys: Vec::new(),
             })
         }
@@ -252,9 +269,155 @@ fn items_document(value: &Value, rules: &ItemRules) -> Result<Document, ExtractE
         previous_key = Some(key_text);
         kept.push(json!({ "key": key, "item": item }));
     }
-    let mut document = Document::from_json(Kind::Items, Value::Array(kept));
+    let mut document = Document::from_json(Kind::Items, &Value::Array(kept));
     document.duplicate_keys = duplicate_keys;
     Ok(document)
+}
+
+/// A JSON value parsed only to be written back canonically. Much cheaper
+/// than [`Value`] on large bodies: strings and keys without escapes borrow
+/// from the body, and an object is one vector sorted once instead of a
+/// B-tree with an allocation per key. It writes exactly the bytes a
+/// [`Value`] would (same numbers, same escaping, keys in the same order, the
+/// last of duplicate keys kept), so stored hashes do not change.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Node<'de>, E> {
+        // As `Value` does: a float JSON cannot hold becomes null.
+        Ok(Number::from_f64(value).map_or(Node::Null, Node::Number))
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Borrowed(value)))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(value.to_owned())))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(value)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut entries: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            entries.push((key, map.next_value()?));
+        }
+        // Stable: of equal keys the last stays last, and is the one kept.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        if entries.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            let mut unique: Vec<(Cow<'de, str>, Node<'de>)> = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match unique.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => unique.push(entry),
+                }
+            }
+            entries = unique;
+        }
+        Ok(Node::Object(entries))
+    }
+}
+
+/// An object key, borrowed from the body when it holds no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(value)))
+            }
+
+            fn visit_str<E>(self, value: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(value.to_owned())))
+            }
+
+            fn visit_string<E>(self, value: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(value)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl Serialize for Node<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Null => serializer.serialize_unit(),
+            Node::Bool(value) => serializer.serialize_bool(*value),
+            Node::Number(number) => number.serialize(serializer),
+            Node::String(text) => serializer.serialize_str(text),
+            Node::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Node::Object(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    map.serialize_entry(key.as_ref(), value)?;
+                }
+                map.end()
+            }
+        }
+    }
 }
 
 /// Keeps the lines that match `keep_lines` and applies `replace` to each.
@@ -494,6 +657,30 @@ mod tests {
     }
 
     #[test]
+    fn canonical_form_is_what_serde_json_values_write() {
+        let bodies = [
+            r#"{"b":1,"a":[1,2.5,-3,1e3,1.0e-7,18446744073709551615,-9223372036854775808]}"#,
+            r#"{"z":"\u00e9\n\"q\" \/ \ud83d\ude00","a\u0062":null,"ab":true,"A":false}"#,
+            r#"{"dup":1,"x":{"dup":[1]},"dup":2,"dup":{"last":true}}"#,
+            r#"[{"k":{}},[],[[]],"",0,-0,-0.0,123456789012345678901234567890]"#,
+            r#"  "just a string"  "#,
+            r#"{"é":1,"e":2,"\u00e9\u00e9":3,"ü":{"b":[],"a":{}}}"#,
+        ];
+        for body in bodies {
+            let expected =
+                serde_json::to_vec(&serde_json::from_str::<Value>(body).unwrap()).unwrap();
+            let document =
+                extract(body.as_bytes(), Some("application/json"), &json_rules(&[])).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&document.canonical),
+                String::from_utf8_lossy(&expected),
+                "{body}"
+            );
+            assert!(extract(b"{\"a\":1,}", Some("application/json"), &json_rules(&[])).is_err());
+        }
+    }
+
+    #[test]
     fn stored_documents_round_trip() {
         let original = extract(
             br#"{"z":[1,{"b":2,"a":"\u00e9"}]}"#,
@@ -518,8 +705,7 @@ mod tests {
     /// The `(key, item)` pairs of an item document, in stored order.
     fn entries(document: &Document) -> Vec<(Value, Value)> {
         document
-            .json
-            .as_ref()
+            .json()
             .unwrap()
             .as_array()
             .unwrap()

@@ -261,8 +261,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 /// `pollhook once`: polls the chosen endpoints now and prints their events.
 /// A document as people read it: indented JSON, the text, or a hash.
 fn show_document(document: &crate::extract::Document) -> String {
-    match (&document.json, document.kind) {
-        (Some(json), _) => serde_json::to_string_pretty(json).unwrap_or_default(),
+    match (document.json(), document.kind) {
+        (Some(json), _) => serde_json::to_string_pretty(&json).unwrap_or_default(),
         (None, crate::extract::Kind::Text) => document.text().into_owned(),
         (None, _) => format!("(not text; sha256 {})", document.hash_hex()),
     }
