@@ -450,9 +450,20 @@ fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
     if bytes.get(at) != Some(&b'"') {
         return None;
     }
+    // Most strings (keys, short values) end within a few bytes, where a
+    // plain loop beats setting up memchr's vector search.
+    const SHORT: usize = 16;
     let mut position = at + 1;
     loop {
-        position += memchr::memchr2(b'"', b'\\', bytes.get(position..)?)?;
+        let rest = bytes.get(position..)?;
+        position += match rest
+            .iter()
+            .take(SHORT)
+            .position(|&byte| byte == b'"' || byte == b'\\')
+        {
+            Some(length) => length,
+            None => SHORT + memchr::memchr2(b'"', b'\\', rest.get(SHORT..)?)?,
+        };
         if bytes[position] == b'"' {
             return Some(position + 1);
         }
@@ -754,6 +765,8 @@ mod tests {
         check(r#""\\",1"#, Some(4));
         check(r#"[[],{},"]",["\\"]],0"#, Some(18));
         check(r#"{"a":{"b":"}"}},"#, Some(15));
+        // Past the short loop: memchr finds the escape and the quote.
+        check(r#""0123456789abcdefghij\"k\\",1"#, Some(27));
         check("12.5e3]", Some(6));
         check("true", Some(4));
         check(r#""unterminated\""#, None);
