@@ -118,7 +118,8 @@ fn outbox(criterion: &mut Criterion) {
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = Store::open(dir.path()).expect("a store");
-    let document = extract(&document(1536, 0), Some("application/json"), &json_rules()).expect("JSON");
+    let document =
+        extract(&document(1536, 0), Some("application/json"), &json_rules()).expect("JSON");
     let body = String::from_utf8(vec![b'x'; 1024]).expect("ASCII");
     let mut version = 0;
     let mut group = criterion.benchmark_group("outbox");
