@@ -241,11 +241,12 @@ impl Scan {
                 self.escaped = true;
             } else if byte == b'"' {
                 self.in_string = false;
-                if let Some(frame) = self.stack.last_mut() {
-                    if !frame.is_array && frame.expect_key {
-                        frame.key = Some((self.string_start, at + 1));
-                        frame.expect_key = false;
-                    }
+                if let Some(frame) = self.stack.last_mut()
+                    && !frame.is_array
+                    && frame.expect_key
+                {
+                    frame.key = Some((self.string_start, at + 1));
+                    frame.expect_key = false;
                 }
             }
             return None;
