@@ -419,10 +419,10 @@ async fn document(
     api.requests.fetch_add(1, Ordering::Relaxed);
     let mut doc = lock(doc);
     doc.requests += 1;
-    if let Some(last) = doc.last_request.replace(now) {
-        if api.window_open.load(Ordering::Relaxed) {
-            lock(&api.gaps_ms).push((now - last).as_secs_f64() * 1000.0);
-        }
+    if let Some(last) = doc.last_request.replace(now)
+        && api.window_open.load(Ordering::Relaxed)
+    {
+        lock(&api.gaps_ms).push((now - last).as_secs_f64() * 1000.0);
     }
     // The first request is the baseline; later ones may find a change.
     if doc.requests > 1
