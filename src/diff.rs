@@ -879,6 +879,44 @@ mod tests {
                 }
             }
 
+            /// However a body orders its keys, spaces itself or repeats a
+            /// key, its canonical form is what its `Value` writes.
+            #[test]
+            fn canonical_form_is_what_values_write(value in any_json()) {
+                /// Keys in reverse, spaced out, each object's last key
+                /// first given a throwaway value that the later one overrides.
+                fn shuffled(value: &Value) -> String {
+                    match value {
+                        Value::Array(items) => {
+                            let items: Vec<_> = items.iter().map(shuffled).collect();
+                            format!("[ {} ]", items.join(" , "))
+                        }
+                        Value::Object(map) => {
+                            let mut members: Vec<_> = map
+                                .iter()
+                                .rev()
+                                .map(|(key, value)| format!("{} : {}", Value::from(key.as_str()), shuffled(value)))
+                                .collect();
+                            if let Some((key, _)) = map.iter().next_back() {
+                                members.insert(0, format!("{}: \"dropped\"", Value::from(key.as_str())));
+                            }
+                            format!("{{ {} }}", members.join(",\n"))
+                        }
+                        other => other.to_string(),
+                    }
+                }
+                let body = shuffled(&value);
+                let rules = Rules { format: Some(Format::Json), ..Rules::default() };
+                let document = extract(body.as_bytes(), None, &rules).unwrap();
+                // Parsed again rather than `value` itself: serde_json reads
+                // some floats back a last digit off.
+                let parsed: Value = serde_json::from_str(&body).unwrap();
+                prop_assert_eq!(
+                    String::from_utf8(document.canonical).unwrap(),
+                    parsed.to_string()
+                );
+            }
+
             /// Any bytes at all, as JSON or text, give a document or an error.
             #[test]
             fn any_body_is_a_document_or_an_error(

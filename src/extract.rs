@@ -14,9 +14,9 @@
 use std::borrow::Cow;
 
 use regex::Regex;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
-use serde_json::{Number, Value, json};
+use serde::Serialize;
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::Format;
@@ -198,8 +198,14 @@ pub fn extract(
     match rules.kind(body, content_type) {
         // The fast path: no tree of `Value`s for a document kept as it is.
         Kind::Json if plain_json => {
-            let node: Node<'_> = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
-            let canonical = serde_json::to_vec(&node).expect("a parsed value always serialises");
+            let mut canonical = Vec::with_capacity(body.len());
+            let mut deserializer = serde_json::Deserializer::from_slice(body);
+            Canonical {
+                out: &mut canonical,
+            }
+            .deserialize(&mut deserializer)
+            .and_then(|()| deserializer.end())
+            .map_err(ExtractError::NotJson)?;
             Ok(Document::from_canonical_json(Kind::Json, canonical))
         }
         Kind::Json | Kind::Items => {
@@ -274,96 +280,143 @@ fn items_document(value: &Value, rules: &ItemRules) -> Result<Document, ExtractE
     Ok(document)
 }
 
-/// A JSON value parsed only to be written back canonically. Much cheaper
-/// than [`Value`] on large bodies: strings and keys without escapes borrow
-/// from the body, and an object is one vector sorted once instead of a
-/// B-tree with an allocation per key. It writes exactly the bytes a
-/// [`Value`] would (same numbers, same escaping, keys in the same order, the
-/// last of duplicate keys kept), so stored hashes do not change.
-enum Node<'a> {
-    Null,
-    Bool(bool),
-    Number(Number),
-    String(Cow<'a, str>),
-    Array(Vec<Node<'a>>),
-    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+/// Parses JSON and writes it in canonical form as it goes, without building
+/// a tree: arrays, strings and numbers are written the moment they are read,
+/// and an object's members are written in the order they come and only
+/// rearranged (one copy of that object's bytes) when their keys are not
+/// already sorted and unique. The bytes are exactly those a [`Value`] writes
+/// (same numbers, same escaping, keys in the same order, the last of
+/// duplicate keys kept), so stored hashes do not change.
+struct Canonical<'o> {
+    out: &'o mut Vec<u8>,
 }
 
-impl<'de> Deserialize<'de> for Node<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NodeVisitor)
+impl<'de> DeserializeSeed<'de> for Canonical<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node<'de>;
+impl<'de> Visitor<'de> for Canonical<'_> {
+    type Value = ();
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("any JSON value")
     }
 
-    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
-        Ok(Node::Null)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Node<'de>, E> {
-        Ok(Node::Bool(value))
+    fn visit_bool<E>(self, value: bool) -> Result<(), E> {
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        Ok(())
     }
 
-    fn visit_i64<E>(self, value: i64) -> Result<Node<'de>, E> {
-        Ok(Node::Number(value.into()))
+    fn visit_i64<E>(self, value: i64) -> Result<(), E> {
+        write_json(self.out, &value);
+        Ok(())
     }
 
-    fn visit_u64<E>(self, value: u64) -> Result<Node<'de>, E> {
-        Ok(Node::Number(value.into()))
+    fn visit_u64<E>(self, value: u64) -> Result<(), E> {
+        write_json(self.out, &value);
+        Ok(())
     }
 
-    fn visit_f64<E>(self, value: f64) -> Result<Node<'de>, E> {
+    fn visit_f64<E>(self, value: f64) -> Result<(), E> {
         // As `Value` does: a float JSON cannot hold becomes null.
-        Ok(Number::from_f64(value).map_or(Node::Null, Node::Number))
+        write_json(self.out, &value);
+        Ok(())
     }
 
-    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Node<'de>, E> {
-        Ok(Node::String(Cow::Borrowed(value)))
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<(), E> {
+        write_unescaped(self.out, value);
+        Ok(())
     }
 
-    fn visit_str<E>(self, value: &str) -> Result<Node<'de>, E> {
-        Ok(Node::String(Cow::Owned(value.to_owned())))
+    fn visit_str<E>(self, value: &str) -> Result<(), E> {
+        write_json(self.out, value);
+        Ok(())
     }
 
-    fn visit_string<E>(self, value: String) -> Result<Node<'de>, E> {
-        Ok(Node::String(Cow::Owned(value)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Node::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut entries: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
-        while let Some(Key(key)) = map.next_key()? {
-            entries.push((key, map.next_value()?));
-        }
-        // Stable: of equal keys the last stays last, and is the one kept.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        if entries.windows(2).any(|pair| pair[0].0 == pair[1].0) {
-            let mut unique: Vec<(Cow<'de, str>, Node<'de>)> = Vec::with_capacity(entries.len());
-            for entry in entries {
-                match unique.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => unique.push(entry),
-                }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push(b'[');
+        let mut first = true;
+        loop {
+            let comma = self.out.len();
+            if !first {
+                self.out.push(b',');
             }
-            entries = unique;
+            if seq
+                .next_element_seed(Canonical { out: self.out })?
+                .is_none()
+            {
+                self.out.truncate(comma);
+                break;
+            }
+            first = false;
         }
-        Ok(Node::Object(entries))
+        self.out.push(b']');
+        Ok(())
     }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let out = self.out;
+        out.push(b'{');
+        let members_start = out.len();
+        // Each member's key and the range of its `"key":value` bytes.
+        let mut members: Vec<(Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+        let mut in_order = true;
+        while let Some(Key(key)) = map.next_key()? {
+            if !members.is_empty() {
+                out.push(b',');
+            }
+            let start = out.len();
+            match &key {
+                Cow::Borrowed(key) => write_unescaped(out, key),
+                Cow::Owned(key) => write_json(out, key),
+            }
+            out.push(b':');
+            map.next_value_seed(Canonical { out: &mut *out })?;
+            in_order &= members.last().is_none_or(|(last, _)| *last < key);
+            members.push((key, start..out.len()));
+        }
+        if !in_order {
+            let written = out.split_off(members_start);
+            // Stable: of equal keys the last stays last, and is the one kept.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            for (index, (key, range)) in members.iter().enumerate() {
+                if members.get(index + 1).is_some_and(|(next, _)| next == key) {
+                    continue;
+                }
+                if out.len() > members_start {
+                    out.push(b',');
+                }
+                out.extend_from_slice(
+                    &written[range.start - members_start..range.end - members_start],
+                );
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Writes a string that serde_json borrowed from the body: it had no escapes
+/// there, so no quote, backslash or control character, and goes out as it is.
+fn write_unescaped(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
+}
+
+/// Writes what serde_json writes for `value`.
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("a string or a number always serialises");
 }
 
 /// An object key, borrowed from the body when it holds no escapes.
@@ -392,31 +445,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
             }
         }
         deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-impl Serialize for Node<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Node::Null => serializer.serialize_unit(),
-            Node::Bool(value) => serializer.serialize_bool(*value),
-            Node::Number(number) => number.serialize(serializer),
-            Node::String(text) => serializer.serialize_str(text),
-            Node::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-            Node::Object(entries) => {
-                let mut map = serializer.serialize_map(Some(entries.len()))?;
-                for (key, value) in entries {
-                    map.serialize_entry(key.as_ref(), value)?;
-                }
-                map.end()
-            }
-        }
     }
 }
 
