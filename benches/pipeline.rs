@@ -54,8 +54,7 @@ fn extract_and_diff(body: &[u8], previous: &Document) -> Option<pollhook::diff::
         return None;
     }
     // The previous document comes from the store as canonical bytes.
-    let previous =
-        Document::from_canonical(previous.kind, previous.canonical.clone()).expect("stored JSON");
+    let previous = Document::from_canonical(previous.kind, previous.canonical.clone());
     diff(Some(&previous), &current)
 }
 

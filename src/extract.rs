@@ -90,17 +90,10 @@ pub enum ExtractError {
 }
 
 impl Document {
-    /// Rebuilds a document from its stored canonical bytes.
-    pub fn from_canonical(kind: Kind, canonical: Vec<u8>) -> Result<Document, ExtractError> {
-        if kind.is_json() {
-            // Checked without building a tree: the diff parses only what changed.
-            serde_json::from_slice::<serde::de::IgnoredAny>(&canonical)
-                .map_err(ExtractError::NotJson)?;
-        }
-        Ok(Document::from_canonical_json(kind, canonical))
-    }
-
-    fn from_canonical_json(kind: Kind, canonical: Vec<u8>) -> Document {
+    /// Rebuilds a document from its stored canonical bytes. They are not
+    /// parsed here: the diff parses only what changed, and bytes that turn
+    /// out not to be JSON (a damaged store) are compared by hash.
+    pub fn from_canonical(kind: Kind, canonical: Vec<u8>) -> Document {
         Document {
             hash: hash(kind, &canonical),
             kind,
@@ -113,7 +106,7 @@ impl Document {
         // Without serde_json's `preserve_order`, objects are B-tree maps: this
         // writes keys sorted, which is the canonical form.
         let canonical = serde_json::to_vec(value).expect("a JSON value always serialises");
-        Document::from_canonical_json(kind, canonical)
+        Document::from_canonical(kind, canonical)
     }
 
     /// The parsed value of a JSON or item document.
@@ -198,15 +191,17 @@ pub fn extract(
     match rules.kind(body, content_type) {
         // The fast path: no tree of `Value`s for a document kept as it is.
         Kind::Json if plain_json => {
-            let mut canonical = Vec::with_capacity(body.len());
+            let mut writer = Writer {
+                out: Vec::with_capacity(body.len()),
+                members: Vec::new(),
+                scratch: Vec::new(),
+            };
             let mut deserializer = serde_json::Deserializer::from_slice(body);
-            Canonical {
-                out: &mut canonical,
-            }
-            .deserialize(&mut deserializer)
-            .and_then(|()| deserializer.end())
-            .map_err(ExtractError::NotJson)?;
-            Ok(Document::from_canonical_json(Kind::Json, canonical))
+            Canonical(&mut writer)
+                .deserialize(&mut deserializer)
+                .and_then(|()| deserializer.end())
+                .map_err(ExtractError::NotJson)?;
+            Ok(Document::from_canonical(Kind::Json, writer.out))
         }
         Kind::Json | Kind::Items => {
             let mut value: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
@@ -287,11 +282,20 @@ fn items_document(value: &Value, rules: &ItemRules) -> Result<Document, ExtractE
 /// already sorted and unique. The bytes are exactly those a [`Value`] writes
 /// (same numbers, same escaping, keys in the same order, the last of
 /// duplicate keys kept), so stored hashes do not change.
-struct Canonical<'o> {
-    out: &'o mut Vec<u8>,
+struct Canonical<'w, 'de>(&'w mut Writer<'de>);
+
+/// The output, and buffers shared by every object of a document so that
+/// one does not allocate its own.
+struct Writer<'de> {
+    out: Vec<u8>,
+    /// The members of the objects being written, innermost last: each
+    /// one's key and the range of its `"key":value` bytes in `out`.
+    members: Vec<(Cow<'de, str>, std::ops::Range<usize>)>,
+    /// An object's members while they are rearranged.
+    scratch: Vec<u8>,
 }
 
-impl<'de> DeserializeSeed<'de> for Canonical<'_> {
+impl<'de> DeserializeSeed<'de> for Canonical<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -299,7 +303,7 @@ impl<'de> DeserializeSeed<'de> for Canonical<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Canonical<'_> {
+impl<'de> Visitor<'de> for Canonical<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -307,101 +311,107 @@ impl<'de> Visitor<'de> for Canonical<'_> {
     }
 
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.out.extend_from_slice(b"null");
+        self.0.out.extend_from_slice(b"null");
         Ok(())
     }
 
     fn visit_bool<E>(self, value: bool) -> Result<(), E> {
-        self.out
+        self.0
+            .out
             .extend_from_slice(if value { b"true" } else { b"false" });
         Ok(())
     }
 
     fn visit_i64<E>(self, value: i64) -> Result<(), E> {
-        write_json(self.out, &value);
+        write_json(&mut self.0.out, &value);
         Ok(())
     }
 
     fn visit_u64<E>(self, value: u64) -> Result<(), E> {
-        write_json(self.out, &value);
+        write_json(&mut self.0.out, &value);
         Ok(())
     }
 
     fn visit_f64<E>(self, value: f64) -> Result<(), E> {
         // As `Value` does: a float JSON cannot hold becomes null.
-        write_json(self.out, &value);
+        write_json(&mut self.0.out, &value);
         Ok(())
     }
 
     fn visit_borrowed_str<E>(self, value: &'de str) -> Result<(), E> {
-        write_unescaped(self.out, value);
+        write_unescaped(&mut self.0.out, value);
         Ok(())
     }
 
     fn visit_str<E>(self, value: &str) -> Result<(), E> {
-        write_json(self.out, value);
+        write_json(&mut self.0.out, value);
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.out.push(b'[');
+        let writer = self.0;
+        writer.out.push(b'[');
         let mut first = true;
         loop {
-            let comma = self.out.len();
+            let comma = writer.out.len();
             if !first {
-                self.out.push(b',');
+                writer.out.push(b',');
             }
-            if seq
-                .next_element_seed(Canonical { out: self.out })?
-                .is_none()
-            {
-                self.out.truncate(comma);
+            if seq.next_element_seed(Canonical(&mut *writer))?.is_none() {
+                writer.out.truncate(comma);
                 break;
             }
             first = false;
         }
-        self.out.push(b']');
+        writer.out.push(b']');
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let out = self.out;
-        out.push(b'{');
-        let members_start = out.len();
-        // Each member's key and the range of its `"key":value` bytes.
-        let mut members: Vec<(Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+        let writer = self.0;
+        writer.out.push(b'{');
+        let members_start = writer.out.len();
+        let first = writer.members.len();
         let mut in_order = true;
         while let Some(Key(key)) = map.next_key()? {
-            if !members.is_empty() {
-                out.push(b',');
+            if writer.members.len() > first {
+                writer.out.push(b',');
             }
-            let start = out.len();
+            let start = writer.out.len();
             match &key {
-                Cow::Borrowed(key) => write_unescaped(out, key),
-                Cow::Owned(key) => write_json(out, key),
+                Cow::Borrowed(key) => write_unescaped(&mut writer.out, key),
+                Cow::Owned(key) => write_json(&mut writer.out, key),
             }
-            out.push(b':');
-            map.next_value_seed(Canonical { out: &mut *out })?;
-            in_order &= members.last().is_none_or(|(last, _)| *last < key);
-            members.push((key, start..out.len()));
+            writer.out.push(b':');
+            // Objects inside leave `members` as they found it.
+            map.next_value_seed(Canonical(&mut *writer))?;
+            in_order &= writer.members.len() == first
+                || writer.members.last().is_some_and(|(last, _)| *last < key);
+            writer.members.push((key, start..writer.out.len()));
         }
         if !in_order {
-            let written = out.split_off(members_start);
+            writer.scratch.clear();
+            writer
+                .scratch
+                .extend_from_slice(&writer.out[members_start..]);
+            writer.out.truncate(members_start);
+            let members = &mut writer.members[first..];
             // Stable: of equal keys the last stays last, and is the one kept.
             members.sort_by(|a, b| a.0.cmp(&b.0));
             for (index, (key, range)) in members.iter().enumerate() {
                 if members.get(index + 1).is_some_and(|(next, _)| next == key) {
                     continue;
                 }
-                if out.len() > members_start {
-                    out.push(b',');
+                if writer.out.len() > members_start {
+                    writer.out.push(b',');
                 }
-                out.extend_from_slice(
-                    &written[range.start - members_start..range.end - members_start],
+                writer.out.extend_from_slice(
+                    &writer.scratch[range.start - members_start..range.end - members_start],
                 );
             }
         }
-        out.push(b'}');
+        writer.members.truncate(first);
+        writer.out.push(b'}');
         Ok(())
     }
 }
@@ -716,7 +726,7 @@ mod tests {
             &json_rules(&[]),
         )
         .unwrap();
-        let restored = Document::from_canonical(Kind::Json, original.canonical.clone()).unwrap();
+        let restored = Document::from_canonical(Kind::Json, original.canonical.clone());
         assert_eq!(restored, original);
     }
 

@@ -606,7 +606,7 @@ fn decode_history(bytes: &[u8]) -> Result<Document, StoreError> {
     let (&kind, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
     let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
     let document = rest.get(8..).ok_or_else(|| corrupt("truncated"))?;
-    Document::from_canonical(kind, document.to_vec()).map_err(|error| corrupt(&error.to_string()))
+    Ok(Document::from_canonical(kind, document.to_vec()))
 }
 
 /// Unhides the outbox keys of a commit when dropped.

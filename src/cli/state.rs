@@ -176,7 +176,7 @@ pub async fn history(
                     .bytes("GET", &format!("/api/v1/endpoints/{name}/history/{wanted}"))
                     .await?;
                 let kind = Kind::from_name(&kept.kind).unwrap_or(Kind::Bytes);
-                Document::from_canonical(kind, bytes.to_vec())?
+                Document::from_canonical(kind, bytes.to_vec())
             }
             Source::Store(store) => store
                 .document(name, wanted)?
