@@ -272,12 +272,17 @@ impl Scan {
     ) -> Option<usize> {
         let mut at = range.start;
         while at < range.end {
-            // Through a string's plain bytes at once: they cannot close anything.
-            if self.in_string && !self.escaped {
-                let plain = bytes[at..range.end]
-                    .iter()
-                    .position(|&byte| byte == b'"' || byte == b'\\');
-                match plain {
+            // Straight to the next byte that can matter: in a string a quote
+            // or a backslash, outside one a quote, bracket or comma.
+            if !self.escaped {
+                let rest = &bytes[at..range.end];
+                let next = if self.in_string {
+                    rest.iter().position(|&byte| byte == b'"' || byte == b'\\')
+                } else {
+                    rest.iter()
+                        .position(|&byte| matches!(byte, b'"' | b'{' | b'}' | b'[' | b']' | b','))
+                };
+                match next {
                     Some(length) => at += length,
                     None => break,
                 }
