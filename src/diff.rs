@@ -1087,6 +1087,19 @@ mod tests {
                 );
             }
 
+            /// Stored bytes that are not JSON (a damaged store) never make
+            /// the scan of the diff panic, however much structure they hold.
+            #[test]
+            fn damaged_stored_documents_diff_without_panicking(
+                previous in r#"[\[\]{}",:\\a1]{0,40}"#,
+                current in r#"[\[\]{}",:\\a1]{0,40}"#,
+            ) {
+                let previous = Document::from_canonical(Kind::Json, previous.into_bytes());
+                let current = Document::from_canonical(Kind::Json, current.into_bytes());
+                let change = diff(Some(&previous), &current);
+                prop_assert_eq!(change.is_none(), previous.hash == current.hash);
+            }
+
             /// Any bytes at all, as JSON or text, give a document or an error.
             #[test]
             fn any_body_is_a_document_or_an_error(
