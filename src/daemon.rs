@@ -420,19 +420,12 @@ impl Running {
         let task = endpoint_task(
             self.shared.clone(),
             endpoint.clone(),
+            previous,
             poll_now,
             cancel.clone(),
         );
         let span = info_span!("endpoint", endpoint = %endpoint.name);
-        let handle = self.tracker.spawn(
-            async move {
-                if let Some(previous) = previous {
-                    let _ = previous.await;
-                }
-                task.await;
-            }
-            .instrument(span),
-        );
+        let handle = self.tracker.spawn(task.instrument(span));
         Task {
             spec: endpoint,
             cancel,
@@ -448,14 +441,22 @@ fn same_endpoint(old: &Endpoint, new: &Endpoint) -> bool {
     old.definition == new.definition && format!("{old:?}") == format!("{new:?}")
 }
 
-/// Polls one endpoint on its schedule, or when asked to, until cancelled.
-/// A failed poll is logged and retried with backoff; it never ends the task.
+/// Polls one endpoint on its schedule, or when asked to, until cancelled,
+/// once the task it replaces (`previous`) has stopped. A failed poll is
+/// logged and retried with backoff; it never ends the task.
+///
+/// Every endpoint has one of these waiting all the time, so what it holds
+/// across an await is kept small: the poll and the health events are boxed.
 async fn endpoint_task(
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
+    previous: Option<JoinHandle<()>>,
     poll_now: Arc<Notify>,
     cancel: CancellationToken,
 ) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
     let mut next_poll = Instant::now() + endpoint.schedule.first_delay(clock::now());
     let mut health = Health::load(&shared, &endpoint);
     let mut reported_duplicates = Vec::new();
@@ -475,8 +476,7 @@ async fn endpoint_task(
         }
         let started = StdInstant::now();
         // Boxed: the poll's state (request, body, store write) is large and
-        // only needed while polling. Inline, every sleeping task would carry
-        // it: about 1 KiB per endpoint, 10 MiB at 10,000 endpoints.
+        // only needed while polling. Inline, every sleeping task would carry it.
         let result = Box::pin(poll_once(
             &shared,
             &endpoint,
@@ -595,7 +595,7 @@ impl Health {
         let failures = run.failures;
         if !self.alerted && endpoint.fail_after > 0 && failures >= endpoint.fail_after {
             let event = event::endpoint_failing(endpoint, run, clock::now_ms());
-            if send_health(shared, endpoint, Some(run), event).await {
+            if Box::pin(send_health(shared, endpoint, Some(run), event)).await {
                 error!(failures, since = %clock::rfc3339(run.since_ms), "endpoint is failing");
                 self.alerted = true;
             }
@@ -611,7 +611,7 @@ impl Health {
         info!(failures = run.failures, "polling works again");
         if self.alerted {
             let event = event::endpoint_recovered(endpoint, run, clock::now_ms());
-            if !send_health(shared, endpoint, None, event).await {
+            if !Box::pin(send_health(shared, endpoint, None, event)).await {
                 // Kept: the next successful poll tries again.
                 return;
             }
