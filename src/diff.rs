@@ -138,7 +138,13 @@ fn json_patch_between(previous: &[u8], current: &[u8]) -> Option<Value> {
         None => (String::new(), previous, current),
     };
     let mut operations = Vec::new();
-    diff_canonical(previous_part, current_part, &mut pointer, &mut operations)?;
+    diff_canonical(
+        previous_part,
+        current_part,
+        &mut pointer,
+        &mut operations,
+        0,
+    )?;
     Some(Value::Array(operations))
 }
 
@@ -328,14 +334,22 @@ impl Scan {
 /// and replaces first, then removes), arrays index by index (removes of a
 /// shorter array all at the first missing index), anything else compared as
 /// parsed values, since different bytes may still be equal (`0.0`, `-0.0`).
+///
+/// `depth` counts the containers gone into: past serde_json's nesting
+/// limit, which no parsed document reaches, the bytes are not JSON (a
+/// damaged store) and the recursion stops.
 fn diff_canonical(
     previous: &[u8],
     current: &[u8],
     pointer: &mut String,
     operations: &mut Vec<Value>,
+    depth: usize,
 ) -> Option<()> {
     if previous == current {
         return Some(());
+    }
+    if depth > 128 {
+        return None;
     }
     let parse = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
     match (previous.first(), current.first()) {
@@ -351,7 +365,9 @@ fn diff_canonical(
                 let parent = pointer.len();
                 push_token(pointer, key);
                 match find(&before, key) {
-                    Some(found) => diff_canonical(before[found].1, value, pointer, operations)?,
+                    Some(found) => {
+                        diff_canonical(before[found].1, value, pointer, operations, depth + 1)?
+                    }
                     None => operations.push(json!({
                         "op": "add", "path": pointer.as_str(), "value": parse(value)?
                     })),
@@ -381,6 +397,7 @@ fn diff_canonical(
                         &current[new.value.clone()],
                         pointer,
                         operations,
+                        depth + 1,
                     )?,
                     (Some(_), None) => {
                         shift += 1;
@@ -961,6 +978,24 @@ mod tests {
         // Not JSON.
         check(r#"{"a"1}"#, r#"{"a":1}"#, None);
         check("[1,2", "[1,3", None);
+    }
+
+    #[test]
+    fn damaged_stored_bytes_nested_too_deep_are_compared_by_hash() {
+        // Not JSON (deeper than any parsed document), changed at both ends.
+        let nested = |first: u8, last: u8| {
+            let depth = 100_000;
+            let mut bytes = format!("[{first},").into_bytes();
+            bytes.extend(std::iter::repeat_n(b'[', depth));
+            bytes.push(last);
+            bytes.extend(std::iter::repeat_n(b']', depth + 1));
+            Document::from_canonical(Kind::Json, bytes)
+        };
+        let (previous, current) = (nested(0, b'1'), nested(1, b'2'));
+        assert!(matches!(
+            diff(Some(&previous), &current),
+            Some(Change::Bytes { .. })
+        ));
     }
 
     #[test]
