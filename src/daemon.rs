@@ -148,9 +148,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tracker = TaskTracker::new();
     let admin_address =
         crate::admin::serve(&config.admin, shared.clone(), shutdown.clone(), &tracker).await?;
-    // The CLI finds a running daemon's API here, even on a port chosen by the OS.
+    // The CLI finds a running daemon's API here, even on a port chosen by the
+    // OS. Written aside and renamed, so no reader ever sees it half written.
     let address_file = config.state_dir.join(crate::admin::ADDRESS_FILE);
-    std::fs::write(&address_file, &admin_address)?;
+    let written = address_file.with_extension("addr.new");
+    std::fs::write(&written, &admin_address)?;
+    std::fs::rename(&written, &address_file)?;
 
     let mut running = Running {
         shared: shared.clone(),

@@ -194,24 +194,35 @@ impl Store {
             source: source.into(),
         })?;
         let pid_file = dir.join("pollhook.pid");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    match read_pid(&pid_file) {
-                        Some(pid) => StoreError::Running { pid },
-                        None => StoreError::Locked {
-                            path: dir.to_path_buf(),
-                        },
-                    }
+            .cache_capacity(CACHE_BYTES);
+        let is_lock = |error: &sled::Error| matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        // sled finishes a closed database's last writes on its own threads,
+        // so a store this process has just closed can keep its lock for a
+        // moment: wait for that (up to a second), never for another process.
+        let mut opened = config.open();
+        for _ in 0..100 {
+            match &opened {
+                Err(error) if is_lock(error) && read_pid(&pid_file) == Some(std::process::id()) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    opened = config.open();
                 }
-                source => StoreError::Open {
+                _ => break,
+            }
+        }
+        let db = opened.map_err(|error| match error {
+            error if is_lock(&error) => match read_pid(&pid_file) {
+                Some(pid) => StoreError::Running { pid },
+                None => StoreError::Locked {
                     path: dir.to_path_buf(),
-                    source,
                 },
-            })?;
+            },
+            source => StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            },
+        })?;
         // Best effort: the pid only improves the message another process prints.
         let _ = std::fs::write(&pid_file, std::process::id().to_string());
 
