@@ -446,9 +446,9 @@ async fn reload_applies_a_good_config_and_keeps_the_old_one_on_errors() {
         2
     );
 
-    // Changed: `data` now ignores `/noise` while it moves: re-baselined, not sent.
-    noisy.bodies = vec![r#"{"a":1,"noise":2}"#.into()];
-    api.set(noisy);
+    // Changed: `data` now ignores `/noise`, so its document loses a member:
+    // re-baselined, not sent. Then the noise moves, and is ignored. (Moved
+    // before the reload, the old definition could see it: a real change.)
     let changed = endpoint("data", &api, "ignore = [\"/noise\"]");
     write_config(&path, dir.path(), &changed, &receiver, "");
     let (status, answer) = post(format!("{admin}/api/v1/reload"), None).await;
@@ -456,6 +456,9 @@ async fn reload_applies_a_good_config_and_keeps_the_old_one_on_errors() {
         (status, answer["reloaded"].as_str()),
         (200, Some("0 started, 1 stopped, 1 restarted"))
     );
+    api.wait_for_requests(3).await;
+    noisy.bodies = vec![r#"{"a":1,"noise":2}"#.into()];
+    api.set(noisy);
     api.wait_for_requests(3).await;
     let requests = second_api.requests();
     tokio::time::sleep(Duration::from_millis(100)).await;
