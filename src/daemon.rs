@@ -148,12 +148,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tracker = TaskTracker::new();
     let admin_address =
         crate::admin::serve(&config.admin, shared.clone(), shutdown.clone(), &tracker).await?;
-    // The CLI finds a running daemon's API here, even on a port chosen by the
-    // OS. Written aside and renamed, so no reader ever sees it half written.
-    let address_file = config.state_dir.join(crate::admin::ADDRESS_FILE);
-    let written = address_file.with_extension("addr.new");
-    std::fs::write(&written, &admin_address)?;
-    std::fs::rename(&written, &address_file)?;
 
     let mut running = Running {
         shared: shared.clone(),
@@ -167,6 +161,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     running.apply(config);
     shared.ready.store(true, Ordering::SeqCst);
+    // The CLI finds a running daemon's API here, even on a port chosen by the
+    // OS, once it is ready. Written aside and renamed, so that no reader ever
+    // sees it half written.
+    let address_file = running.config.state_dir.join(crate::admin::ADDRESS_FILE);
+    let written = address_file.with_extension("addr.new");
+    std::fs::write(&written, &admin_address)?;
+    std::fs::rename(&written, &address_file)?;
     info!(
         endpoints = running.endpoints.len(),
         targets = running.targets.len(),
