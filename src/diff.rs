@@ -94,10 +94,14 @@ pub fn diff(previous: Option<&Document>, current: &Document) -> Option<Change> {
             // Only for bytes that are not JSON (a corrupt store): say so by hash.
             patch.map_or_else(bytes_change, |patch| Change::Json { patch })
         }
-        (Kind::Items, Kind::Items) => Change::Items(item_changes(
-            previous.and_then(Document::json).as_ref(),
-            &current.json().unwrap_or(Value::Null),
-        )),
+        (Kind::Items, Kind::Items) => match previous.map(Document::json) {
+            // Stored bytes that are not JSON: not every item is new.
+            Some(None) => bytes_change(),
+            previous => Change::Items(item_changes(
+                previous.flatten().as_ref(),
+                &current.json().unwrap_or(Value::Null),
+            )),
+        },
         (Kind::Bytes, _) | (_, Kind::Bytes) => bytes_change(),
         // Text, or a document that switched between JSON and text.
         _ => {
@@ -981,7 +985,7 @@ mod tests {
     }
 
     #[test]
-    fn damaged_stored_bytes_nested_too_deep_are_compared_by_hash() {
+    fn damaged_stored_documents_are_compared_by_hash() {
         // Not JSON (deeper than any parsed document), changed at both ends.
         let nested = |first: u8, last: u8| {
             let depth = 100_000;
@@ -994,6 +998,13 @@ mod tests {
         let (previous, current) = (nested(0, b'1'), nested(1, b'2'));
         assert!(matches!(
             diff(Some(&previous), &current),
+            Some(Change::Bytes { .. })
+        ));
+        // Nor does a damaged item list make every item look added.
+        let damaged = Document::from_canonical(Kind::Items, br#"[{"key":1,"#.to_vec());
+        let items = Document::from_canonical(Kind::Items, br#"[{"key":1,"item":2}]"#.to_vec());
+        assert!(matches!(
+            diff(Some(&damaged), &items),
             Some(Change::Bytes { .. })
         ));
     }
