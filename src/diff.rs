@@ -174,7 +174,7 @@ fn changed_container(previous: &[u8], current: &[u8]) -> Option<Container> {
     // The common end may not overlap the common start.
     let same_end = common_suffix(&previous[same_start..], &current[same_start..]);
     let mut at_start = Scan::default();
-    at_start.fewest_open(previous, 0..same_start);
+    at_start.run(previous, 0..same_start, |_, _| false);
     let (mut in_previous, mut in_current) = (at_start.clone(), at_start.clone());
     let depth = in_previous
         .fewest_open(previous, same_start..previous.len() - same_end)
