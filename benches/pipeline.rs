@@ -53,8 +53,9 @@ fn extract_and_diff(body: &[u8], previous: &Document) -> Option<pollhook::diff::
     if current.hash == previous.hash {
         return None;
     }
-    // The previous document comes from the store as canonical bytes.
-    let previous = Document::from_canonical(previous.kind, previous.canonical.clone());
+    // The previous document comes from the store as canonical bytes, with
+    // the hash its snapshot records.
+    let previous = Document::with_hash(previous.kind, previous.hash, previous.canonical.clone());
     diff(Some(&previous), &current)
 }
 

@@ -94,8 +94,14 @@ impl Document {
     /// parsed here: the diff parses only what changed, and bytes that turn
     /// out not to be JSON (a damaged store) are compared by hash.
     pub fn from_canonical(kind: Kind, canonical: Vec<u8>) -> Document {
+        Document::with_hash(kind, hash(kind, &canonical), canonical)
+    }
+
+    /// A stored document whose hash is already known (its snapshot holds
+    /// it): hashing megabytes again would only repeat the answer.
+    pub fn with_hash(kind: Kind, hash: [u8; 32], canonical: Vec<u8>) -> Document {
         Document {
-            hash: hash(kind, &canonical),
+            hash,
             kind,
             canonical,
             duplicate_keys: Vec::new(),
@@ -118,7 +124,7 @@ impl Document {
     }
 
     pub fn hash_hex(&self) -> String {
-        crate::config::hex(&self.hash)
+        hex::encode(self.hash)
     }
 
     /// The document as text, for text diffs and printing.
@@ -196,11 +202,13 @@ pub fn extract(
                 members: Vec::new(),
                 scratch: Vec::new(),
             };
-            let mut deserializer = serde_json::Deserializer::from_slice(body);
-            Canonical(&mut writer)
-                .deserialize(&mut deserializer)
-                .and_then(|()| deserializer.end())
-                .map_err(ExtractError::NotJson)?;
+            // One UTF-8 check of the whole body is cheaper than one per
+            // string; a body that fails it is parsed as bytes for the error.
+            match std::str::from_utf8(body) {
+                Ok(text) => canonicalise(serde_json::Deserializer::from_str(text), &mut writer),
+                Err(_) => canonicalise(serde_json::Deserializer::from_slice(body), &mut writer),
+            }
+            .map_err(ExtractError::NotJson)?;
             Ok(Document::from_canonical(Kind::Json, writer.out))
         }
         Kind::Json | Kind::Items => {
@@ -236,6 +244,15 @@ pub fn extract(
             })
         }
     }
+}
+
+/// Parses one JSON document into `writer` in canonical form.
+fn canonicalise<'de, R: serde_json::de::Read<'de>>(
+    mut deserializer: serde_json::Deserializer<R>,
+    writer: &mut Writer<'de>,
+) -> Result<(), serde_json::Error> {
+    Canonical(writer).deserialize(&mut deserializer)?;
+    deserializer.end()
 }
 
 fn run(filter: &Jq, name: &'static str, input: &Value) -> Result<Vec<Value>, ExtractError> {
@@ -692,6 +709,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("not valid JSON"), "{error}");
+        // Not UTF-8: the error still says where, as serde_json finds it.
+        let error = extract(
+            b"{\"a\":\"\xff\"}",
+            Some("application/json"),
+            &json_rules(&[]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("line 1 column"), "{error}");
     }
 
     #[test]

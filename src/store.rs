@@ -267,7 +267,31 @@ impl Store {
     pub fn document(&self, endpoint: &str, version: u64) -> Result<Option<Document>, StoreError> {
         self.history
             .get(history_key(endpoint, version))?
-            .map(|bytes| decode_history(&bytes))
+            .map(|bytes| {
+                let (kind, canonical) = decode_history(&bytes)?;
+                Ok(Document::from_canonical(kind, canonical.to_vec()))
+            })
+            .transpose()
+    }
+
+    /// The document `snapshot` describes, with the hash it records.
+    pub fn snapshot_document(
+        &self,
+        endpoint: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Option<Document>, StoreError> {
+        let mut hash = [0; 32];
+        let known = hex::decode_to_slice(&snapshot.hash, &mut hash).is_ok();
+        self.history
+            .get(history_key(endpoint, snapshot.version))?
+            .map(|bytes| {
+                let (kind, canonical) = decode_history(&bytes)?;
+                let canonical = canonical.to_vec();
+                Ok(match known {
+                    true => Document::with_hash(kind, hash, canonical),
+                    false => Document::from_canonical(kind, canonical),
+                })
+            })
             .transpose()
     }
 
@@ -281,12 +305,12 @@ impl Store {
                 let at_ms = value
                     .get(1..9)
                     .map_or(Ok(0), |bytes| decode_u64(bytes, "history time"))?;
-                let document = decode_history(&value)?;
+                let (kind, canonical) = decode_history(&value)?;
                 Ok(crate::admin::VersionView {
                     version,
                     at_ms,
-                    kind: document.kind.name().to_string(),
-                    bytes: document.canonical.len(),
+                    kind: kind.name().to_string(),
+                    bytes: canonical.len(),
                 })
             })
             .collect()
@@ -609,7 +633,8 @@ fn encode_history(document: &Document, at_ms: u64) -> Vec<u8> {
     bytes
 }
 
-fn decode_history(bytes: &[u8]) -> Result<Document, StoreError> {
+/// The kind and canonical bytes of a history value.
+fn decode_history(bytes: &[u8]) -> Result<(Kind, &[u8]), StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt {
         what: "history",
         detail: detail.to_string(),
@@ -617,7 +642,7 @@ fn decode_history(bytes: &[u8]) -> Result<Document, StoreError> {
     let (&kind, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
     let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
     let document = rest.get(8..).ok_or_else(|| corrupt("truncated"))?;
-    Ok(Document::from_canonical(kind, document.to_vec()))
+    Ok((kind, document))
 }
 
 /// Unhides the outbox keys of a commit when dropped.

@@ -1186,11 +1186,7 @@ fn definition_hash(
         field(pattern.as_str().as_bytes());
         field(replacement.as_bytes());
     }
-    hex(&hasher.finalize())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `./pollhook-state`.
