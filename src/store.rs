@@ -324,12 +324,25 @@ impl Store {
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
         let snapshot = encode_json(commit.snapshot);
         let history = encode_history(commit.document, commit.snapshot.changed_at_ms);
+        let version = commit.snapshot.version;
+        if commit.deliveries.is_empty() {
+            // A baseline, or a change no event was made of: without rows
+            // there is nothing to make atomic, and plain writes share sled's
+            // log buffers where each transaction seals one of its own (the
+            // first pass over 10,000 endpoints took 2.5 times as long). The
+            // history goes first: sled recovers a prefix of its log, so a
+            // crash leaves at most an entry the next commit overwrites.
+            self.history
+                .insert(history_key(commit.endpoint, version), history)?;
+            self.snapshots.insert(commit.endpoint, snapshot)?;
+            self.trim_history(commit.endpoint, version, commit.keep_history)?;
+            return Ok(Vec::new());
+        }
         let rows: Vec<(&str, Vec<u8>)> = commit
             .deliveries
             .iter()
             .map(|(target, row)| (*target, encode_json(row)))
             .collect();
-        let version = commit.snapshot.version;
         // Every key a (possibly retried) transaction generated: unhidden when
         // this function ends, even if its caller drops it mid-flush.
         let generated = Unhide {
