@@ -138,7 +138,7 @@ pub async fn observe(
         });
         return Ok(Observation::Unchanged { refreshed });
     }
-    let previous_document = store.snapshot_document(&endpoint.name, &previous)?;
+    let previous_document = store.document(&endpoint.name, previous.version)?;
     let events = events(
         endpoint,
         previous_document.as_ref(),

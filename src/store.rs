@@ -3,33 +3,38 @@
 //! Trees:
 //! - `meta`: the schema version, so later formats migrate old stores.
 //! - `snapshots`: endpoint name → [`Snapshot`] (version, hash, validators).
-//! - `history`: endpoint name, 0, version → the extracted document of that
-//!   version; the newest entry is the one the next poll diffs against.
+//! - `versions`: endpoint name, 0, version → [`Version`] (kind, time,
+//!   hash and size of that version's document); the newest is the one the
+//!   next poll diffs against. The documents themselves are files in
+//!   `documents/`: sled keeps in memory every value it has read or written,
+//!   whatever its cache size, so documents in sled would make the daemon's
+//!   memory grow with their size.
 //! - `outbox`: target name, 0, sequence → [`OutboxRow`] waiting for a 2xx.
 //! - `dead`: the same keys → rows whose retry schedule ran out, with every
 //!   attempt; capped per target.
 //! - `attempts`: target name, 0, sequence → [`AttemptRecord`], a bounded log.
 //! - `paused`: target name → [`Pause`], for targets that answered 410 Gone.
 //!
-//! A change is written by [`Store::commit`] in ONE transaction: snapshot,
-//! history entry and one outbox row per target. A crash can repeat a
-//! delivery, never lose one.
+//! A change is written by [`Store::commit`]: its document file first, then
+//! in ONE transaction the snapshot, the version entry and one outbox row per
+//! target. A crash can repeat a delivery, never lose one.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::extract::{Document, Kind};
 
-/// The on-disk format this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The on-disk format this build reads and writes. 1: documents in the
+/// `history` tree; 2: documents in files, described by `versions`.
+pub const SCHEMA_VERSION: u64 = 2;
 
-/// sled's default page cache is 1 GiB; snapshots are read once per poll and
-/// documents once per change, so a small cache is plenty. 4 MiB rather than
-/// 16: with 10,000 endpoints' snapshots and history stored, sled's resident
-/// memory is 29 MiB instead of 40, at no cost in CPU in the load benchmark.
+/// sled's default page cache is 1 GiB; snapshots are read once per poll, so
+/// a small cache is plenty (sled's memory is several times this anyway).
 const CACHE_BYTES: u64 = 4 << 20;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -62,6 +67,13 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt {what} record in the store: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("cannot {action} the document file `{}`", path.display())]
+    DocumentFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the store remembers of an endpoint between polls.
@@ -173,7 +185,9 @@ pub struct Commit<'a> {
 pub struct Store {
     db: sled::Db,
     snapshots: sled::Tree,
-    history: sled::Tree,
+    versions: sled::Tree,
+    /// One file per stored version: see [`Store::document_path`].
+    documents: PathBuf,
     outbox: sled::Tree,
     dead: sled::Tree,
     attempts: sled::Tree,
@@ -184,6 +198,10 @@ pub struct Store {
     unflushed: std::sync::Mutex<std::collections::HashSet<OutboxKey>>,
     /// Entries in each target's attempt log, counted once per process.
     attempt_counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Group commit: see [`Store::flush`].
+    flushing: tokio::sync::Mutex<()>,
+    flush_requests: std::sync::atomic::AtomicU64,
+    flushed_requests: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -237,14 +255,15 @@ impl Store {
                 found,
             });
         }
-        // Version 0 is an empty store; future versions add their migration
-        // steps here, each taking the store from `n` to `n + 1`.
-        if found < SCHEMA_VERSION {
-            meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-        }
-        Ok(Store {
+        let documents = dir.join("documents");
+        std::fs::create_dir_all(&documents).map_err(|source| StoreError::Open {
+            path: documents.clone(),
+            source: source.into(),
+        })?;
+        let store = Store {
             snapshots: db.open_tree("snapshots")?,
-            history: db.open_tree("history")?,
+            versions: db.open_tree("versions")?,
+            documents,
             outbox: db.open_tree("outbox")?,
             dead: db.open_tree("dead")?,
             attempts: db.open_tree("attempts")?,
@@ -252,8 +271,49 @@ impl Store {
             health: db.open_tree("health")?,
             unflushed: Default::default(),
             attempt_counts: Default::default(),
+            flushing: Default::default(),
+            flush_requests: Default::default(),
+            flushed_requests: Default::default(),
             db,
-        })
+        };
+        // Version 0 is an empty store. Each step takes the store from `n` to
+        // `n + 1` and can be run again if a crash interrupts it.
+        if found == 1 {
+            store.move_documents_to_files()?;
+        }
+        if found < SCHEMA_VERSION {
+            meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            store.db.flush()?;
+        }
+        // Left behind by a migration that stopped after its last step.
+        if store.db.tree_names().iter().any(|name| name == b"history") {
+            store.db.drop_tree("history")?;
+        }
+        Ok(store)
+    }
+
+    /// Schema 1 → 2: every document of the `history` tree becomes a file
+    /// and a `versions` entry. The old tree is dropped once the new schema
+    /// number is stored.
+    fn move_documents_to_files(&self) -> Result<(), StoreError> {
+        let history = self.db.open_tree("history")?;
+        for entry in history.iter() {
+            let (key, value) = entry?;
+            let corrupt = |detail: &str| StoreError::Corrupt {
+                what: "history",
+                detail: detail.to_string(),
+            };
+            let (&kind, rest) = value.split_first().ok_or_else(|| corrupt("empty"))?;
+            let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
+            let at_ms = decode_u64(rest.get(..8).ok_or_else(|| corrupt("truncated"))?, "time")?;
+            let (endpoint, version) = split_version_key(&key)?;
+            let document = Document::from_canonical(kind, rest[8..].to_vec());
+            self.write_document(endpoint, version, &document.canonical)?
+                .sync()?;
+            self.versions
+                .insert(key, Version::of(&document, at_ms).encode())?;
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self, endpoint: &str) -> Result<Option<Snapshot>, StoreError> {
@@ -263,77 +323,109 @@ impl Store {
             .transpose()
     }
 
-    /// The stored document of one version of an endpoint.
+    /// The stored document of one version of an endpoint, with the hash
+    /// recorded for it (hashing megabytes again would only repeat it). A
+    /// missing document file, which only a power loss between writing the
+    /// file and its sled entry could cause, reads as empty: the diff then
+    /// reports the change by hash.
     pub fn document(&self, endpoint: &str, version: u64) -> Result<Option<Document>, StoreError> {
-        self.history
-            .get(history_key(endpoint, version))?
-            .map(|bytes| {
-                let (kind, canonical) = decode_history(&bytes)?;
-                Ok(Document::from_canonical(kind, canonical.to_vec()))
-            })
-            .transpose()
-    }
-
-    /// The document `snapshot` describes, with the hash it records.
-    pub fn snapshot_document(
-        &self,
-        endpoint: &str,
-        snapshot: &Snapshot,
-    ) -> Result<Option<Document>, StoreError> {
-        let mut hash = [0; 32];
-        let known = hex::decode_to_slice(&snapshot.hash, &mut hash).is_ok();
-        self.history
-            .get(history_key(endpoint, snapshot.version))?
-            .map(|bytes| {
-                let (kind, canonical) = decode_history(&bytes)?;
-                let canonical = canonical.to_vec();
-                Ok(match known {
-                    true => Document::with_hash(kind, hash, canonical),
-                    false => Document::from_canonical(kind, canonical),
-                })
-            })
-            .transpose()
+        let Some(entry) = self.versions.get(version_key(endpoint, version))? else {
+            return Ok(None);
+        };
+        let entry = Version::decode(&entry)?;
+        let path = self.document_path(endpoint, version);
+        let canonical = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %path.display(), "a stored document is missing: its change is reported by hash");
+                Vec::new()
+            }
+            Err(source) => {
+                return Err(StoreError::DocumentFile {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        Ok(Some(Document::with_hash(entry.kind, entry.hash, canonical)))
     }
 
     /// The stored versions of an endpoint, oldest first.
     pub fn history(&self, endpoint: &str) -> Result<Vec<crate::admin::VersionView>, StoreError> {
-        self.history
+        self.versions
             .scan_prefix(prefix(endpoint))
             .map(|entry| {
                 let (key, value) = entry?;
-                let version = decode_u64(&key[key.len() - 8..], "history key")?;
-                let at_ms = value
-                    .get(1..9)
-                    .map_or(Ok(0), |bytes| decode_u64(bytes, "history time"))?;
-                let (kind, canonical) = decode_history(&value)?;
+                let (_, version) = split_version_key(&key)?;
+                let entry = Version::decode(&value)?;
                 Ok(crate::admin::VersionView {
                     version,
-                    at_ms,
-                    kind: kind.name().to_string(),
-                    bytes: canonical.len(),
+                    at_ms: entry.at_ms,
+                    kind: entry.kind.name().to_string(),
+                    bytes: entry.bytes as usize,
                 })
             })
             .collect()
     }
 
-    /// Writes a new snapshot, its history entry and its outbox rows in one
-    /// transaction, makes it durable, then trims the history beyond
-    /// `keep_history`. Until the flush is done the new rows are hidden from
-    /// [`Store::outbox_rows`]: nothing reaches a receiver that a crash could
-    /// make the store forget (it would come back as a new event, new id).
+    /// Where version `version` of `endpoint`'s document is kept. Named by a
+    /// hash of the endpoint's name, so that names differing only in case
+    /// stay apart on case-insensitive file systems.
+    fn document_path(&self, endpoint: &str, version: u64) -> PathBuf {
+        let name = Sha256::digest(endpoint.as_bytes());
+        self.documents
+            .join(format!("{}-{version}", hex::encode(&name[..16])))
+    }
+
+    /// Writes a document file, not yet durable: see [`sync_document`].
+    fn write_document(
+        &self,
+        endpoint: &str,
+        version: u64,
+        canonical: &[u8],
+    ) -> Result<DocumentFile, StoreError> {
+        let path = self.document_path(endpoint, version);
+        let written = std::fs::File::create(&path).and_then(|mut file| {
+            file.write_all(canonical)?;
+            Ok(file)
+        });
+        match written {
+            Ok(file) => Ok(DocumentFile {
+                file,
+                path,
+                dir: self.documents.clone(),
+            }),
+            Err(source) => Err(StoreError::DocumentFile {
+                action: "write",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes a new document file, then its snapshot, version entry and
+    /// outbox rows in one transaction, makes them durable, then trims the
+    /// history beyond `keep_history`. Until the flush is done the new rows
+    /// are hidden from [`Store::outbox_rows`]: nothing reaches a receiver
+    /// that a crash could make the store forget (it would come back as a new
+    /// event, new id).
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
         let snapshot = encode_json(commit.snapshot);
-        let history = encode_history(commit.document, commit.snapshot.changed_at_ms);
+        let entry = Version::of(commit.document, commit.snapshot.changed_at_ms).encode();
         let version = commit.snapshot.version;
+        let key = version_key(commit.endpoint, version);
+        // Before anything in sled refers to it. A crash before the sled
+        // writes leaves a file that the version's next commit overwrites.
+        let file = self.write_document(commit.endpoint, version, &commit.document.canonical)?;
         if commit.deliveries.is_empty() {
             // A baseline, or a change no event was made of: without rows
             // there is nothing to make atomic, and plain writes share sled's
             // log buffers where each transaction seals one of its own (the
             // first pass over 10,000 endpoints took 2.5 times as long). The
-            // history goes first: sled recovers a prefix of its log, so a
+            // version goes first: sled recovers a prefix of its log, so a
             // crash leaves at most an entry the next commit overwrites.
-            self.history
-                .insert(history_key(commit.endpoint, version), history)?;
+            self.versions.insert(key.as_slice(), entry.as_slice())?;
             self.snapshots.insert(commit.endpoint, snapshot)?;
             self.trim_history(commit.endpoint, version, commit.keep_history)?;
             return Ok(Vec::new());
@@ -343,16 +435,25 @@ impl Store {
             .iter()
             .map(|(target, row)| (*target, encode_json(row)))
             .collect();
+        // The events' diff needs the file even after a power cut.
+        let path = file.path.clone();
+        tokio::task::spawn_blocking(move || file.sync())
+            .await
+            .map_err(|error| StoreError::DocumentFile {
+                action: "sync",
+                path,
+                source: std::io::Error::other(error),
+            })??;
         // Every key a (possibly retried) transaction generated: unhidden when
         // this function ends, even if its caller drops it mid-flush.
         let generated = Unhide {
             store: self,
             keys: std::sync::Mutex::new(Vec::new()),
         };
-        let result = (&self.snapshots, &self.history, &self.outbox)
-            .transaction(|(snapshots, history_tree, outbox)| {
+        let result = (&self.snapshots, &self.versions, &self.outbox)
+            .transaction(|(snapshots, versions, outbox)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
-                history_tree.insert(history_key(commit.endpoint, version), history.as_slice())?;
+                versions.insert(key.as_slice(), entry.as_slice())?;
                 self.insert_rows(outbox, &rows, &generated)
             })
             .map_err(transaction_error);
@@ -440,17 +541,21 @@ impl Store {
         lock(&self.unflushed).insert(key.clone());
     }
 
-    /// Removes history entries older than the newest `keep` versions.
+    /// Removes the versions older than the newest `keep`, entry first, so
+    /// that no entry is left without its file.
     fn trim_history(&self, endpoint: &str, newest: u64, keep: usize) -> Result<(), StoreError> {
         let keep = keep.max(1) as u64;
         if newest <= keep {
             return Ok(());
         }
-        let start = history_key(endpoint, 0);
-        let end = history_key(endpoint, newest - keep + 1);
-        for entry in self.history.range(start..end) {
+        let start = version_key(endpoint, 0);
+        let end = version_key(endpoint, newest - keep + 1);
+        for entry in self.versions.range(start..end) {
             let (key, _) = entry?;
-            self.history.remove(key)?;
+            self.versions.remove(&key)?;
+            let (_, version) = split_version_key(&key)?;
+            // A file already gone is what was wanted.
+            let _ = std::fs::remove_file(self.document_path(endpoint, version));
         }
         Ok(())
     }
@@ -465,8 +570,24 @@ impl Store {
     /// Makes every write so far durable. Called after a commit and before its
     /// rows are handed to the dispatcher, so that nothing is sent that a
     /// crash could make the store forget.
+    ///
+    /// One flush runs at a time, and callers whose writes a flush started
+    /// after them already covered return at once (group commit). Besides
+    /// saving fsyncs, this keeps sled from deadlocking: each `flush_async`
+    /// occupies a thread of sled's pool, and with the pool full of flushes
+    /// queued behind a transaction, none was left to write the log buffer
+    /// the first flush waited for (seen with 1,000 changes committed at once).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Taken after this caller's writes: a flush that starts later covers them.
+        let ticket = self.flush_requests.fetch_add(1, SeqCst) + 1;
+        let _flushing = self.flushing.lock().await;
+        if self.flushed_requests.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covered = self.flush_requests.load(SeqCst);
         self.db.flush_async().await?;
+        self.flushed_requests.store(covered, SeqCst);
         Ok(())
     }
 
@@ -631,31 +752,101 @@ fn prefix(name: &str) -> Vec<u8> {
     key
 }
 
-fn history_key(endpoint: &str, version: u64) -> Vec<u8> {
+fn version_key(endpoint: &str, version: u64) -> Vec<u8> {
     let mut key = prefix(endpoint);
     key.extend_from_slice(&version.to_be_bytes());
     key
 }
 
-/// History values: one byte of kind, eight of time, then the document.
-fn encode_history(document: &Document, at_ms: u64) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(9 + document.canonical.len());
-    bytes.push(document.kind as u8);
-    bytes.extend_from_slice(&at_ms.to_be_bytes());
-    bytes.extend_from_slice(&document.canonical);
-    bytes
+/// The endpoint name and version number of a `versions` key.
+fn split_version_key(key: &[u8]) -> Result<(&str, u64), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "version key",
+        detail: format!("{} bytes", key.len()),
+    };
+    let (name, version) = key
+        .len()
+        .checked_sub(9)
+        .map(|end| (&key[..end], &key[end + 1..]))
+        .ok_or_else(corrupt)?;
+    let name = std::str::from_utf8(name).map_err(|_| corrupt())?;
+    Ok((name, decode_u64(version, "version number")?))
 }
 
-/// The kind and canonical bytes of a history value.
-fn decode_history(bytes: &[u8]) -> Result<(Kind, &[u8]), StoreError> {
-    let corrupt = |detail: &str| StoreError::Corrupt {
-        what: "history",
-        detail: detail.to_string(),
-    };
-    let (&kind, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
-    let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
-    let document = rest.get(8..).ok_or_else(|| corrupt("truncated"))?;
-    Ok((kind, document))
+/// A document file just written.
+struct DocumentFile {
+    file: std::fs::File,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl DocumentFile {
+    /// Makes the file, and its name in the directory, survive a power cut.
+    fn sync(self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+            .map_err(|source| StoreError::DocumentFile {
+                action: "sync",
+                path: self.path,
+                source,
+            })
+    }
+}
+
+/// A `versions` entry: what is known of a stored document without reading
+/// its file.
+struct Version {
+    kind: Kind,
+    at_ms: u64,
+    hash: [u8; 32],
+    bytes: u64,
+}
+
+impl Version {
+    /// Kind (1 byte), time, size (8 bytes each, big-endian) and hash.
+    const LEN: usize = 1 + 8 + 8 + 32;
+
+    fn of(document: &Document, at_ms: u64) -> Version {
+        Version {
+            kind: document.kind,
+            at_ms,
+            hash: document.hash,
+            bytes: document.canonical.len() as u64,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(Version::LEN);
+        bytes.push(self.kind as u8);
+        bytes.extend_from_slice(&self.at_ms.to_be_bytes());
+        bytes.extend_from_slice(&self.bytes.to_be_bytes());
+        bytes.extend_from_slice(&self.hash);
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Version, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "version",
+            detail,
+        };
+        if bytes.len() != Version::LEN {
+            return Err(corrupt(format!(
+                "{} bytes, expected {}",
+                bytes.len(),
+                Version::LEN
+            )));
+        }
+        let mut hash = [0; 32];
+        hash.copy_from_slice(&bytes[17..]);
+        Ok(Version {
+            kind: Kind::from_u8(bytes[0])
+                .ok_or_else(|| corrupt("unknown document kind".to_string()))?,
+            at_ms: decode_u64(&bytes[1..9], "version time")?,
+            bytes: decode_u64(&bytes[9..17], "version size")?,
+            hash,
+        })
+    }
 }
 
 /// Unhides the outbox keys of a commit when dropped.
@@ -749,4 +940,171 @@ fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
 
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::{Rules, extract};
+
+    fn json(text: &str) -> Document {
+        let rules = Rules::default();
+        extract(text.as_bytes(), Some("application/json"), &rules).unwrap()
+    }
+
+    fn snapshot(version: u64, document: &Document) -> Snapshot {
+        Snapshot {
+            version,
+            hash: document.hash_hex(),
+            definition: "d".to_string(),
+            etag: None,
+            last_modified: None,
+            changed_at_ms: 1000 + version,
+        }
+    }
+
+    async fn commit(store: &Store, version: u64, document: &Document, keep_history: usize) {
+        let snapshot = snapshot(version, document);
+        let commit = Commit {
+            endpoint: "api.v1",
+            snapshot: &snapshot,
+            document,
+            keep_history,
+            deliveries: Vec::new(),
+        };
+        store.commit(&commit).await.unwrap();
+    }
+
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("documents")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn documents_live_in_files_and_leave_with_their_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let documents: Vec<Document> = (1..=4).map(|n| json(&format!(r#"{{"n":{n}}}"#))).collect();
+        for (index, document) in documents.iter().enumerate() {
+            commit(&store, index as u64 + 1, document, 2).await;
+        }
+        // Versions 3 and 4 are kept, each a file.
+        assert_eq!(files(dir.path()), 2);
+        assert_eq!(store.document("api.v1", 2).unwrap(), None);
+        assert_eq!(
+            store.document("api.v1", 4).unwrap().as_ref(),
+            Some(&documents[3])
+        );
+        let versions = store.history("api.v1").unwrap();
+        let listed: Vec<(u64, u64, usize)> = versions
+            .iter()
+            .map(|version| (version.version, version.at_ms, version.bytes))
+            .collect();
+        assert_eq!(listed, [(3, 1003, 7), (4, 1004, 7)]);
+
+        // A file lost to a power cut reads as empty, with the hash recorded:
+        // the diff then reports the change by hash.
+        std::fs::remove_file(store.document_path("api.v1", 4)).unwrap();
+        let lost = store.document("api.v1", 4).unwrap().unwrap();
+        assert_eq!((lost.hash, lost.canonical.len()), (documents[3].hash, 0));
+    }
+
+    /// sled deadlocked when many `flush_async` calls filled its thread pool
+    /// behind a waiting transaction; flushes now go one at a time.
+    #[test]
+    fn many_changes_committed_at_once_all_become_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let (done, finished) = std::sync::mpsc::channel();
+        let committing = store.clone();
+        // A deadlock blocks every thread of the runtime that commits, its
+        // timers included: the test waits from outside it.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let queued = runtime.block_on(async move {
+                let mut commits = tokio::task::JoinSet::new();
+                for n in 0..500u64 {
+                    let store = committing.clone();
+                    commits.spawn(async move {
+                        let name = format!("e{n}");
+                        let document = json(&format!(r#"{{"n":{n}}}"#));
+                        let snapshot = snapshot(2, &document);
+                        let row = OutboxRow {
+                            event_id: format!("msg_{n}"),
+                            event_type: "endpoint.changed".into(),
+                            endpoint: name.clone(),
+                            body: "{}".into(),
+                            created_ms: 0,
+                            attempts: 0,
+                            next_attempt_ms: 0,
+                            last_status: None,
+                            last_error: None,
+                            attempt_log: Vec::new(),
+                            dead_at_ms: None,
+                        };
+                        let commit = Commit {
+                            endpoint: &name,
+                            snapshot: &snapshot,
+                            document: &document,
+                            keep_history: 2,
+                            deliveries: vec![("sink", row)],
+                        };
+                        store.commit(&commit).await.unwrap().len()
+                    });
+                }
+                let mut queued = 0;
+                while let Some(keys) = commits.join_next().await {
+                    queued += keys.unwrap();
+                }
+                queued
+            });
+            let _ = done.send(queued);
+        });
+        let queued = finished.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(queued.ok(), Some(500), "the commits did not all finish");
+        assert_eq!(store.outbox_rows("sink").unwrap().len(), 500);
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_store_moves_its_documents_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let document = json(r#"{"b":[1,2],"a":"x"}"#);
+        {
+            // A store as pollhook 0.1 with schema 1 wrote it.
+            let db = sled::open(dir.path().join("db")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &1u64.to_be_bytes())
+                .unwrap();
+            let snapshot = snapshot(7, &document);
+            db.open_tree("snapshots")
+                .unwrap()
+                .insert("api.v1", encode_json(&snapshot))
+                .unwrap();
+            let mut value = vec![Kind::Json as u8];
+            value.extend_from_slice(&1007u64.to_be_bytes());
+            value.extend_from_slice(&document.canonical);
+            db.open_tree("history")
+                .unwrap()
+                .insert(version_key("api.v1", 7), value)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.document("api.v1", 7).unwrap(), Some(document.clone()));
+        assert_eq!(store.history("api.v1").unwrap()[0].at_ms, 1007);
+        assert_eq!(files(dir.path()), 1);
+        assert!(!store.db.tree_names().iter().any(|name| name == b"history"));
+        drop(store);
+
+        // Opened again, the store is at schema 2 and has nothing to move.
+        let store = Store::open(dir.path()).unwrap();
+        let meta = store.db.open_tree("meta").unwrap();
+        let schema = decode_u64(&meta.get(SCHEMA_KEY).unwrap().unwrap(), "schema").unwrap();
+        assert_eq!(schema, SCHEMA_VERSION);
+        assert_eq!(store.document("api.v1", 7).unwrap(), Some(document));
+    }
 }

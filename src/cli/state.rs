@@ -20,13 +20,13 @@ const EXIT_NOT_RUNNING: u8 = 3;
 /// Where the state is read from.
 enum Source {
     Daemon(AdminClient),
-    Store(Store),
+    Store(Box<Store>),
 }
 
 async fn source(config: &Config) -> anyhow::Result<Source> {
     match AdminClient::discover(config).await {
         Some(client) => Ok(Source::Daemon(client)),
-        None => Ok(Source::Store(Store::open(&config.state_dir)?)),
+        None => Ok(Source::Store(Box::new(Store::open(&config.state_dir)?))),
     }
 }
 
