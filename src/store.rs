@@ -3,9 +3,9 @@
 //! Trees:
 //! - `meta`: the schema version, so later formats migrate old stores.
 //! - `snapshots`: endpoint name → [`Snapshot`] (version, hash, validators).
-//! - `versions`: endpoint name, 0, version → [`Version`] (kind, time,
-//!   hash and size of that version's document); the newest is the one the
-//!   next poll diffs against. The documents themselves are files in
+//! - `versions`: endpoint name, 0, version → the kind, time, hash and size
+//!   of that version's document; the newest is the one the next poll diffs
+//!   against. The documents themselves are files in
 //!   `documents/`: sled keeps in memory every value it has read or written,
 //!   whatever its cache size, so documents in sled would make the daemon's
 //!   memory grow with their size.
@@ -378,7 +378,7 @@ impl Store {
             .join(format!("{}-{version}", hex::encode(&name[..16])))
     }
 
-    /// Writes a document file, not yet durable: see [`sync_document`].
+    /// Writes a document file, not yet durable: see [`DocumentFile::sync`].
     fn write_document(
         &self,
         endpoint: &str,
