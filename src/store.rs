@@ -1092,6 +1092,13 @@ mod tests {
                 .insert(version_key("api.v1", 7), value)
                 .unwrap();
             db.flush().unwrap();
+            // As pollhook writes it: sled may keep its lock for a moment
+            // after the drop, which `Store::open` waits out for this pid.
+            std::fs::write(
+                dir.path().join("pollhook.pid"),
+                std::process::id().to_string(),
+            )
+            .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.document("api.v1", 7).unwrap(), Some(document.clone()));
