@@ -97,8 +97,8 @@ impl Document {
         Document::with_hash(kind, hash(kind, &canonical), canonical)
     }
 
-    /// A stored document whose hash is already known (its snapshot holds
-    /// it): hashing megabytes again would only repeat the answer.
+    /// A stored document whose hash is already known (its version entry
+    /// holds it): hashing megabytes again would only repeat the answer.
     pub fn with_hash(kind: Kind, hash: [u8; 32], canonical: Vec<u8>) -> Document {
         Document {
             hash,

@@ -285,10 +285,9 @@ impl Store {
             meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             store.db.flush()?;
         }
-        // Left behind by a migration that stopped after its last step.
-        if store.db.tree_names().iter().any(|name| name == b"history") {
-            store.db.drop_tree("history")?;
-        }
+        // Left behind by a migration that stopped after its last step
+        // (dropping a tree that does not exist does nothing).
+        store.db.drop_tree("history")?;
         Ok(store)
     }
 
