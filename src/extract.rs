@@ -97,7 +97,7 @@ impl Document {
         Document::with_hash(kind, hash(kind, &canonical), canonical)
     }
 
-    /// A stored document whose hash is already known (its version entry
+    /// A stored document whose hash is already known (its file header
     /// holds it): hashing megabytes again would only repeat the answer.
     pub fn with_hash(kind: Kind, hash: [u8; 32], canonical: Vec<u8>) -> Document {
         Document {

@@ -4,13 +4,14 @@
 //! would be sent; [`apply`] writes the decision to the store in one
 //! transaction. The endpoint tasks in `daemon` call both.
 
+use hex::FromHex as _;
 use serde_json::{Value, json};
 
 use crate::clock;
 use crate::config::Endpoint;
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
-use crate::extract::{self, Document, ExtractError};
+use crate::extract::{self, Document, ExtractError, Kind};
 use crate::fetch::{self, FetchError, Fetched, Validators};
 use crate::store::{Commit, OutboxRow, Snapshot, Store, StoreError};
 
@@ -138,10 +139,16 @@ pub async fn observe(
         });
         return Ok(Observation::Unchanged { refreshed });
     }
-    let previous_document = store.document(&endpoint.name, previous.version)?;
+    // A file lost to a power cut: the change is reported by hash.
+    let previous_document = store
+        .document(&endpoint.name, previous.version)?
+        .unwrap_or_else(|| {
+            let hash = <[u8; 32]>::from_hex(&previous.hash).unwrap_or_default();
+            Document::with_hash(Kind::Bytes, hash, Vec::new())
+        });
     let events = events(
         endpoint,
-        previous_document.as_ref(),
+        Some(&previous_document),
         &document,
         Some(previous.version),
         version,

@@ -3,23 +3,25 @@
 //! Trees:
 //! - `meta`: the schema version, so later formats migrate old stores.
 //! - `snapshots`: endpoint name → [`Snapshot`] (version, hash, validators).
-//! - `versions`: endpoint name, 0, version → the kind, time, hash and size
-//!   of that version's document; the newest is the one the next poll diffs
-//!   against. The documents themselves are files in
-//!   `documents/`: sled keeps in memory every value it has read or written,
-//!   whatever its cache size, so documents in sled would make the daemon's
-//!   memory grow with their size.
+//!   The snapshot's version is the newest document, the one the next poll
+//!   diffs against.
 //! - `outbox`: target name, 0, sequence → [`OutboxRow`] waiting for a 2xx.
 //! - `dead`: the same keys → rows whose retry schedule ran out, with every
 //!   attempt; capped per target.
 //! - `attempts`: target name, 0, sequence → [`AttemptRecord`], a bounded log.
 //! - `paused`: target name → [`Pause`], for targets that answered 410 Gone.
 //!
+//! The documents are files in `documents/`, one per kept version, each
+//! starting with its kind, time and hash. sled keeps in memory every key and
+//! value it has read or written, whatever its cache size: documents in sled
+//! made memory grow with their size, and an entry per version (about 400
+//! bytes of RAM each) made it grow with the history.
+//!
 //! A change is written by [`Store::commit`]: its document file first, then
-//! in ONE transaction the snapshot, the version entry and one outbox row per
-//! target. A crash can repeat a delivery, never lose one.
+//! in ONE transaction the snapshot and one outbox row per target. A crash
+//! can repeat a delivery, never lose one.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -30,8 +32,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use crate::extract::{Document, Kind};
 
 /// The on-disk format this build reads and writes. 1: documents in the
-/// `history` tree; 2: documents in files, described by `versions`.
-pub const SCHEMA_VERSION: u64 = 2;
+/// `history` tree; 2: documents in files, described by a `versions` tree;
+/// 3: documents in files that describe themselves.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// sled's default page cache is 1 GiB; snapshots are read once per poll, so
 /// a small cache is plenty (sled's memory is several times this anyway).
@@ -185,7 +188,6 @@ pub struct Commit<'a> {
 pub struct Store {
     db: sled::Db,
     snapshots: sled::Tree,
-    versions: sled::Tree,
     /// One file per stored version: see [`Store::document_path`].
     documents: PathBuf,
     outbox: sled::Tree,
@@ -262,7 +264,6 @@ impl Store {
         })?;
         let store = Store {
             snapshots: db.open_tree("snapshots")?,
-            versions: db.open_tree("versions")?,
             documents,
             outbox: db.open_tree("outbox")?,
             dead: db.open_tree("dead")?,
@@ -276,27 +277,29 @@ impl Store {
             flushed_requests: Default::default(),
             db,
         };
-        // Version 0 is an empty store. Each step takes the store from `n` to
-        // `n + 1` and can be run again if a crash interrupts it.
-        if found == 1 {
-            store.move_documents_to_files()?;
+        // Version 0 is an empty store. Each step takes the store to the
+        // current schema and can be run again if a crash interrupts it.
+        match found {
+            1 => store.documents_from_history()?,
+            2 => store.documents_from_versions()?,
+            _ => {}
         }
         if found < SCHEMA_VERSION {
             meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             store.db.flush()?;
         }
-        // Left behind by a migration that stopped after its last step
-        // (dropping a tree that does not exist does nothing).
-        store.db.drop_tree("history")?;
+        // The old trees go once the new schema number is stored, also when
+        // a migration stopped right after storing it (dropping a tree that
+        // does not exist does nothing).
+        for old in ["history", "versions"] {
+            store.db.drop_tree(old)?;
+        }
         Ok(store)
     }
 
-    /// Schema 1 → 2: every document of the `history` tree becomes a file
-    /// and a `versions` entry. The old tree is dropped once the new schema
-    /// number is stored.
-    fn move_documents_to_files(&self) -> Result<(), StoreError> {
-        let history = self.db.open_tree("history")?;
-        for entry in history.iter() {
+    /// Schema 1 → 3: every document of the `history` tree becomes a file.
+    fn documents_from_history(&self) -> Result<(), StoreError> {
+        for entry in self.db.open_tree("history")?.iter() {
             let (key, value) = entry?;
             let corrupt = |detail: &str| StoreError::Corrupt {
                 what: "history",
@@ -307,10 +310,53 @@ impl Store {
             let at_ms = decode_u64(rest.get(..8).ok_or_else(|| corrupt("truncated"))?, "time")?;
             let (endpoint, version) = split_version_key(&key)?;
             let document = Document::from_canonical(kind, rest[8..].to_vec());
-            self.write_document(endpoint, version, &document.canonical)?
+            self.write_document(endpoint, version, &document, at_ms)?
                 .sync()?;
-            self.versions
-                .insert(key, Version::of(&document, at_ms).encode())?;
+        }
+        Ok(())
+    }
+
+    /// Schema 2 → 3: each document file described by a `versions` entry
+    /// (kind, time, size and hash, 49 bytes) is written again with that
+    /// description in front, under its new name; then the old file goes.
+    fn documents_from_versions(&self) -> Result<(), StoreError> {
+        for entry in self.db.open_tree("versions")?.iter() {
+            let (key, value) = entry?;
+            let (endpoint, version) = split_version_key(&key)?;
+            let described = (value.len() == 49)
+                .then(|| Kind::from_u8(value[0]))
+                .flatten()
+                .zip(value[17..].try_into().ok());
+            let Some((kind, hash)) = described else {
+                return Err(StoreError::Corrupt {
+                    what: "version",
+                    detail: format!("{} bytes", value.len()),
+                });
+            };
+            let at_ms = decode_u64(&value[1..9], "version time")?;
+            let old = self
+                .documents
+                .join(format!("{}-{version}", file_stem(endpoint)));
+            let canonical = match std::fs::read(&old) {
+                Ok(bytes) => bytes,
+                // Moved before an interruption, or lost: nothing to move.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(StoreError::DocumentFile {
+                        action: "read",
+                        path: old,
+                        source,
+                    });
+                }
+            };
+            let document = Document::with_hash(kind, hash, canonical);
+            self.write_document(endpoint, version, &document, at_ms)?
+                .sync()?;
+            std::fs::remove_file(&old).map_err(|source| StoreError::DocumentFile {
+                action: "remove",
+                path: old,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -323,21 +369,87 @@ impl Store {
     }
 
     /// The stored document of one version of an endpoint, with the hash
-    /// recorded for it (hashing megabytes again would only repeat it). A
-    /// missing document file, which only a power loss between writing the
-    /// file and its sled entry could cause, reads as empty: the diff then
-    /// reports the change by hash.
+    /// recorded for it (hashing megabytes again would only repeat it).
+    /// `None` for a version not kept, and for a file lost to a power cut
+    /// between writing it and its snapshot (logged).
     pub fn document(&self, endpoint: &str, version: u64) -> Result<Option<Document>, StoreError> {
-        let Some(entry) = self.versions.get(version_key(endpoint, version))? else {
+        let Some((header, mut file, path)) = self.open_document(endpoint, version)? else {
             return Ok(None);
         };
-        let entry = Version::decode(&entry)?;
+        let mut canonical = Vec::new();
+        file.read_to_end(&mut canonical)
+            .map_err(|source| StoreError::DocumentFile {
+                action: "read",
+                path,
+                source,
+            })?;
+        Ok(Some(Document::with_hash(
+            header.kind,
+            header.hash,
+            canonical,
+        )))
+    }
+
+    /// The stored versions of an endpoint, oldest first.
+    pub fn history(&self, endpoint: &str) -> Result<Vec<crate::admin::VersionView>, StoreError> {
+        let Some(newest) = self.snapshot(endpoint)?.map(|snapshot| snapshot.version) else {
+            return Ok(Vec::new());
+        };
+        let mut versions = Vec::new();
+        // The kept versions are the newest ones, without gaps, except that
+        // a power cut may have lost the newest file.
+        for version in (1..=newest).rev() {
+            let Some((header, file, path)) = self.open_document(endpoint, version)? else {
+                if version == newest {
+                    continue;
+                }
+                break;
+            };
+            let size = file
+                .metadata()
+                .map_err(|source| StoreError::DocumentFile {
+                    action: "read",
+                    path,
+                    source,
+                })?
+                .len();
+            versions.push(crate::admin::VersionView {
+                version,
+                at_ms: header.at_ms,
+                kind: header.kind.name().to_string(),
+                bytes: size.saturating_sub(Header::LEN as u64) as usize,
+            });
+        }
+        versions.reverse();
+        Ok(versions)
+    }
+
+    /// Where version `version` of `endpoint`'s document is kept.
+    fn document_path(&self, endpoint: &str, version: u64) -> PathBuf {
+        self.documents
+            .join(format!("{}.{version}", file_stem(endpoint)))
+    }
+
+    /// A document file's header, and the file positioned after it. `None`
+    /// when there is no such file, or only the start of one (written but
+    /// never synced when the power went).
+    fn open_document(
+        &self,
+        endpoint: &str,
+        version: u64,
+    ) -> Result<Option<(Header, std::fs::File, PathBuf)>, StoreError> {
         let path = self.document_path(endpoint, version);
-        let canonical = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(file = %path.display(), "a stored document is missing: its change is reported by hash");
-                Vec::new()
+        let mut header = [0; Header::LEN];
+        let opened = std::fs::File::open(&path).and_then(|mut file| {
+            file.read_exact(&mut header)?;
+            Ok(file)
+        });
+        let file = match opened {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::warn!(file = %path.display(), "a stored document was cut short: it is ignored");
+                return Ok(None);
             }
             Err(source) => {
                 return Err(StoreError::DocumentFile {
@@ -347,34 +459,7 @@ impl Store {
                 });
             }
         };
-        Ok(Some(Document::with_hash(entry.kind, entry.hash, canonical)))
-    }
-
-    /// The stored versions of an endpoint, oldest first.
-    pub fn history(&self, endpoint: &str) -> Result<Vec<crate::admin::VersionView>, StoreError> {
-        self.versions
-            .scan_prefix(prefix(endpoint))
-            .map(|entry| {
-                let (key, value) = entry?;
-                let (_, version) = split_version_key(&key)?;
-                let entry = Version::decode(&value)?;
-                Ok(crate::admin::VersionView {
-                    version,
-                    at_ms: entry.at_ms,
-                    kind: entry.kind.name().to_string(),
-                    bytes: entry.bytes as usize,
-                })
-            })
-            .collect()
-    }
-
-    /// Where version `version` of `endpoint`'s document is kept. Named by a
-    /// hash of the endpoint's name, so that names differing only in case
-    /// stay apart on case-insensitive file systems.
-    fn document_path(&self, endpoint: &str, version: u64) -> PathBuf {
-        let name = Sha256::digest(endpoint.as_bytes());
-        self.documents
-            .join(format!("{}-{version}", hex::encode(&name[..16])))
+        Ok(Some((Header::decode(&header, &path)?, file, path)))
     }
 
     /// Writes a document file, not yet durable: see [`DocumentFile::sync`].
@@ -382,11 +467,18 @@ impl Store {
         &self,
         endpoint: &str,
         version: u64,
-        canonical: &[u8],
+        document: &Document,
+        at_ms: u64,
     ) -> Result<DocumentFile, StoreError> {
         let path = self.document_path(endpoint, version);
+        let header = Header {
+            kind: document.kind,
+            at_ms,
+            hash: document.hash,
+        };
         let written = std::fs::File::create(&path).and_then(|mut file| {
-            file.write_all(canonical)?;
+            file.write_all(&header.encode())?;
+            file.write_all(&document.canonical)?;
             Ok(file)
         });
         match written {
@@ -403,30 +495,29 @@ impl Store {
         }
     }
 
-    /// Writes a new document file, then its snapshot, version entry and
-    /// outbox rows in one transaction, makes them durable, then trims the
-    /// history beyond `keep_history`. Until the flush is done the new rows
-    /// are hidden from [`Store::outbox_rows`]: nothing reaches a receiver
-    /// that a crash could make the store forget (it would come back as a new
-    /// event, new id).
+    /// Writes a new document file, then its snapshot and outbox rows in one
+    /// transaction, makes them durable, then trims the history beyond
+    /// `keep_history`. Until the flush is done the new rows are hidden from
+    /// [`Store::outbox_rows`]: nothing reaches a receiver that a crash could
+    /// make the store forget (it would come back as a new event, new id).
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
         let snapshot = encode_json(commit.snapshot);
-        let entry = Version::of(commit.document, commit.snapshot.changed_at_ms).encode();
         let version = commit.snapshot.version;
-        let key = version_key(commit.endpoint, version);
-        // Before anything in sled refers to it. A crash before the sled
-        // writes leaves a file that the version's next commit overwrites.
-        let file = self.write_document(commit.endpoint, version, &commit.document.canonical)?;
+        // Before the snapshot refers to it. A crash before the snapshot is
+        // written leaves a file that the version's next commit overwrites.
+        let file = self.write_document(
+            commit.endpoint,
+            version,
+            commit.document,
+            commit.snapshot.changed_at_ms,
+        )?;
         if commit.deliveries.is_empty() {
             // A baseline, or a change no event was made of: without rows
-            // there is nothing to make atomic, and plain writes share sled's
-            // log buffers where each transaction seals one of its own (the
-            // first pass over 10,000 endpoints took 2.5 times as long). The
-            // version goes first: sled recovers a prefix of its log, so a
-            // crash leaves at most an entry the next commit overwrites.
-            self.versions.insert(key.as_slice(), entry.as_slice())?;
+            // there is nothing to make atomic, and a plain write shares
+            // sled's log buffers where each transaction seals one of its own
+            // (the first pass over 10,000 endpoints took 2.5 times as long).
             self.snapshots.insert(commit.endpoint, snapshot)?;
-            self.trim_history(commit.endpoint, version, commit.keep_history)?;
+            self.trim_history(commit.endpoint, version, commit.keep_history);
             return Ok(Vec::new());
         }
         let rows: Vec<(&str, Vec<u8>)> = commit
@@ -449,15 +540,14 @@ impl Store {
             store: self,
             keys: std::sync::Mutex::new(Vec::new()),
         };
-        let result = (&self.snapshots, &self.versions, &self.outbox)
-            .transaction(|(snapshots, versions, outbox)| {
+        let result = (&self.snapshots, &self.outbox)
+            .transaction(|(snapshots, outbox)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
-                versions.insert(key.as_slice(), entry.as_slice())?;
                 self.insert_rows(outbox, &rows, &generated)
             })
             .map_err(transaction_error);
         let keys = self.flushed(result, generated).await?;
-        self.trim_history(commit.endpoint, version, commit.keep_history)?;
+        self.trim_history(commit.endpoint, version, commit.keep_history);
         Ok(keys)
     }
 
@@ -540,23 +630,22 @@ impl Store {
         lock(&self.unflushed).insert(key.clone());
     }
 
-    /// Removes the versions older than the newest `keep`, entry first, so
-    /// that no entry is left without its file.
-    fn trim_history(&self, endpoint: &str, newest: u64, keep: usize) -> Result<(), StoreError> {
-        let keep = keep.max(1) as u64;
-        if newest <= keep {
-            return Ok(());
+    /// Removes the document files older than the newest `keep`: usually
+    /// the one version that just fell out, more after `keep_history` was
+    /// lowered. A file that cannot be removed is logged and left.
+    fn trim_history(&self, endpoint: &str, newest: u64, keep: usize) {
+        let oldest_kept = newest.saturating_sub(keep.max(1) as u64) + 1;
+        for version in (1..oldest_kept).rev() {
+            let path = self.document_path(endpoint, version);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                // The versions before it went at earlier commits.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), error = %error, "cannot remove an old document");
+                }
+            }
         }
-        let start = version_key(endpoint, 0);
-        let end = version_key(endpoint, newest - keep + 1);
-        for entry in self.versions.range(start..end) {
-            let (key, _) = entry?;
-            self.versions.remove(&key)?;
-            let (_, version) = split_version_key(&key)?;
-            // A file already gone is what was wanted.
-            let _ = std::fs::remove_file(self.document_path(endpoint, version));
-        }
-        Ok(())
     }
 
     /// Updates only the conditional-request validators of a snapshot (a
@@ -751,13 +840,14 @@ fn prefix(name: &str) -> Vec<u8> {
     key
 }
 
-fn version_key(endpoint: &str, version: u64) -> Vec<u8> {
-    let mut key = prefix(endpoint);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
+/// Document files are named by a hash of the endpoint's name, so that names
+/// differing only in case stay apart on case-insensitive file systems.
+fn file_stem(endpoint: &str) -> String {
+    hex::encode(&Sha256::digest(endpoint.as_bytes())[..16])
 }
 
-/// The endpoint name and version number of a `versions` key.
+/// The endpoint name and version number of a schema 1 `history` or schema
+/// 2 `versions` key: the name, 0, the version (big-endian).
 fn split_version_key(key: &[u8]) -> Result<(&str, u64), StoreError> {
     let corrupt = || StoreError::Corrupt {
         what: "version key",
@@ -793,56 +883,35 @@ impl DocumentFile {
     }
 }
 
-/// A `versions` entry: what is known of a stored document without reading
-/// its file.
-struct Version {
+/// What a document file starts with: kind (1 byte), time (8 bytes,
+/// big-endian) and hash, so that neither listing nor diffing needs sled.
+struct Header {
     kind: Kind,
     at_ms: u64,
     hash: [u8; 32],
-    bytes: u64,
 }
 
-impl Version {
-    /// Kind (1 byte), time, size (8 bytes each, big-endian) and hash.
-    const LEN: usize = 1 + 8 + 8 + 32;
+impl Header {
+    const LEN: usize = 1 + 8 + 32;
 
-    fn of(document: &Document, at_ms: u64) -> Version {
-        Version {
-            kind: document.kind,
-            at_ms,
-            hash: document.hash,
-            bytes: document.canonical.len() as u64,
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(Version::LEN);
-        bytes.push(self.kind as u8);
-        bytes.extend_from_slice(&self.at_ms.to_be_bytes());
-        bytes.extend_from_slice(&self.bytes.to_be_bytes());
-        bytes.extend_from_slice(&self.hash);
+    fn encode(&self) -> [u8; Header::LEN] {
+        let mut bytes = [0; Header::LEN];
+        bytes[0] = self.kind as u8;
+        bytes[1..9].copy_from_slice(&self.at_ms.to_be_bytes());
+        bytes[9..].copy_from_slice(&self.hash);
         bytes
     }
 
-    fn decode(bytes: &[u8]) -> Result<Version, StoreError> {
-        let corrupt = |detail: String| StoreError::Corrupt {
-            what: "version",
-            detail,
-        };
-        if bytes.len() != Version::LEN {
-            return Err(corrupt(format!(
-                "{} bytes, expected {}",
-                bytes.len(),
-                Version::LEN
-            )));
-        }
+    fn decode(bytes: &[u8; Header::LEN], path: &Path) -> Result<Header, StoreError> {
+        let kind = Kind::from_u8(bytes[0]).ok_or_else(|| StoreError::Corrupt {
+            what: "document file",
+            detail: format!("{}: unknown document kind {}", path.display(), bytes[0]),
+        })?;
         let mut hash = [0; 32];
-        hash.copy_from_slice(&bytes[17..]);
-        Ok(Version {
-            kind: Kind::from_u8(bytes[0])
-                .ok_or_else(|| corrupt("unknown document kind".to_string()))?,
-            at_ms: decode_u64(&bytes[1..9], "version time")?,
-            bytes: decode_u64(&bytes[9..17], "version size")?,
+        hash.copy_from_slice(&bytes[9..]);
+        Ok(Header {
+            kind,
+            at_ms: decode_u64(&bytes[1..9], "document time")?,
             hash,
         })
     }
@@ -946,6 +1015,12 @@ mod tests {
     use super::*;
     use crate::extract::{Rules, extract};
 
+    fn version_key(endpoint: &str, version: u64) -> Vec<u8> {
+        let mut key = prefix(endpoint);
+        key.extend_from_slice(&version.to_be_bytes());
+        key
+    }
+
     fn json(text: &str) -> Document {
         let rules = Rules::default();
         extract(text.as_bytes(), Some("application/json"), &rules).unwrap()
@@ -979,7 +1054,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn documents_live_in_files_and_leave_with_their_versions() {
+    async fn documents_live_in_files_and_leave_when_the_history_is_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let documents: Vec<Document> = (1..=4).map(|n| json(&format!(r#"{{"n":{n}}}"#))).collect();
@@ -1000,11 +1075,26 @@ mod tests {
             .collect();
         assert_eq!(listed, [(3, 1003, 7), (4, 1004, 7)]);
 
-        // A file lost to a power cut reads as empty, with the hash recorded:
-        // the diff then reports the change by hash.
-        std::fs::remove_file(store.document_path("api.v1", 4)).unwrap();
-        let lost = store.document("api.v1", 4).unwrap().unwrap();
-        assert_eq!((lost.hash, lost.canonical.len()), (documents[3].hash, 0));
+        // With `keep_history` lowered, every version that fell out goes.
+        let fifth = json(r#"{"n":5}"#);
+        commit(&store, 5, &fifth, 1).await;
+        assert_eq!(files(dir.path()), 1);
+        assert_eq!(store.history("api.v1").unwrap()[0].version, 5);
+
+        // The newest file lost to a power cut, or cut short: no document,
+        // and the history lists the versions still there.
+        commit(&store, 6, &json(r#"{"n":6}"#), 2).await;
+        std::fs::write(store.document_path("api.v1", 6), [Kind::Json as u8, 0, 0]).unwrap();
+        assert_eq!(store.document("api.v1", 6).unwrap(), None);
+        std::fs::remove_file(store.document_path("api.v1", 6)).unwrap();
+        assert_eq!(store.document("api.v1", 6).unwrap(), None);
+        let listed: Vec<u64> = store
+            .history("api.v1")
+            .unwrap()
+            .iter()
+            .map(|version| version.version)
+            .collect();
+        assert_eq!(listed, [5]);
     }
 
     /// sled deadlocked when many `flush_async` calls filled its thread pool
@@ -1067,6 +1157,18 @@ mod tests {
         assert_eq!(store.outbox_rows("sink").unwrap().len(), 500);
     }
 
+    /// Marks a test store as written by this process, as `Store::open`
+    /// does: sled may keep its lock for a moment after the drop, which
+    /// `Store::open` waits out for this pid.
+    fn write_pid(dir: &Path) {
+        std::fs::write(dir.join("pollhook.pid"), std::process::id().to_string()).unwrap();
+    }
+
+    fn schema(store: &Store) -> u64 {
+        let meta = store.db.open_tree("meta").unwrap();
+        decode_u64(&meta.get(SCHEMA_KEY).unwrap().unwrap(), "schema").unwrap()
+    }
+
     #[tokio::test]
     async fn a_schema_1_store_moves_its_documents_to_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -1091,13 +1193,7 @@ mod tests {
                 .insert(version_key("api.v1", 7), value)
                 .unwrap();
             db.flush().unwrap();
-            // As pollhook writes it: sled may keep its lock for a moment
-            // after the drop, which `Store::open` waits out for this pid.
-            std::fs::write(
-                dir.path().join("pollhook.pid"),
-                std::process::id().to_string(),
-            )
-            .unwrap();
+            write_pid(dir.path());
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.document("api.v1", 7).unwrap(), Some(document.clone()));
@@ -1106,11 +1202,61 @@ mod tests {
         assert!(!store.db.tree_names().iter().any(|name| name == b"history"));
         drop(store);
 
-        // Opened again, the store is at schema 2 and has nothing to move.
+        // Opened again, the store is at the current schema and has nothing
+        // to move.
         let store = Store::open(dir.path()).unwrap();
-        let meta = store.db.open_tree("meta").unwrap();
-        let schema = decode_u64(&meta.get(SCHEMA_KEY).unwrap().unwrap(), "schema").unwrap();
-        assert_eq!(schema, SCHEMA_VERSION);
+        assert_eq!(schema(&store), SCHEMA_VERSION);
         assert_eq!(store.document("api.v1", 7).unwrap(), Some(document));
+    }
+
+    #[tokio::test]
+    async fn a_schema_2_store_moves_each_description_into_its_document_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let documents = [json(r#"{"v":1}"#), json(r#"{"v":22}"#)];
+        {
+            // A store as schema 2 left it: files named `<stem>-<version>`,
+            // each described by a `versions` entry (kind, time, size, hash).
+            let db = sled::open(dir.path().join("db")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &2u64.to_be_bytes())
+                .unwrap();
+            db.open_tree("snapshots")
+                .unwrap()
+                .insert("api.v1", encode_json(&snapshot(2, &documents[1])))
+                .unwrap();
+            let versions = db.open_tree("versions").unwrap();
+            std::fs::create_dir(dir.path().join("documents")).unwrap();
+            for (version, document) in (1u64..).zip(&documents) {
+                let mut value = vec![document.kind as u8];
+                value.extend_from_slice(&(1000 + version).to_be_bytes());
+                value.extend_from_slice(&(document.canonical.len() as u64).to_be_bytes());
+                value.extend_from_slice(&document.hash);
+                versions
+                    .insert(version_key("api.v1", version), value)
+                    .unwrap();
+                let file = format!("documents/{}-{version}", file_stem("api.v1"));
+                std::fs::write(dir.path().join(file), &document.canonical).unwrap();
+            }
+            db.flush().unwrap();
+            write_pid(dir.path());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION);
+        assert!(!store.db.tree_names().iter().any(|name| name == b"versions"));
+        assert_eq!(files(dir.path()), 2);
+        for (version, document) in (1u64..).zip(&documents) {
+            assert_eq!(
+                store.document("api.v1", version).unwrap().as_ref(),
+                Some(document)
+            );
+        }
+        let listed: Vec<(u64, u64, usize)> = store
+            .history("api.v1")
+            .unwrap()
+            .iter()
+            .map(|version| (version.version, version.at_ms, version.bytes))
+            .collect();
+        assert_eq!(listed, [(1, 1001, 7), (2, 1002, 8)]);
     }
 }

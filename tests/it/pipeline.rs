@@ -236,3 +236,37 @@ async fn a_changed_definition_rebaselines_quietly() {
     let store = Store::open(state.path()).unwrap();
     assert_eq!(store.snapshot("data").unwrap().unwrap().version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_after_its_previous_document_was_lost_is_reported_by_hash() {
+    let state = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, ""));
+    api.wait_for_requests(2).await;
+    daemon.stop().await;
+    let baseline = Store::open(state.path())
+        .unwrap()
+        .snapshot("data")
+        .unwrap()
+        .unwrap();
+    // What a power cut before a baseline's file reached the disk leaves.
+    for file in std::fs::read_dir(state.path().join("documents")).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+
+    api.set(Reply::json(r#"{"a":2}"#));
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, ""));
+    eventually("the change is delivered", || receiver.accepted().len() == 1).await;
+    daemon.stop().await;
+    let event = receiver.accepted()[0].json();
+    assert_eq!(event["type"], "endpoint.changed");
+    assert_eq!(event["data"]["previous_hash"], baseline.hash.as_str());
+    let current = Store::open(state.path())
+        .unwrap()
+        .snapshot("data")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event["data"]["current_hash"], current.hash.as_str());
+    assert_eq!(event["data"]["version"], 2);
+}
