@@ -188,12 +188,13 @@ fn view(
     status: &EndpointStatus,
     pending: &[(String, OutboxRow)],
 ) -> EndpointView {
-    let snapshot = state.shared.store.snapshot(&status.name).ok().flatten();
+    let endpoint = &status.endpoint;
+    let snapshot = state.shared.store.snapshot(&endpoint.name).ok().flatten();
     EndpointView {
-        name: status.name.clone(),
-        url: status.url.clone(),
-        schedule: status.schedule.clone(),
-        targets: status.targets.clone(),
+        name: endpoint.name.clone(),
+        url: endpoint.display_url(),
+        schedule: endpoint.schedule.to_string(),
+        targets: endpoint.targets.clone(),
         last_poll_ms: status.last_poll_ms,
         last_error: status.last_error.clone(),
         consecutive_failures: status.consecutive_failures,
@@ -202,7 +203,7 @@ fn view(
         last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
         pending_deliveries: pending
             .iter()
-            .filter(|(_, row)| row.endpoint == status.name)
+            .filter(|(_, row)| row.endpoint == endpoint.name)
             .count(),
     }
 }
@@ -248,9 +249,9 @@ async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String
 }
 
 async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    match read(&state.shared.poll_now).get(&name) {
-        Some(trigger) => {
-            trigger.notify_one();
+    match read(&state.shared.endpoints).get(&name) {
+        Some(status) => {
+            status.poll_now.notify_one();
             (
                 StatusCode::ACCEPTED,
                 Json(serde_json::json!({"polling": name})),

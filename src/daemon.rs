@@ -14,7 +14,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant as StdInstant};
 
 use sd_notify::NotifyState;
-use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -47,13 +46,13 @@ pub struct LiveEvent {
     pub body: String,
 }
 
-/// What the admin API shows of an endpoint while the daemon runs.
-#[derive(Debug, Clone, Default, Serialize)]
+/// A running endpoint, as the admin API sees it: its config, what its task
+/// last did, and the trigger that makes it poll now. Only what changes is
+/// kept here; the rest is read from the config when asked for.
+#[derive(Debug, Clone)]
 pub struct EndpointStatus {
-    pub name: String,
-    pub url: String,
-    pub schedule: String,
-    pub targets: Vec<String>,
+    pub endpoint: Arc<Endpoint>,
+    pub poll_now: Arc<Notify>,
     pub last_poll_ms: Option<u64>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
@@ -78,8 +77,6 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     /// Wakes a target's dispatcher: rows were queued, or it was resumed.
     pub wakes: RwLock<HashMap<String, Arc<Notify>>>,
-    /// Makes an endpoint poll now.
-    pub poll_now: RwLock<HashMap<String, Arc<Notify>>>,
     /// The global cap on polls in flight.
     permits: Semaphore,
     /// The per-host caps and spacing.
@@ -140,7 +137,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         admin: config.admin.clone(),
         control,
         wakes: RwLock::new(HashMap::new()),
-        poll_now: RwLock::new(HashMap::new()),
         permits: Semaphore::new(config.max_concurrent_polls),
         hosts: Hosts::new(config.per_host, config.per_host_spacing),
         poll_client: crate::fetch::client()?,
@@ -342,7 +338,6 @@ impl Running {
                 let task = self.endpoints.remove(&name).expect("listed above");
                 task.cancel.cancel();
                 write(&self.shared.endpoints).remove(&name);
-                write(&self.shared.poll_now).remove(&name);
                 stopped += 1;
             }
         }
@@ -410,15 +405,15 @@ impl Running {
     ) -> Task<Endpoint> {
         let cancel = self.shutdown.child_token();
         let poll_now = Arc::new(Notify::new());
-        write(&self.shared.poll_now).insert(endpoint.name.clone(), poll_now.clone());
         write(&self.shared.endpoints).insert(
             endpoint.name.clone(),
             EndpointStatus {
-                name: endpoint.name.clone(),
-                url: endpoint.display_url(),
-                schedule: endpoint.schedule.to_string(),
-                targets: endpoint.targets.clone(),
-                ..EndpointStatus::default()
+                endpoint: endpoint.clone(),
+                poll_now: poll_now.clone(),
+                last_poll_ms: None,
+                last_error: None,
+                consecutive_failures: 0,
+                next_poll_ms: None,
             },
         );
         let task = endpoint_task(
