@@ -323,16 +323,15 @@ impl Store {
         for entry in self.db.open_tree("versions")?.iter() {
             let (key, value) = entry?;
             let (endpoint, version) = split_version_key(&key)?;
-            let described = (value.len() == 49)
-                .then(|| Kind::from_u8(value[0]))
-                .flatten()
-                .zip(value[17..].try_into().ok());
-            let Some((kind, hash)) = described else {
-                return Err(StoreError::Corrupt {
-                    what: "version",
-                    detail: format!("{} bytes", value.len()),
-                });
+            let corrupt = || StoreError::Corrupt {
+                what: "version",
+                detail: format!("{} bytes, kind {:?}", value.len(), value.first()),
             };
+            if value.len() != 49 {
+                return Err(corrupt());
+            }
+            let kind = Kind::from_u8(value[0]).ok_or_else(corrupt)?;
+            let hash: [u8; 32] = value[17..].try_into().map_err(|_| corrupt())?;
             let at_ms = decode_u64(&value[1..9], "version time")?;
             let old = self
                 .documents
