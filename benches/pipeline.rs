@@ -54,7 +54,7 @@ fn extract_and_diff(body: &[u8], previous: &Document) -> Option<pollhook::diff::
         return None;
     }
     // The previous document comes from the store as canonical bytes, with
-    // the hash its snapshot records.
+    // the hash its file header records.
     let previous = Document::with_hash(previous.kind, previous.hash, previous.canonical.clone());
     diff(Some(&previous), &current)
 }
