@@ -249,17 +249,20 @@ async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String
 }
 
 async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    match read(&state.shared.endpoints).get(&name) {
-        Some(status) => {
-            status.poll_now.notify_one();
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({"polling": name})),
-            )
-                .into_response()
-        }
-        None => not_found(format!("no endpoint named `{name}`")),
+    if !read(&state.shared.endpoints).contains_key(&name) {
+        return not_found(format!("no endpoint named `{name}`"));
     }
+    let asked = (state.shared.control)
+        .send(Control::PollNow(name.clone()))
+        .await;
+    if asked.is_err() {
+        return shutting_down();
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"polling": name})),
+    )
+        .into_response()
 }
 
 /// One stored version, as `history` lists it.
@@ -383,11 +386,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
         .await
         .is_err()
     {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "shutting down"})),
-        )
-            .into_response();
+        return shutting_down();
     }
     match answer.await {
         Ok(Ok(summary)) => Json(serde_json::json!({"reloaded": summary})).into_response(),
@@ -396,12 +395,16 @@ async fn reload(State(state): State<AdminState>) -> Response {
             Json(serde_json::json!({"error": problems})),
         )
             .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "shutting down"})),
-        )
-            .into_response(),
+        Err(_) => shutting_down(),
     }
+}
+
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "shutting down"})),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,11 +1,13 @@
-//! The running daemon: one task per endpoint, one dispatcher per target,
-//! the admin API, and a supervisor loop that owns them.
+//! The running daemon: one timer wheel for every endpoint's next poll, one
+//! dispatcher per target, the admin API, and a supervisor loop that owns
+//! them.
 //!
 //! [`run`] holds the `CancellationToken` every task listens to and the
 //! `TaskTracker` it waits on. Start-up and reload go through the same
 //! [`Running::apply`]: endpoints and targets that are new start, removed ones
 //! stop, changed ones restart. The supervisor `select!`s over shutdown,
-//! SIGHUP, reload requests from the admin API and the watchdog tick.
+//! SIGHUP, requests from the admin API, the watchdog tick, polls falling due
+//! and polls ending.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,12 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant as StdInstant};
 
+use futures_util::StreamExt as _;
 use sd_notify::NotifyState;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::clock;
@@ -35,6 +39,12 @@ use crate::store::{Failing, Store};
 const LIVE_BUFFER: usize = 1024;
 /// How often `STATUS=` is refreshed when systemd asks for no watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// The longest single wait in the timer wheel, which reaches only about two
+/// years ahead; a later poll (a cron for 29 February) waits in steps.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far ahead "never" is: a cron expression whose last year has gone by
+/// never fires again. Any wait over half of it is shown as never.
+const NEVER: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
 
 /// One event as it was produced, for `/api/v1/events` and `pollhook tail`.
 #[derive(Debug, Clone)]
@@ -46,13 +56,12 @@ pub struct LiveEvent {
     pub body: String,
 }
 
-/// A running endpoint, as the admin API sees it: its config, what its task
-/// last did, and the trigger that makes it poll now. Only what changes is
-/// kept here; the rest is read from the config when asked for.
+/// A running endpoint, as the admin API sees it: its config and what its
+/// polls did. Only what changes is kept here; the rest is read from the
+/// config when asked for.
 #[derive(Debug, Clone)]
 pub struct EndpointStatus {
     pub endpoint: Arc<Endpoint>,
-    pub poll_now: Arc<Notify>,
     pub last_poll_ms: Option<u64>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
@@ -63,6 +72,8 @@ pub struct EndpointStatus {
 pub enum Control {
     /// Re-read the config; answers with a summary or the errors.
     Reload(oneshot::Sender<Result<String, String>>),
+    /// Poll this endpoint now, or right after its running poll.
+    PollNow(String),
 }
 
 /// What the tasks and the admin API share.
@@ -151,7 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         delivery_client: deliver::client()?,
         config: Arc::new(config.clone()),
-        endpoints: HashMap::new(),
+        polls: Polls::default(),
         targets: HashMap::new(),
         reloads: 0,
     };
@@ -165,7 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     std::fs::write(&written, &admin_address)?;
     std::fs::rename(&written, &address_file)?;
     info!(
-        endpoints = running.endpoints.len(),
+        endpoints = running.polls.slots.len(),
         targets = running.targets.len(),
         state_dir = %running.config.state_dir.display(),
         admin = %admin_address,
@@ -189,7 +200,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 Control::Reload(reply) => {
                     let _ = reply.send(running.reload());
                 }
+                Control::PollNow(name) => running.poll_now(&name),
             },
+            Some(due) = running.polls.due.next() => running.start_poll(due.into_inner()),
+            Some(ended) = running.polls.running.join_next_with_id() => running.poll_ended(ended),
             _ = tick.tick() => {
                 if watchdog.is_some() {
                     notify(&[NotifyState::Watchdog]);
@@ -201,6 +215,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shared.ready.store(false, Ordering::SeqCst);
     notify(&[NotifyState::Stopping]);
     info!("shutting down");
+    // Running polls see the shutdown too; they are tracked, so this also
+    // waits for them to write what they decided.
     tracker.close();
     tracker.wait().await;
     store.flush().await?;
@@ -209,11 +225,66 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// A task the supervisor can stop on its own, and what it was started with.
-struct Task<T> {
-    spec: Arc<T>,
+/// A target's dispatcher, and the config it was started with.
+struct Dispatcher {
+    target: Arc<Target>,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
+}
+
+/// Every endpoint's place in its schedule. One timer wheel holds all the
+/// waits, and a poll is a task only while it runs: a waiting endpoint costs
+/// its slot, not a sleeping task with its own timer and cancel token.
+#[derive(Default)]
+struct Polls {
+    /// The waiting endpoints, by name, each at its next poll.
+    due: DelayQueue<Arc<str>>,
+    slots: HashMap<Arc<str>, Slot>,
+    running: JoinSet<Polled>,
+    /// The endpoint of each running poll, to find it again if it panicked.
+    names: HashMap<task::Id, Arc<str>>,
+}
+
+struct Slot {
+    /// `None`: removed from the config while its poll was running.
+    endpoint: Option<Arc<Endpoint>>,
+    phase: Phase,
+}
+
+enum Phase {
+    Waiting {
+        key: delay_queue::Key,
+        due: Instant,
+        state: PollState,
+    },
+    Polling {
+        cancel: CancellationToken,
+        then: Then,
+    },
+}
+
+/// What an endpoint does when its running poll ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Waits for the time the poll decided.
+    Schedule,
+    /// Polls again at once: it was asked to while polling.
+    PollNow,
+    /// Starts over with its new config, which came while polling.
+    Restart,
+}
+
+/// What an endpoint keeps from one poll to the next.
+struct PollState {
+    health: Health,
+    /// Duplicate item keys are reported once, not at every poll.
+    reported_duplicates: Vec<serde_json::Value>,
+}
+
+/// A poll's outcome for the scheduler: the state, and when to poll next.
+struct Polled {
+    state: PollState,
+    next: Instant,
 }
 
 /// The tasks of the current config.
@@ -223,8 +294,8 @@ struct Running {
     shutdown: CancellationToken,
     delivery_client: reqwest::Client,
     config: Arc<Config>,
-    endpoints: HashMap<String, Task<Endpoint>>,
-    targets: HashMap<String, Task<Target>>,
+    polls: Polls,
+    targets: HashMap<String, Dispatcher>,
     /// How many times [`Running::apply`] ran: 0 until start-up is done.
     reloads: u64,
 }
@@ -309,7 +380,7 @@ impl Running {
                 info!(target = %name, "target resumed by the reload");
             }
             let previous = match self.targets.remove(&name) {
-                Some(task) if *task.spec == *target => {
+                Some(task) if *task.target == *target => {
                     self.targets.insert(name.clone(), task);
                     self.shared.wake_target(&name);
                     continue;
@@ -328,37 +399,50 @@ impl Running {
             self.targets.insert(name, task);
         }
 
-        let wanted_endpoints: HashMap<String, Arc<Endpoint>> = config
+        let wanted: HashMap<&str, &Arc<Endpoint>> = config
             .endpoints
             .iter()
-            .map(|endpoint| (endpoint.name.clone(), endpoint.clone()))
+            .map(|endpoint| (endpoint.name.as_str(), endpoint))
             .collect();
-        for name in self.endpoints.keys().cloned().collect::<Vec<_>>() {
-            if !wanted_endpoints.contains_key(&name) {
-                let task = self.endpoints.remove(&name).expect("listed above");
-                task.cancel.cancel();
-                write(&self.shared.endpoints).remove(&name);
-                stopped += 1;
-            }
+        let removed: Vec<Arc<str>> = self
+            .polls
+            .slots
+            .iter()
+            .filter(|(name, slot)| slot.endpoint.is_some() && !wanted.contains_key(&name[..]))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in removed {
+            self.stop_endpoint(&name);
+            write(&self.shared.endpoints).remove(&*name);
+            stopped += 1;
         }
-        for (name, endpoint) in wanted_endpoints {
-            let previous = match self.endpoints.remove(&name) {
-                Some(task) if same_endpoint(&task.spec, &endpoint) => {
-                    self.endpoints.insert(name, task);
-                    continue;
-                }
-                Some(task) => {
-                    task.cancel.cancel();
-                    restarted += 1;
-                    Some(task.handle)
-                }
-                None => {
-                    started += 1;
-                    None
-                }
+        for endpoint in &config.endpoints {
+            let Some(slot) = self.polls.slots.get_mut(endpoint.name.as_str()) else {
+                self.start_endpoint(endpoint);
+                started += 1;
+                continue;
             };
-            let task = self.spawn_endpoint(endpoint, previous);
-            self.endpoints.insert(name, task);
+            match &slot.endpoint {
+                Some(running) if same_endpoint(running, endpoint) => continue,
+                Some(_) => restarted += 1,
+                // Removed while polling, and back before that poll ended.
+                None => started += 1,
+            }
+            slot.endpoint = Some(endpoint.clone());
+            match &mut slot.phase {
+                Phase::Waiting { key, due, .. } => {
+                    *due = first_poll(endpoint);
+                    self.polls.due.reset_at(key, wheel_deadline(*due));
+                }
+                Phase::Polling { cancel, then } => {
+                    cancel.cancel();
+                    *then = Then::Restart;
+                }
+            }
+            write(&self.shared.endpoints)
+                .entry(endpoint.name.clone())
+                .and_modify(|status| status.endpoint = endpoint.clone())
+                .or_insert_with(|| EndpointStatus::new(endpoint.clone()));
         }
         self.config = Arc::new(config);
         self.reloads += 1;
@@ -367,7 +451,7 @@ impl Running {
 
     /// Starts a dispatcher; a restarted one waits for its predecessor, so a
     /// row is never in two attempts at once.
-    fn spawn_target(&self, target: Arc<Target>, previous: Option<JoinHandle<()>>) -> Task<Target> {
+    fn spawn_target(&self, target: Arc<Target>, previous: Option<JoinHandle<()>>) -> Dispatcher {
         let cancel = self.shutdown.child_token();
         let wake = Arc::new(Notify::new());
         write(&self.shared.wakes).insert(target.name.clone(), wake.clone());
@@ -390,158 +474,262 @@ impl Running {
             }
             .instrument(span),
         );
-        Task {
-            spec: target,
+        Dispatcher {
+            target,
             cancel,
             handle,
         }
     }
 
-    /// Starts an endpoint task, after its predecessor has stopped.
-    fn spawn_endpoint(
-        &self,
-        endpoint: Arc<Endpoint>,
-        previous: Option<JoinHandle<()>>,
-    ) -> Task<Endpoint> {
-        let cancel = self.shutdown.child_token();
-        let poll_now = Arc::new(Notify::new());
-        write(&self.shared.endpoints).insert(
-            endpoint.name.clone(),
-            EndpointStatus {
-                endpoint: endpoint.clone(),
-                poll_now: poll_now.clone(),
-                last_poll_ms: None,
-                last_error: None,
-                consecutive_failures: 0,
-                next_poll_ms: None,
+    /// Schedules a new endpoint's first poll, spread over its interval.
+    fn start_endpoint(&mut self, endpoint: &Arc<Endpoint>) {
+        let name: Arc<str> = Arc::from(endpoint.name.as_str());
+        write(&self.shared.endpoints)
+            .insert(endpoint.name.clone(), EndpointStatus::new(endpoint.clone()));
+        let state = PollState {
+            health: Health::load(&self.shared, endpoint),
+            reported_duplicates: Vec::new(),
+        };
+        let phase = self.wait(&name, first_poll(endpoint), state);
+        self.polls.slots.insert(
+            name,
+            Slot {
+                endpoint: Some(endpoint.clone()),
+                phase,
             },
         );
-        let task = endpoint_task(
-            self.shared.clone(),
-            endpoint.clone(),
-            previous,
-            poll_now,
-            cancel.clone(),
-        );
-        let span = info_span!("endpoint", endpoint = %endpoint.name);
-        let handle = self.tracker.spawn(task.instrument(span));
-        Task {
-            spec: endpoint,
-            cancel,
-            handle,
+    }
+
+    /// Takes an endpoint out of the schedule. A running poll is cancelled;
+    /// its slot stays until the poll has ended, so that the endpoint, if it
+    /// comes back, never has two polls at once.
+    fn stop_endpoint(&mut self, name: &str) {
+        let Some(slot) = self.polls.slots.get_mut(name) else {
+            return;
+        };
+        match &slot.phase {
+            Phase::Waiting { key, .. } => {
+                self.polls.due.remove(key);
+                self.polls.slots.remove(name);
+            }
+            Phase::Polling { cancel, .. } => {
+                cancel.cancel();
+                slot.endpoint = None;
+            }
+        }
+    }
+
+    /// Puts an endpoint in the timer wheel until `due`.
+    fn wait(&mut self, name: &Arc<str>, due: Instant, state: PollState) -> Phase {
+        let wait = due.saturating_duration_since(Instant::now());
+        set_status(&self.shared, name, |status| {
+            status.next_poll_ms =
+                (wait < NEVER / 2).then(|| clock::now_ms() + wait.as_millis() as u64);
+        });
+        Phase::Waiting {
+            key: self.polls.due.insert_at(name.clone(), wheel_deadline(due)),
+            due,
+            state,
+        }
+    }
+
+    /// An endpoint's wait is over: its poll starts as a task of its own.
+    fn start_poll(&mut self, name: Arc<str>) {
+        let Some(slot) = self.polls.slots.get_mut(&name) else {
+            return;
+        };
+        let (Some(endpoint), Phase::Waiting { key, due, .. }) = (&slot.endpoint, &mut slot.phase)
+        else {
+            return;
+        };
+        // Only a wait longer than the wheel reaches ends early.
+        if due.saturating_duration_since(Instant::now()) > Duration::from_secs(1) {
+            *key = self.polls.due.insert_at(name, wheel_deadline(*due));
+            return;
+        }
+        let endpoint = endpoint.clone();
+        let cancel = self.shutdown.child_token();
+        let polling = Phase::Polling {
+            cancel: cancel.clone(),
+            then: Then::Schedule,
+        };
+        let Phase::Waiting { due, state, .. } = std::mem::replace(&mut slot.phase, polling) else {
+            unreachable!("matched as waiting above");
+        };
+        let span = info_span!("endpoint", endpoint = %name);
+        let poll = poll_task(self.shared.clone(), endpoint, state, due, cancel).instrument(span);
+        let handle = self.polls.running.spawn(self.tracker.track_future(poll));
+        self.polls.names.insert(handle.id(), name);
+    }
+
+    /// An endpoint's poll has ended: it waits for its next one.
+    fn poll_ended(&mut self, ended: Result<(task::Id, Polled), JoinError>) {
+        let (id, polled) = match ended {
+            Ok((id, polled)) => (id, Some(polled)),
+            Err(error) => (error.id(), None),
+        };
+        let Some(name) = self.polls.names.remove(&id) else {
+            return;
+        };
+        let Some(slot) = self.polls.slots.get_mut(&name) else {
+            return;
+        };
+        let (Some(endpoint), Phase::Polling { then, .. }) = (slot.endpoint.clone(), &slot.phase)
+        else {
+            // Removed from the config while it polled.
+            self.polls.slots.remove(&name);
+            return;
+        };
+        let then = *then;
+        let now = Instant::now();
+        let Polled { state, next } = polled.unwrap_or_else(|| {
+            error!(endpoint = %name, "a poll panicked; the endpoint goes on after a pause");
+            Polled {
+                state: PollState {
+                    health: Health::load(&self.shared, &endpoint),
+                    reported_duplicates: Vec::new(),
+                },
+                next: later(now, endpoint.schedule.retry_delay(1, clock::now())),
+            }
+        });
+        let due = match then {
+            Then::Schedule => next,
+            Then::PollNow => now,
+            Then::Restart => first_poll(&endpoint),
+        };
+        let phase = self.wait(&name, due, state);
+        if let Some(slot) = self.polls.slots.get_mut(&name) {
+            slot.phase = phase;
+        }
+    }
+
+    /// Polls an endpoint now, or right after the poll it is running.
+    fn poll_now(&mut self, name: &str) {
+        let Some(Slot {
+            endpoint: Some(_),
+            phase,
+        }) = self.polls.slots.get_mut(name)
+        else {
+            return;
+        };
+        match phase {
+            Phase::Waiting { key, due, .. } => {
+                *due = Instant::now();
+                self.polls.due.reset_at(key, *due);
+            }
+            Phase::Polling { then, .. } => *then = Then::PollNow,
         }
     }
 }
 
-/// Whether a running endpoint task can go on with `new` unchanged.
+impl EndpointStatus {
+    fn new(endpoint: Arc<Endpoint>) -> EndpointStatus {
+        EndpointStatus {
+            endpoint,
+            last_poll_ms: None,
+            last_error: None,
+            consecutive_failures: 0,
+            next_poll_ms: None,
+        }
+    }
+}
+
+/// `delay` after `now`; a delay past [`NEVER`] is never.
+fn later(now: Instant, delay: Duration) -> Instant {
+    now + delay.min(NEVER)
+}
+
+/// When a new or changed endpoint polls first.
+fn first_poll(endpoint: &Endpoint) -> Instant {
+    later(Instant::now(), endpoint.schedule.first_delay(clock::now()))
+}
+
+/// `due`, or as far ahead as the timer wheel reaches.
+fn wheel_deadline(due: Instant) -> Instant {
+    due.min(Instant::now() + LONGEST_WAIT)
+}
+
+/// Whether an endpoint's schedule and state can go on with `new` unchanged.
 fn same_endpoint(old: &Endpoint, new: &Endpoint) -> bool {
     // The definition hash covers header values; `Debug` covers the rest
     // (schedule, targets, limits) and hides sensitive headers.
     old.definition == new.definition && format!("{old:?}") == format!("{new:?}")
 }
 
-/// Polls one endpoint on its schedule, or when asked to, until cancelled,
-/// once the task it replaces (`previous`) has stopped. A failed poll is
-/// logged and retried with backoff; it never ends the task.
-///
-/// Every endpoint has one of these waiting all the time, so what it holds
-/// across an await is kept small: the poll and the health events are boxed.
-async fn endpoint_task(
+/// One poll of an endpoint that was `due`, and what follows from it:
+/// metrics, health events, status, and when the next poll is. A failed poll
+/// is logged and retried with backoff.
+async fn poll_task(
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
-    previous: Option<JoinHandle<()>>,
-    poll_now: Arc<Notify>,
+    mut state: PollState,
+    due: Instant,
     cancel: CancellationToken,
-) {
-    if let Some(previous) = previous {
-        let _ = previous.await;
-    }
-    let mut next_poll = Instant::now() + endpoint.schedule.first_delay(clock::now());
-    let mut health = Health::load(&shared, &endpoint);
-    let mut reported_duplicates = Vec::new();
-    loop {
-        set_status(&shared, &endpoint.name, |status| {
-            status.next_poll_ms = Some(
-                clock::now_ms()
-                    + next_poll
-                        .saturating_duration_since(Instant::now())
-                        .as_millis() as u64,
+) -> Polled {
+    let started = StdInstant::now();
+    let result = poll_once(&shared, &endpoint, &cancel, &mut state.reported_duplicates).await;
+    shared
+        .metrics
+        .poll_duration
+        .observe(started.elapsed().as_secs_f64());
+    let now = Instant::now();
+    let next = match result {
+        Ok(Some(result)) => {
+            shared.metrics.poll(&endpoint.name, result);
+            let labels = EndpointLabels {
+                endpoint: endpoint.name.clone(),
+            };
+            shared
+                .metrics
+                .last_success
+                .get_or_create(&labels)
+                .set(clock::now_ms() as f64 / 1000.0);
+            state.health.succeeded(&shared, &endpoint).await;
+            set_status(&shared, &endpoint.name, |status| {
+                status.last_poll_ms = Some(clock::now_ms());
+                status.last_error = None;
+                status.consecutive_failures = 0;
+            });
+            match &endpoint.schedule {
+                // Keep to the grid (no drift), but never try to catch up.
+                Schedule::Every(interval) => (due + *interval).max(now),
+                Schedule::Cron(_) => later(now, endpoint.schedule.next_delay(clock::now())),
+            }
+        }
+        // Cancelled while polling: whoever cancelled decides what is next.
+        Ok(None) => now,
+        Err(error) => {
+            shared.metrics.poll(&endpoint.name, "failed");
+            let error_text = crate::error_chain(&error);
+            let (status, retry_after) = match &error {
+                poll::PollError::Fetch(crate::fetch::FetchError::Status {
+                    status,
+                    retry_after,
+                }) => (Some(*status), *retry_after),
+                _ => (None, None),
+            };
+            let failures = state
+                .health
+                .failed(&shared, &endpoint, &error_text, status)
+                .await;
+            let backoff = endpoint.schedule.retry_delay(failures, clock::now());
+            // A server that says when to come back (429/503) is listened to.
+            let retry_in = retry_after.map_or(backoff, |wait| backoff.max(wait));
+            warn!(
+                error = %error_text,
+                failures,
+                retry_in = %humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64)),
+                "poll failed"
             );
-        });
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(next_poll) => {}
-            _ = poll_now.notified() => {}
+            set_status(&shared, &endpoint.name, |status| {
+                status.last_poll_ms = Some(clock::now_ms());
+                status.last_error = Some(error_text);
+                status.consecutive_failures = failures;
+            });
+            later(now, retry_in)
         }
-        let started = StdInstant::now();
-        // Boxed: the poll's state (request, body, store write) is large and
-        // only needed while polling. Inline, every sleeping task would carry it.
-        let result = Box::pin(poll_once(
-            &shared,
-            &endpoint,
-            &cancel,
-            &mut reported_duplicates,
-        ))
-        .await;
-        shared
-            .metrics
-            .poll_duration
-            .observe(started.elapsed().as_secs_f64());
-        let now = Instant::now();
-        match result {
-            Ok(Some(result)) => {
-                shared.metrics.poll(&endpoint.name, result);
-                let labels = EndpointLabels {
-                    endpoint: endpoint.name.clone(),
-                };
-                shared
-                    .metrics
-                    .last_success
-                    .get_or_create(&labels)
-                    .set(clock::now_ms() as f64 / 1000.0);
-                health.succeeded(&shared, &endpoint).await;
-                set_status(&shared, &endpoint.name, |status| {
-                    status.last_poll_ms = Some(clock::now_ms());
-                    status.last_error = None;
-                    status.consecutive_failures = 0;
-                });
-                next_poll = match &endpoint.schedule {
-                    // Keep to the grid (no drift), but never try to catch up.
-                    Schedule::Every(interval) => (next_poll + *interval).max(now),
-                    Schedule::Cron(_) => now + endpoint.schedule.next_delay(clock::now()),
-                };
-            }
-            // Cancelled while polling.
-            Ok(None) => return,
-            Err(error) => {
-                shared.metrics.poll(&endpoint.name, "failed");
-                let error_text = crate::error_chain(&error);
-                let (status, retry_after) = match &error {
-                    poll::PollError::Fetch(crate::fetch::FetchError::Status {
-                        status,
-                        retry_after,
-                    }) => (Some(*status), *retry_after),
-                    _ => (None, None),
-                };
-                let failures = health.failed(&shared, &endpoint, &error_text, status).await;
-                let backoff = endpoint.schedule.retry_delay(failures, clock::now());
-                // A server that says when to come back (429/503) is listened to.
-                let retry_in = retry_after.map_or(backoff, |wait| backoff.max(wait));
-                warn!(
-                    error = %error_text,
-                    failures,
-                    retry_in = %humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64)),
-                    "poll failed"
-                );
-                set_status(&shared, &endpoint.name, |status| {
-                    status.last_poll_ms = Some(clock::now_ms());
-                    status.last_error = Some(error_text);
-                    status.consecutive_failures = failures;
-                });
-                next_poll = now + retry_in;
-            }
-        }
-    }
+    };
+    Polled { state, next }
 }
 
 /// An endpoint's run of failed polls, and whether `endpoint.failing` was
@@ -594,7 +782,7 @@ impl Health {
         let failures = run.failures;
         if !self.alerted && endpoint.fail_after > 0 && failures >= endpoint.fail_after {
             let event = event::endpoint_failing(endpoint, run, clock::now_ms());
-            if Box::pin(send_health(shared, endpoint, Some(run), event)).await {
+            if send_health(shared, endpoint, Some(run), event).await {
                 error!(failures, since = %clock::rfc3339(run.since_ms), "endpoint is failing");
                 self.alerted = true;
             }
@@ -610,7 +798,7 @@ impl Health {
         info!(failures = run.failures, "polling works again");
         if self.alerted {
             let event = event::endpoint_recovered(endpoint, run, clock::now_ms());
-            if !Box::pin(send_health(shared, endpoint, None, event)).await {
+            if !send_health(shared, endpoint, None, event).await {
                 // Kept: the next successful poll tries again.
                 return;
             }

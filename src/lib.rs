@@ -12,8 +12,9 @@
 //! - [`store`]: the only module that opens sled: snapshots, history, outbox.
 //! - [`deliver`]: writes outbox rows in each target's format (envelope, Slack,
 //!   Discord, ntfy, template), signs and POSTs them, retrying until a 2xx.
-//! - [`daemon`]: the tasks: one per endpoint, one dispatcher per target, and
-//!   the supervisor that starts, reloads and stops them.
+//! - [`daemon`]: the schedule (a timer wheel, a task per running poll), one
+//!   dispatcher per target, and the supervisor that starts, reloads and
+//!   stops them.
 //! - [`admin`]: the HTTP API (and its client) the CLI and monitoring use.
 //! - [`metrics`]: Prometheus counters and gauges.
 //! - [`cli`] and [`demo`]: the command line and the self-contained demo.

@@ -1,6 +1,6 @@
 //! Prometheus metrics, rendered by the admin API's `/metrics`.
 //!
-//! Counters are bumped where things happen (endpoint tasks, dispatchers);
+//! Counters are bumped where things happen (poll tasks, dispatchers);
 //! the queue gauges are read from the store when scraped, so they can never
 //! drift from what is really queued.
 

@@ -2,7 +2,7 @@
 //!
 //! [`observe`] decides and writes nothing, so `pollhook once` can show what
 //! would be sent; [`apply`] writes the decision to the store in one
-//! transaction. The endpoint tasks in `daemon` call both.
+//! transaction. The poll tasks in `daemon` call both.
 
 use hex::FromHex as _;
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
 //! When to poll: pure functions from a schedule and a time to a delay.
 //!
-//! The endpoint tasks in `daemon` do the sleeping; this module only decides.
+//! The timer wheel in `daemon` does the waiting; this module only decides.
 
 use std::time::{Duration, SystemTime};
 

@@ -525,3 +525,143 @@ async fn the_api_also_listens_on_a_unix_socket() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_asked_for_or_reconfigured_while_polling_never_overlap() {
+    const YEARLY: &str = "cron = \"0 0 1 1 *\"";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let mut slow = Reply::json(r#"{"a":1}"#);
+    slow.delay = Duration::from_millis(500);
+    let api = Api::start(slow).await;
+    let receiver = Receiver::start().await;
+    // Polled only when asked: the first regular poll falls somewhere in
+    // 1000 h, or on the next 1 January.
+    let slow_endpoint = |schedule: &str| {
+        format!(
+            "[[endpoint]]\nname = \"slow\"\nurl = \"{}\"\n{schedule}\n",
+            api.url()
+        )
+    };
+    let daemon = Daemon::start(write_config(
+        &path,
+        dir.path(),
+        &slow_endpoint("every = \"1000h\""),
+        &receiver,
+        "",
+    ));
+    let admin = admin_address(dir.path()).await;
+    let poll_now = || post(format!("{admin}/api/v1/endpoints/slow/poll"), None);
+    let reload = |endpoints: &str| {
+        write_config(&path, dir.path(), endpoints, &receiver, "");
+        post(format!("{admin}/api/v1/reload"), None)
+    };
+
+    // Asked three times during a poll: one more poll, after it.
+    assert_eq!(poll_now().await.0, 202);
+    eventually("the poll runs", || api.in_flight() == 1).await;
+    for _ in 0..3 {
+        assert_eq!(poll_now().await.0, 202);
+    }
+    eventually("the second poll has ended", || {
+        api.requests() == 2 && api.in_flight() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(api.requests(), 2, "the three asks made one poll");
+    assert_eq!(api.most_at_once(), 1);
+
+    // Changed during a poll: that poll is abandoned and the endpoint goes
+    // on with its new config, on its new schedule.
+    assert_eq!(poll_now().await.0, 202);
+    eventually("the poll runs", || api.requests() == 3).await;
+    let (status, answer) = reload(&slow_endpoint(YEARLY)).await;
+    assert_eq!(
+        (status, answer["reloaded"].as_str()),
+        (200, Some("0 started, 0 stopped, 1 restarted"))
+    );
+    let view = get_json(format!("{admin}/api/v1/endpoints/slow")).await;
+    assert_eq!(view["schedule"], "cron `0 0 1 1 *`");
+    assert_eq!(poll_now().await.0, 202);
+    eventually("the new config polls", || api.requests() == 4).await;
+
+    // Removed during a poll and back before it could end: it polls again
+    // when asked, and only then.
+    let (status, answer) = reload("").await;
+    assert_eq!(
+        (status, answer["reloaded"].as_str()),
+        (200, Some("0 started, 1 stopped, 0 restarted"))
+    );
+    assert_eq!(poll_now().await.0, 404);
+    let (status, answer) = reload(&slow_endpoint(YEARLY)).await;
+    assert_eq!(
+        (status, answer["reloaded"].as_str()),
+        (200, Some("1 started, 0 stopped, 0 restarted"))
+    );
+    assert_eq!(poll_now().await.0, 202);
+    eventually("the endpoint is back", || api.requests() == 5).await;
+    eventually("every poll has ended", || api.in_flight() == 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(api.requests(), 5, "no poll was made twice");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_years_ahead_or_in_the_past_just_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leap_api, past_api, data_api) = (
+        Api::start(Reply::json("{}")).await,
+        Api::start(Reply::json("{}")).await,
+        Api::start(Reply::json("{}")).await,
+    );
+    let receiver = Receiver::start().await;
+    // Seconds, minutes, hours, day, month, weekday, year: further ahead than
+    // the timer wheel reaches, and a year gone by.
+    let endpoints = format!(
+        "[[endpoint]]\nname = \"leap\"\nurl = \"{}\"\ncron = \"0 0 0 29 2 * 2096\"\n\
+         [[endpoint]]\nname = \"past\"\nurl = \"{}\"\ncron = \"0 0 0 1 1 * 2020\"\n{}",
+        leap_api.url(),
+        past_api.url(),
+        endpoint("data", &data_api, "")
+    );
+    let config = write_config(
+        &dir.path().join("config.toml"),
+        dir.path(),
+        &endpoints,
+        &receiver,
+        "",
+    );
+    let daemon = Daemon::start(config);
+    let admin = admin_address(dir.path()).await;
+    data_api.wait_for_requests(3).await;
+
+    let leap = get_json(format!("{admin}/api/v1/endpoints/leap")).await;
+    let due_ms = chrono::NaiveDate::from_ymd_opt(2096, 2, 29)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let next_ms = leap["next_poll_ms"].as_i64().expect("a next poll");
+    assert!((next_ms - due_ms).abs() < 1000, "{leap}");
+    let past = get_json(format!("{admin}/api/v1/endpoints/past")).await;
+    assert_eq!(past["next_poll_ms"], Value::Null, "never: {past}");
+
+    // Asked, the past one polls once, and then waits for ever again.
+    let (status, _) = post(format!("{admin}/api/v1/endpoints/past/poll"), None).await;
+    assert_eq!(status, 202);
+    past_api.wait_for_requests(1).await;
+    eventually("the poll is recorded", || past_api.in_flight() == 0).await;
+    let mut past = Value::Null;
+    for _ in 0..100 {
+        past = get_json(format!("{admin}/api/v1/endpoints/past")).await;
+        if !past["last_poll_ms"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(past["consecutive_failures"], 0, "{past}");
+    assert_eq!(past["next_poll_ms"], Value::Null, "{past}");
+    assert_eq!((leap_api.requests(), past_api.requests()), (0, 1));
+    daemon.stop().await;
+}

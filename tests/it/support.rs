@@ -73,6 +73,28 @@ struct ApiCounts {
     requests: usize,
     not_modified: usize,
     conditional: usize,
+    /// Requests being answered now, and the most answered at once.
+    in_flight: usize,
+    most_at_once: usize,
+}
+
+/// Counts a request as answered from its arrival until it is dropped, also
+/// when the client goes away first.
+struct Answering(Arc<Mutex<ApiCounts>>);
+
+impl Answering {
+    fn new(counts: &Arc<Mutex<ApiCounts>>) -> Answering {
+        let mut locked = counts.lock().unwrap();
+        locked.in_flight += 1;
+        locked.most_at_once = locked.most_at_once.max(locked.in_flight);
+        Answering(counts.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 /// The polled API: one URL, `/data`, answering with the current [`Reply`].
@@ -117,6 +139,14 @@ impl Api {
         self.counts.lock().unwrap().conditional
     }
 
+    pub fn in_flight(&self) -> usize {
+        self.counts.lock().unwrap().in_flight
+    }
+
+    pub fn most_at_once(&self) -> usize {
+        self.counts.lock().unwrap().most_at_once
+    }
+
     /// Waits until `more` requests beyond the current count were answered.
     pub async fn wait_for_requests(&self, more: usize) {
         let target = self.requests() + more;
@@ -142,6 +172,7 @@ async fn api_handler(State((reply, counts)): State<ApiState>, headers: HeaderMap
         }
         counts.requests - 1
     };
+    let _answering = Answering::new(&counts);
     tokio::time::sleep(reply.delay).await;
     let if_none_match = headers
         .get(header::IF_NONE_MATCH)
