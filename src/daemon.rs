@@ -557,8 +557,18 @@ impl Running {
             unreachable!("matched as waiting above");
         };
         let span = info_span!("endpoint", endpoint = %name);
-        let poll = poll_task(self.shared.clone(), endpoint, state, due, cancel).instrument(span);
-        let handle = self.polls.running.spawn(self.tracker.track_future(poll));
+        let poll = poll_task(
+            self.shared.clone(),
+            name.clone(),
+            endpoint,
+            state,
+            due,
+            cancel,
+        );
+        let handle = self
+            .polls
+            .running
+            .spawn(self.tracker.track_future(poll.instrument(span)));
         self.polls.names.insert(handle.id(), name);
     }
 
@@ -661,13 +671,21 @@ fn same_endpoint(old: &Endpoint, new: &Endpoint) -> bool {
 /// is logged and retried with backoff.
 async fn poll_task(
     shared: Arc<Shared>,
+    name: Arc<str>,
     endpoint: Arc<Endpoint>,
     mut state: PollState,
     due: Instant,
     cancel: CancellationToken,
 ) -> Polled {
     let started = StdInstant::now();
-    let result = poll_once(&shared, &endpoint, &cancel, &mut state.reported_duplicates).await;
+    let result = poll_once(
+        &shared,
+        &name,
+        &endpoint,
+        &cancel,
+        &mut state.reported_duplicates,
+    )
+    .await;
     shared
         .metrics
         .poll_duration
@@ -675,9 +693,9 @@ async fn poll_task(
     let now = Instant::now();
     let next = match result {
         Ok(Some(result)) => {
-            shared.metrics.poll(&endpoint.name, result);
+            shared.metrics.poll(&name, result);
             let labels = EndpointLabels {
-                endpoint: endpoint.name.clone(),
+                endpoint: name.clone(),
             };
             shared
                 .metrics
@@ -699,7 +717,7 @@ async fn poll_task(
         // Cancelled while polling: whoever cancelled decides what is next.
         Ok(None) => now,
         Err(error) => {
-            shared.metrics.poll(&endpoint.name, "failed");
+            shared.metrics.poll(&name, "failed");
             let error_text = crate::error_chain(&error);
             let (status, retry_after) = match &error {
                 poll::PollError::Fetch(crate::fetch::FetchError::Status {
@@ -736,7 +754,8 @@ async fn poll_task(
 /// sent for it. The sent state is kept in the store, so a restart neither
 /// repeats the alert nor forgets to send `endpoint.recovered`.
 struct Health {
-    run: Option<Failing>,
+    /// Boxed: most endpoints are not failing, and every slot holds one.
+    run: Option<Box<Failing>>,
     alerted: bool,
 }
 
@@ -744,7 +763,7 @@ impl Health {
     fn load(shared: &Shared, endpoint: &Endpoint) -> Health {
         match shared.store.failing(&endpoint.name) {
             Ok(Some(failing)) => Health {
-                run: Some(failing),
+                run: Some(Box::new(failing)),
                 alerted: true,
             },
             Ok(None) => Health {
@@ -770,11 +789,13 @@ impl Health {
         error: &str,
         status: Option<u16>,
     ) -> u32 {
-        let run = self.run.get_or_insert_with(|| Failing {
-            failures: 0,
-            since_ms: clock::now_ms(),
-            error: String::new(),
-            status: None,
+        let run = self.run.get_or_insert_with(|| {
+            Box::new(Failing {
+                failures: 0,
+                since_ms: clock::now_ms(),
+                error: String::new(),
+                status: None,
+            })
         });
         run.failures = run.failures.saturating_add(1);
         run.error = error.to_string();
@@ -782,7 +803,7 @@ impl Health {
         let failures = run.failures;
         if !self.alerted && endpoint.fail_after > 0 && failures >= endpoint.fail_after {
             let event = event::endpoint_failing(endpoint, run, clock::now_ms());
-            if send_health(shared, endpoint, Some(run), event).await {
+            if send_health(shared, endpoint, Some(&**run), event).await {
                 error!(failures, since = %clock::rfc3339(run.since_ms), "endpoint is failing");
                 self.alerted = true;
             }
@@ -844,6 +865,7 @@ fn set_status(shared: &Shared, endpoint: &str, change: impl FnOnce(&mut Endpoint
 /// Returns the metric's result label, or `None` when cancelled.
 async fn poll_once(
     shared: &Shared,
+    name: &Arc<str>,
     endpoint: &Endpoint,
     cancel: &CancellationToken,
     reported_duplicates: &mut Vec<serde_json::Value>,
@@ -898,7 +920,7 @@ async fn poll_once(
                 NewReason::Changed => {
                     info!(version = snapshot.version, queued, "changed");
                     let labels = EndpointLabels {
-                        endpoint: endpoint.name.clone(),
+                        endpoint: name.clone(),
                     };
                     shared.metrics.changes.get_or_create(&labels).inc();
                     "changed"

@@ -4,6 +4,7 @@
 //! the queue gauges are read from the store when scraped, so they can never
 //! drift from what is really queued.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,16 +16,18 @@ use prometheus_client::registry::Registry;
 
 use crate::store::Store;
 
+/// Endpoint names are shared with the schedule, not copied per label set:
+/// at 10,000 endpoints there are tens of thousands of label sets.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PollLabels {
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     /// `changed`, `unchanged`, `baseline` or `failed`.
     pub result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,10 +100,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn poll(&self, endpoint: &str, result: &'static str) {
+    pub fn poll(&self, endpoint: &Arc<str>, result: &'static str) {
         self.polls
             .get_or_create(&PollLabels {
-                endpoint: endpoint.to_string(),
+                endpoint: endpoint.clone(),
                 result,
             })
             .inc();
