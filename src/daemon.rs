@@ -281,6 +281,15 @@ struct PollState {
     reported_duplicates: Vec<serde_json::Value>,
 }
 
+impl PollState {
+    fn load(shared: &Shared, endpoint: &Endpoint) -> PollState {
+        PollState {
+            health: Health::load(shared, endpoint),
+            reported_duplicates: Vec::new(),
+        }
+    }
+}
+
 /// A poll's outcome for the scheduler: the state, and when to poll next.
 struct Polled {
     state: PollState,
@@ -433,6 +442,7 @@ impl Running {
                 Phase::Waiting { key, due, .. } => {
                     *due = first_poll(endpoint);
                     self.polls.due.reset_at(key, wheel_deadline(*due));
+                    show_next_poll(&self.shared, &endpoint.name, *due);
                 }
                 Phase::Polling { cancel, then } => {
                     cancel.cancel();
@@ -486,11 +496,14 @@ impl Running {
         let name: Arc<str> = Arc::from(endpoint.name.as_str());
         write(&self.shared.endpoints)
             .insert(endpoint.name.clone(), EndpointStatus::new(endpoint.clone()));
-        let state = PollState {
-            health: Health::load(&self.shared, endpoint),
-            reported_duplicates: Vec::new(),
-        };
-        let phase = self.wait(&name, first_poll(endpoint), state);
+        let state = PollState::load(&self.shared, endpoint);
+        let phase = wait(
+            &mut self.polls.due,
+            &self.shared,
+            &name,
+            first_poll(endpoint),
+            state,
+        );
         self.polls.slots.insert(
             name,
             Slot {
@@ -516,20 +529,6 @@ impl Running {
                 cancel.cancel();
                 slot.endpoint = None;
             }
-        }
-    }
-
-    /// Puts an endpoint in the timer wheel until `due`.
-    fn wait(&mut self, name: &Arc<str>, due: Instant, state: PollState) -> Phase {
-        let wait = due.saturating_duration_since(Instant::now());
-        set_status(&self.shared, name, |status| {
-            status.next_poll_ms =
-                (wait < NEVER / 2).then(|| clock::now_ms() + wait.as_millis() as u64);
-        });
-        Phase::Waiting {
-            key: self.polls.due.insert_at(name.clone(), wheel_deadline(due)),
-            due,
-            state,
         }
     }
 
@@ -595,10 +594,7 @@ impl Running {
         let Polled { state, next } = polled.unwrap_or_else(|| {
             error!(endpoint = %name, "a poll panicked; the endpoint goes on after a pause");
             Polled {
-                state: PollState {
-                    health: Health::load(&self.shared, &endpoint),
-                    reported_duplicates: Vec::new(),
-                },
+                state: PollState::load(&self.shared, &endpoint),
                 next: later(now, endpoint.schedule.retry_delay(1, clock::now())),
             }
         });
@@ -607,10 +603,7 @@ impl Running {
             Then::PollNow => now,
             Then::Restart => first_poll(&endpoint),
         };
-        let phase = self.wait(&name, due, state);
-        if let Some(slot) = self.polls.slots.get_mut(&name) {
-            slot.phase = phase;
-        }
+        slot.phase = wait(&mut self.polls.due, &self.shared, &name, due, state);
     }
 
     /// Polls an endpoint now, or right after the poll it is running.
@@ -626,6 +619,7 @@ impl Running {
             Phase::Waiting { key, due, .. } => {
                 *due = Instant::now();
                 self.polls.due.reset_at(key, *due);
+                show_next_poll(&self.shared, name, *due);
             }
             Phase::Polling { then, .. } => *then = Then::PollNow,
         }
@@ -642,6 +636,30 @@ impl EndpointStatus {
             next_poll_ms: None,
         }
     }
+}
+
+/// Puts an endpoint in the timer wheel until `due`.
+fn wait(
+    wheel: &mut DelayQueue<Arc<str>>,
+    shared: &Shared,
+    name: &Arc<str>,
+    due: Instant,
+    state: PollState,
+) -> Phase {
+    show_next_poll(shared, name, due);
+    Phase::Waiting {
+        key: wheel.insert_at(name.clone(), wheel_deadline(due)),
+        due,
+        state,
+    }
+}
+
+/// Tells the admin API when an endpoint polls next.
+fn show_next_poll(shared: &Shared, name: &str, due: Instant) {
+    let wait = due.saturating_duration_since(Instant::now());
+    set_status(shared, name, |status| {
+        status.next_poll_ms = (wait < NEVER / 2).then(|| clock::now_ms() + wait.as_millis() as u64);
+    });
 }
 
 /// `delay` after `now`; a delay past [`NEVER`] is never.

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::Datelike as _;
 use futures_util::StreamExt as _;
 use pollhook::config::Config;
 use serde_json::Value;
@@ -603,6 +604,18 @@ async fn polls_asked_for_or_reconfigured_while_polling_never_overlap() {
     eventually("every poll has ended", || api.in_flight() == 0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(api.requests(), 5, "no poll was made twice");
+
+    // Changed while waiting: it waits for its new schedule, and says so.
+    let (status, answer) = reload(&slow_endpoint("cron = \"0 0 1 7 *\"")).await;
+    assert_eq!(
+        (status, answer["reloaded"].as_str()),
+        (200, Some("0 started, 0 stopped, 1 restarted"))
+    );
+    let view = get_json(format!("{admin}/api/v1/endpoints/slow")).await;
+    // To the nearest second: the wait is measured, not read from a clock.
+    let next_ms = view["next_poll_ms"].as_i64().expect("a next poll");
+    let next = chrono::DateTime::from_timestamp_millis(next_ms + 500).unwrap();
+    assert_eq!((next.month(), next.day()), (7, 1), "{view}");
     daemon.stop().await;
 }
 
