@@ -58,6 +58,14 @@ fn write_config(
     Config::load(path).unwrap()
 }
 
+/// A daemon on `dir/config.toml`, with `dir` as its state dir, and the
+/// address of its admin API once it listens.
+async fn start_daemon(dir: &Path, endpoints: &str, receiver: &Receiver) -> (Daemon, String) {
+    let config = write_config(&dir.join("config.toml"), dir, endpoints, receiver, "");
+    let daemon = Daemon::start(config);
+    (daemon, admin_address(dir).await)
+}
+
 fn endpoint(name: &str, api: &Api, extra: &str) -> String {
     format!(
         "[[endpoint]]\nname = \"{name}\"\nurl = \"{}\"\nevery = \"20ms\"\n{extra}\n",
@@ -77,15 +85,7 @@ async fn every_route_answers() {
             "[[endpoint]]\nname = \"quiet\"\nurl = \"{}\"\nevery = \"1000h\"\n",
             quiet_api.url()
         );
-    let config = write_config(
-        &dir.path().join("config.toml"),
-        dir.path(),
-        &endpoints,
-        &receiver,
-        "",
-    );
-    let daemon = Daemon::start(config);
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
 
     assert_eq!(
         get(format!("{admin}/healthz")).await,
@@ -309,14 +309,7 @@ async fn live_events_reach_sse_and_websocket_clients() {
     let other_api = Api::start(Reply::json(r#"{"b":1}"#)).await;
     let receiver = Receiver::start().await;
     let endpoints = endpoint("data", &api, "") + &endpoint("other", &other_api, "");
-    let daemon = Daemon::start(write_config(
-        &dir.path().join("config.toml"),
-        dir.path(),
-        &endpoints,
-        &receiver,
-        "",
-    ));
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
 
     let sse = reqwest::get(format!("{admin}/api/v1/events?endpoint=data"))
         .await
@@ -401,14 +394,7 @@ async fn reload_applies_a_good_config_and_keeps_the_old_one_on_errors() {
     let api = Api::start(noisy.clone()).await;
     let second_api = Api::start(Reply::json(r#"{"b":1}"#)).await;
     let receiver = Receiver::start().await;
-    let daemon = Daemon::start(write_config(
-        &path,
-        dir.path(),
-        &endpoint("data", &api, ""),
-        &receiver,
-        "",
-    ));
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoint("data", &api, ""), &receiver).await;
     api.wait_for_requests(2).await;
 
     // Added: `second` starts.
@@ -544,14 +530,8 @@ async fn polls_asked_for_or_reconfigured_while_polling_never_overlap() {
             api.url()
         )
     };
-    let daemon = Daemon::start(write_config(
-        &path,
-        dir.path(),
-        &slow_endpoint("every = \"1000h\""),
-        &receiver,
-        "",
-    ));
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) =
+        start_daemon(dir.path(), &slow_endpoint("every = \"1000h\""), &receiver).await;
     let poll_now = || post(format!("{admin}/api/v1/endpoints/slow/poll"), None);
     let reload = |endpoints: &str| {
         write_config(&path, dir.path(), endpoints, &receiver, "");
@@ -637,15 +617,7 @@ async fn a_cron_years_ahead_or_in_the_past_just_waits() {
         past_api.url(),
         endpoint("data", &data_api, "")
     );
-    let config = write_config(
-        &dir.path().join("config.toml"),
-        dir.path(),
-        &endpoints,
-        &receiver,
-        "",
-    );
-    let daemon = Daemon::start(config);
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
     data_api.wait_for_requests(3).await;
 
     let leap = get_json(format!("{admin}/api/v1/endpoints/leap")).await;
