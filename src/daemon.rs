@@ -30,7 +30,7 @@ use crate::config::{Admin, Config, Endpoint, Target};
 use crate::deliver;
 use crate::event::{self, Event};
 use crate::hosts::Hosts;
-use crate::metrics::{EndpointLabels, Metrics};
+use crate::metrics::{EndpointCounts, Metrics, PollResult};
 use crate::poll::{self, NewReason, Observation};
 use crate::schedule::Schedule;
 use crate::store::{Failing, Store};
@@ -66,7 +66,11 @@ pub struct EndpointStatus {
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     pub next_poll_ms: Option<u64>,
+    pub counts: EndpointCounts,
 }
+
+/// Every endpoint's status, by name.
+pub type Statuses = Arc<RwLock<BTreeMap<String, EndpointStatus>>>;
 
 /// Requests the admin API makes of the supervisor.
 pub enum Control {
@@ -81,7 +85,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub live: broadcast::Sender<Arc<LiveEvent>>,
-    pub endpoints: RwLock<BTreeMap<String, EndpointStatus>>,
+    /// Also read by the metrics when scraped.
+    pub endpoints: Statuses,
     /// True once every task is running, false again while stopping.
     pub ready: AtomicBool,
     pub admin: Admin,
@@ -123,7 +128,7 @@ pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -139,11 +144,12 @@ fn notify(states: &[NotifyState<'_>]) {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&config.state_dir)?);
     let (control, mut requests) = mpsc::channel(8);
+    let statuses = Statuses::default();
     let shared = Arc::new(Shared {
         store: store.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(Metrics::new(statuses.clone())),
         live: broadcast::channel(LIVE_BUFFER).0,
-        endpoints: RwLock::new(BTreeMap::new()),
+        endpoints: statuses,
         ready: AtomicBool::new(false),
         admin: config.admin.clone(),
         control,
@@ -556,14 +562,7 @@ impl Running {
             unreachable!("matched as waiting above");
         };
         let span = info_span!("endpoint", endpoint = %name);
-        let poll = poll_task(
-            self.shared.clone(),
-            name.clone(),
-            endpoint,
-            state,
-            due,
-            cancel,
-        );
+        let poll = poll_task(self.shared.clone(), endpoint, state, due, cancel);
         let handle = self
             .polls
             .running
@@ -627,13 +626,14 @@ impl Running {
 }
 
 impl EndpointStatus {
-    fn new(endpoint: Arc<Endpoint>) -> EndpointStatus {
+    pub(crate) fn new(endpoint: Arc<Endpoint>) -> EndpointStatus {
         EndpointStatus {
             endpoint,
             last_poll_ms: None,
             last_error: None,
             consecutive_failures: 0,
             next_poll_ms: None,
+            counts: EndpointCounts::default(),
         }
     }
 }
@@ -689,21 +689,13 @@ fn same_endpoint(old: &Endpoint, new: &Endpoint) -> bool {
 /// is logged and retried with backoff.
 async fn poll_task(
     shared: Arc<Shared>,
-    name: Arc<str>,
     endpoint: Arc<Endpoint>,
     mut state: PollState,
     due: Instant,
     cancel: CancellationToken,
 ) -> Polled {
     let started = StdInstant::now();
-    let result = poll_once(
-        &shared,
-        &name,
-        &endpoint,
-        &cancel,
-        &mut state.reported_duplicates,
-    )
-    .await;
+    let result = poll_once(&shared, &endpoint, &cancel, &mut state.reported_duplicates).await;
     shared
         .metrics
         .poll_duration
@@ -711,18 +703,11 @@ async fn poll_task(
     let now = Instant::now();
     let next = match result {
         Ok(Some(result)) => {
-            shared.metrics.poll(&name, result);
-            let labels = EndpointLabels {
-                endpoint: name.clone(),
-            };
-            shared
-                .metrics
-                .last_success
-                .get_or_create(&labels)
-                .set(clock::now_ms() as f64 / 1000.0);
             state.health.succeeded(&shared, &endpoint).await;
             set_status(&shared, &endpoint.name, |status| {
-                status.last_poll_ms = Some(clock::now_ms());
+                let at_ms = clock::now_ms();
+                status.counts.polled(result, at_ms);
+                status.last_poll_ms = Some(at_ms);
                 status.last_error = None;
                 status.consecutive_failures = 0;
             });
@@ -735,7 +720,6 @@ async fn poll_task(
         // Cancelled while polling: whoever cancelled decides what is next.
         Ok(None) => now,
         Err(error) => {
-            shared.metrics.poll(&name, "failed");
             let error_text = crate::error_chain(&error);
             let (status, retry_after) = match &error {
                 poll::PollError::Fetch(crate::fetch::FetchError::Status {
@@ -758,7 +742,9 @@ async fn poll_task(
                 "poll failed"
             );
             set_status(&shared, &endpoint.name, |status| {
-                status.last_poll_ms = Some(clock::now_ms());
+                let at_ms = clock::now_ms();
+                status.counts.polled(PollResult::Failed, at_ms);
+                status.last_poll_ms = Some(at_ms);
                 status.last_error = Some(error_text);
                 status.consecutive_failures = failures;
             });
@@ -880,14 +866,13 @@ fn set_status(shared: &Shared, endpoint: &str, change: impl FnOnce(&mut Endpoint
 }
 
 /// One poll: observe (abandoned if cancelled), then write and announce.
-/// Returns the metric's result label, or `None` when cancelled.
+/// Returns what the poll came to, or `None` when cancelled.
 async fn poll_once(
     shared: &Shared,
-    name: &Arc<str>,
     endpoint: &Endpoint,
     cancel: &CancellationToken,
     reported_duplicates: &mut Vec<serde_json::Value>,
-) -> Result<Option<&'static str>, poll::PollError> {
+) -> Result<Option<PollResult>, poll::PollError> {
     let observe = async {
         // The host's gate first: waiting for a busy host must not hold one
         // of the global permits that other hosts could use.
@@ -906,7 +891,7 @@ async fn poll_once(
     // Not raced with cancellation: a decided change is always written whole.
     let queued = poll::apply(&shared.store, endpoint, &observation).await?;
     let result = match &observation {
-        Observation::Unchanged { .. } => "unchanged",
+        Observation::Unchanged { .. } => PollResult::Unchanged,
         Observation::New {
             reason,
             snapshot,
@@ -926,22 +911,18 @@ async fn poll_once(
             match reason {
                 NewReason::Baseline => {
                     info!(version = snapshot.version, queued, "baseline stored");
-                    "baseline"
+                    PollResult::Baseline
                 }
                 NewReason::Rebaseline => {
                     info!(
                         version = snapshot.version,
                         "endpoint definition changed; re-baselined quietly"
                     );
-                    "baseline"
+                    PollResult::Baseline
                 }
                 NewReason::Changed => {
                     info!(version = snapshot.version, queued, "changed");
-                    let labels = EndpointLabels {
-                        endpoint: name.clone(),
-                    };
-                    shared.metrics.changes.get_or_create(&labels).inc();
-                    "changed"
+                    PollResult::Changed
                 }
             }
         }
