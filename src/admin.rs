@@ -194,7 +194,7 @@ fn view(
         name: endpoint.name.clone(),
         url: endpoint.display_url(),
         schedule: endpoint.schedule.to_string(),
-        targets: endpoint.targets.clone(),
+        targets: endpoint.targets.to_vec(),
         last_poll_ms: status.last_poll_ms,
         last_error: status.last_error.clone(),
         consecutive_failures: status.consecutive_failures,

@@ -943,7 +943,7 @@ fn announce(shared: &Shared, endpoint: &Endpoint, events: &[Event], queued: usiz
         }));
     }
     if queued > 0 {
-        for target in &endpoint.targets {
+        for target in endpoint.targets.iter() {
             shared.wake_target(target);
         }
     }

@@ -175,6 +175,33 @@ pub struct ItemRules {
 }
 
 impl Rules {
+    /// No rules: the body's format alone decides how it is compared.
+    pub const NONE: Rules = Rules {
+        format: None,
+        select: None,
+        ignore: Vec::new(),
+        items: None,
+        keep_lines: None,
+        replace: Vec::new(),
+    };
+
+    pub fn is_none(&self) -> bool {
+        let Rules {
+            format,
+            select,
+            ignore,
+            items,
+            keep_lines,
+            replace,
+        } = self;
+        format.is_none()
+            && select.is_none()
+            && ignore.is_empty()
+            && items.is_none()
+            && keep_lines.is_none()
+            && replace.is_empty()
+    }
+
     /// JSON-only rules make a JSON document, text-only rules a text one.
     fn kind(&self, body: &[u8], content_type: Option<&str>) -> Kind {
         match self.format {

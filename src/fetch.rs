@@ -69,8 +69,10 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     let mut request = client
         .request(endpoint.method.clone(), endpoint.url.clone())
-        .headers(endpoint.headers.clone())
         .timeout(endpoint.timeout);
+    if let Some(headers) = &endpoint.headers {
+        request = request.headers(reqwest::header::HeaderMap::clone(headers));
+    }
     if let Some(body) = &endpoint.body {
         request = request.body(body.clone());
     }

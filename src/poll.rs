@@ -95,7 +95,7 @@ pub async fn observe(
                 validators,
             } => (bytes, content_type, validators),
         };
-    let document = extract::extract(&bytes, content_type.as_deref(), &endpoint.rules)?;
+    let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
     let now_ms = clock::now_ms();
     let new_snapshot = |version: u64| Snapshot {
         version,

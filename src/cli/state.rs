@@ -66,7 +66,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
                     name: endpoint.name.clone(),
                     url: endpoint.display_url(),
                     schedule: endpoint.schedule.to_string(),
-                    targets: endpoint.targets.clone(),
+                    targets: endpoint.targets.to_vec(),
                     last_poll_ms: None,
                     last_error: None,
                     consecutive_failures: 0,

@@ -7,6 +7,7 @@
 
 mod values;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -359,24 +360,27 @@ pub struct Endpoint {
     pub name: String,
     pub url: url::Url,
     pub method: reqwest::Method,
-    pub headers: HeaderMap,
+    /// None when there are none: most endpoints have none, and an empty
+    /// map is 96 bytes.
+    pub headers: Option<Box<HeaderMap>>,
     pub body: Option<String>,
     pub schedule: Schedule,
     pub timeout: Duration,
     pub max_body: u64,
-    /// How the body becomes the document that is compared.
-    pub rules: Rules,
+    /// How the body becomes the document that is compared; see
+    /// [`Endpoint::rules`].
+    rules: Option<Box<Rules>>,
     /// A jq condition over `{previous, current}` that a change must meet to
     /// be sent; in item mode it is asked per item.
     pub when: Option<Jq>,
     /// Item mode: which item events are sent.
-    pub on: Vec<ItemEvent>,
+    pub on: Cow<'static, [ItemEvent]>,
     /// Item mode: one `items.changed` event per poll instead of one per item.
     pub batch: bool,
     /// Consecutive failed polls before `endpoint.failing` is sent; 0: never.
     pub fail_after: u32,
     /// Names of the targets that receive this endpoint's events.
-    pub targets: Vec<String>,
+    pub targets: Arc<[String]>,
     pub emit_initial: bool,
     pub keep_history: usize,
     /// A hash of everything that shapes the extracted document (url, method,
@@ -386,7 +390,15 @@ pub struct Endpoint {
     pub definition: String,
 }
 
+/// What an endpoint with no extraction rules has.
+static NO_RULES: Rules = Rules::NONE;
+
 impl Endpoint {
+    /// How the body becomes the document that is compared.
+    pub fn rules(&self) -> &Rules {
+        self.rules.as_deref().unwrap_or(&NO_RULES)
+    }
+
     /// The URL as it may be logged or sent: without credentials.
     pub fn display_url(&self) -> String {
         redact_url(&self.url)
@@ -580,7 +592,8 @@ impl<'s> Compiler<'s> {
         }
 
         let targets = self.compile_targets(target_tables);
-        let target_names: Vec<String> = targets.iter().map(|target| target.name.clone()).collect();
+        let target_names: Arc<[String]> =
+            targets.iter().map(|target| target.name.clone()).collect();
         let endpoints = self.compile_endpoints(endpoint_tables, defaults, &target_names);
 
         let top = top?;
@@ -884,7 +897,7 @@ impl<'s> Compiler<'s> {
         &mut self,
         tables: Vec<Spanned<DeValue<'s>>>,
         defaults: &DefaultsConfig,
-        target_names: &[String],
+        target_names: &Arc<[String]>,
     ) -> Vec<Arc<Endpoint>> {
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
@@ -942,7 +955,8 @@ impl<'s> Compiler<'s> {
                     }
                     names.iter().map(|name| name.get_ref().clone()).collect()
                 }
-                None => target_names.to_vec(),
+                // Shared: at thousands of endpoints, a copy each adds up.
+                None => target_names.clone(),
             };
             let keep_history = raw.keep_history.as_ref().or(defaults.keep_history.as_ref());
             let keep_history = match keep_history {
@@ -967,17 +981,17 @@ impl<'s> Compiler<'s> {
                     headers.insert(name, value.0);
                 }
             }
-            let on = match raw.on {
+            let on: Cow<'static, [ItemEvent]> = match raw.on {
                 Some(on) if on.get_ref().is_empty() => {
                     self.problem(
                         on.span().start,
                         context.clone(),
                         "`on` is empty: list `added`, `removed` and/or `changed`",
                     );
-                    Vec::new()
+                    Cow::Borrowed(&[])
                 }
-                Some(on) => on.into_inner(),
-                None => vec![ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed],
+                Some(on) => Cow::Owned(on.into_inner()),
+                None => Cow::Borrowed(&[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed]),
             };
             let body = raw.body.map(|body| body.value);
             let method = raw.method.map_or(reqwest::Method::GET, |method| method.0);
@@ -987,7 +1001,7 @@ impl<'s> Compiler<'s> {
                 name: raw.name.into_inner(),
                 url: raw.url.0,
                 method,
-                headers,
+                headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 body,
                 schedule,
                 timeout: raw
@@ -998,7 +1012,7 @@ impl<'s> Compiler<'s> {
                     .max_body
                     .or(defaults.max_body)
                     .map_or(DEFAULT_MAX_BODY, |size| size.0),
-                rules,
+                rules: (!rules.is_none()).then(|| Box::new(rules)),
                 when: raw.when,
                 on,
                 batch: raw.batch.is_some_and(|batch| batch.into_inner()),
@@ -1262,7 +1276,7 @@ targets = []
         )
         .unwrap();
         assert_eq!(config.endpoints.len(), 2);
-        assert_eq!(config.endpoints[0].targets, vec!["ha".to_string()]);
+        assert_eq!(*config.endpoints[0].targets, ["ha".to_string()]);
         assert!(config.endpoints[1].targets.is_empty());
         assert!(
             matches!(config.endpoints[0].schedule, Schedule::Every(d) if d == Duration::from_secs(60))
