@@ -140,8 +140,21 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Hands the allocator's free pages back to the system. Reading a config
+/// builds a document several times the size of what is kept (about 1 KiB
+/// per endpoint), and glibc keeps the pages it freed when live allocations
+/// sit above them: at 10,000 endpoints, 5 MiB that nothing would use again.
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases pages that no allocation uses.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    return_free_memory();
     let store = Arc::new(Store::open(&config.state_dir)?);
     let (control, mut requests) = mpsc::channel(8);
     let statuses = Statuses::default();
@@ -325,6 +338,7 @@ impl Running {
         let result = match Config::load(&self.config.path) {
             Ok(config) => {
                 let summary = self.apply(config);
+                return_free_memory();
                 info!(%summary, "config reloaded");
                 Ok(summary)
             }
