@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts as _, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -156,13 +157,13 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = state.shared.metrics.render(&state.shared.store);
+    let pages = state.shared.metrics.scrape(&state.shared.store);
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        text,
+        Body::from_stream(futures_util::stream::iter(pages.map(Ok::<_, Infallible>))),
     )
         .into_response()
 }
