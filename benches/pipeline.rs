@@ -138,8 +138,8 @@ fn outbox(criterion: &mut Criterion) {
             |version| {
                 let snapshot = Snapshot {
                     version,
-                    hash: document.hash_hex(),
-                    definition: "bench".into(),
+                    hash: document.hash,
+                    definition: [0; 32],
                     etag: None,
                     last_modified: None,
                     changed_at_ms: 0,

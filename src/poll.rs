@@ -4,7 +4,6 @@
 //! would be sent; [`apply`] writes the decision to the store in one
 //! transaction. The poll tasks in `daemon` call both.
 
-use hex::FromHex as _;
 use serde_json::{Value, json};
 
 use crate::clock;
@@ -99,8 +98,8 @@ pub async fn observe(
     let now_ms = clock::now_ms();
     let new_snapshot = |version: u64| Snapshot {
         version,
-        hash: document.hash_hex(),
-        definition: endpoint.definition.clone(),
+        hash: document.hash,
+        definition: endpoint.definition,
         etag: validators.etag.clone(),
         last_modified: validators.last_modified.clone(),
         changed_at_ms: now_ms,
@@ -129,7 +128,7 @@ pub async fn observe(
             events: Vec::new(),
         });
     }
-    if previous.hash == document.hash_hex() {
+    if previous.hash == document.hash {
         let fresh_validators =
             previous.etag != validators.etag || previous.last_modified != validators.last_modified;
         let refreshed = fresh_validators.then(|| Snapshot {
@@ -142,10 +141,7 @@ pub async fn observe(
     // A file lost to a power cut: the change is reported by hash.
     let previous_document = store
         .document(&endpoint.name, previous.version)?
-        .unwrap_or_else(|| {
-            let hash = <[u8; 32]>::from_hex(&previous.hash).unwrap_or_default();
-            Document::with_hash(Kind::Bytes, hash, Vec::new())
-        });
+        .unwrap_or_else(|| Document::with_hash(Kind::Bytes, previous.hash, Vec::new()));
     let events = events(
         endpoint,
         Some(&previous_document),

@@ -387,7 +387,7 @@ pub struct Endpoint {
     /// headers, body, format and the extraction rules). When it changes, the next poll
     /// re-baselines quietly instead of sending a diff between two different
     /// questions.
-    pub definition: String,
+    pub definition: [u8; 32],
 }
 
 /// What an endpoint with no extraction rules has.
@@ -1161,7 +1161,7 @@ fn definition_hash(
     headers: &HeaderMap,
     body: Option<&str>,
     rules: &Rules,
-) -> String {
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_be_bytes());
@@ -1200,7 +1200,7 @@ fn definition_hash(
         field(pattern.as_str().as_bytes());
         field(replacement.as_bytes());
     }
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
 }
 
 /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `./pollhook-state`.
