@@ -20,6 +20,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -232,10 +233,13 @@ async fn run_daemon(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Resu
         window_polls,
         api.requests.load(Ordering::Relaxed),
     );
-    let mut gaps = lock(&api.gaps_ms).clone();
+    let mut gaps = std::mem::take(&mut *lock(&api.gaps_ms));
     let every_ms = args.every.as_secs_f64() * 1000.0;
-    let late = gaps.iter().filter(|gap| **gap > every_ms + 1000.0).count();
-    gaps.sort_by(f64::total_cmp);
+    let late = gaps
+        .iter()
+        .filter(|gap| f64::from(**gap) > every_ms + 1000.0)
+        .count();
+    gaps.sort_by(f32::total_cmp);
     println!(
         "poll spacing (same endpoint, in the window): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {late} of {} later than `every` + 1 s",
         percentile(&gaps, 0.50),
@@ -253,8 +257,8 @@ async fn run_daemon(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Resu
         api.bad_signatures.load(Ordering::Relaxed),
         api.unmatched.load(Ordering::Relaxed),
     );
-    let mut latencies = lock(&api.latencies_ms).clone();
-    latencies.sort_by(f64::total_cmp);
+    let mut latencies = std::mem::take(&mut *lock(&api.latencies_ms));
+    latencies.sort_by(f32::total_cmp);
     println!(
         "change -> delivery latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
         percentile(&latencies, 0.50),
@@ -360,13 +364,17 @@ struct Api {
     changes_served: AtomicU64,
     /// When each (endpoint, revision) was first sent.
     served_at: Mutex<HashMap<(usize, u64), Instant>>,
-    gaps_ms: Mutex<Vec<f64>>,
+    /// Single precision, like the latencies: the harness's own memory is
+    /// counted in the process's peak RSS.
+    gaps_ms: Mutex<Vec<f32>>,
     delivered: AtomicU64,
     duplicates: AtomicU64,
     bad_signatures: AtomicU64,
     unmatched: AtomicU64,
-    seen_ids: Mutex<std::collections::HashSet<String>>,
-    latencies_ms: Mutex<Vec<f64>>,
+    /// Hashes of the webhook ids received (a duplicate has the same id).
+    seen_ids: Mutex<std::collections::HashSet<u64>>,
+    ids: std::hash::RandomState,
+    latencies_ms: Mutex<Vec<f32>>,
     secret: WebhookSecret,
 }
 
@@ -397,6 +405,7 @@ impl Api {
             bad_signatures: AtomicU64::new(0),
             unmatched: AtomicU64::new(0),
             seen_ids: Mutex::default(),
+            ids: std::hash::RandomState::new(),
             latencies_ms: Mutex::default(),
             secret: SECRET.parse().expect("a valid secret"),
         }
@@ -424,7 +433,7 @@ async fn document(
     if let Some(last) = doc.last_request.replace(now)
         && api.window_open.load(Ordering::Relaxed)
     {
-        lock(&api.gaps_ms).push((now - last).as_secs_f64() * 1000.0);
+        lock(&api.gaps_ms).push((now - last).as_secs_f32() * 1000.0);
     }
     // The first request is the baseline; later ones may find a change.
     if doc.requests > 1
@@ -514,7 +523,7 @@ async fn receive(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -
     if !verified {
         api.bad_signatures.fetch_add(1, Ordering::Relaxed);
     }
-    if !lock(&api.seen_ids).insert(id.to_string()) {
+    if !lock(&api.seen_ids).insert(api.ids.hash_one(id)) {
         api.duplicates.fetch_add(1, Ordering::Relaxed);
         return StatusCode::NO_CONTENT;
     }
@@ -534,7 +543,7 @@ async fn receive(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -
         .zip(revision)
         .and_then(|key| lock(&api.served_at).remove(&key));
     match served {
-        Some(served) => lock(&api.latencies_ms).push((now - served).as_secs_f64() * 1000.0),
+        Some(served) => lock(&api.latencies_ms).push((now - served).as_secs_f32() * 1000.0),
         None => {
             api.unmatched.fetch_add(1, Ordering::Relaxed);
         }
@@ -696,12 +705,12 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// The value at `fraction` of a sorted sample (0 when empty).
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+fn percentile(sorted: &[f32], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let rank = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    f64::from(sorted[rank - 1])
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
