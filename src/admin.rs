@@ -192,7 +192,7 @@ fn view(
     let endpoint = &status.endpoint;
     let snapshot = state.shared.store.snapshot(&endpoint.name).ok().flatten();
     EndpointView {
-        name: endpoint.name.clone(),
+        name: endpoint.name.to_string(),
         url: endpoint.display_url(),
         schedule: endpoint.schedule.to_string(),
         targets: endpoint.targets.to_vec(),
@@ -204,7 +204,7 @@ fn view(
         last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
         pending_deliveries: pending
             .iter()
-            .filter(|(_, row)| row.endpoint == endpoint.name)
+            .filter(|(_, row)| *row.endpoint == *endpoint.name)
             .count(),
     }
 }
@@ -240,7 +240,7 @@ async fn endpoints(State(state): State<AdminState>) -> Response {
 }
 
 async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    let Some(status) = read(&state.shared.endpoints).get(&name).cloned() else {
+    let Some(status) = read(&state.shared.endpoints).get(name.as_str()).cloned() else {
         return not_found(format!("no endpoint named `{name}`"));
     };
     match state.shared.store.queued_rows(None) {
@@ -250,7 +250,7 @@ async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String
 }
 
 async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    if !read(&state.shared.endpoints).contains_key(&name) {
+    if !read(&state.shared.endpoints).contains_key(name.as_str()) {
         return not_found(format!("no endpoint named `{name}`"));
     }
     let asked = (state.shared.control)

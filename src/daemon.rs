@@ -70,7 +70,7 @@ pub struct EndpointStatus {
 }
 
 /// Every endpoint's status, by name.
-pub type Statuses = Arc<RwLock<BTreeMap<String, EndpointStatus>>>;
+pub type Statuses = Arc<RwLock<BTreeMap<Arc<str>, EndpointStatus>>>;
 
 /// Requests the admin API makes of the supervisor.
 pub enum Control {
@@ -431,7 +431,7 @@ impl Running {
         let wanted: HashMap<&str, &Arc<Endpoint>> = config
             .endpoints
             .iter()
-            .map(|endpoint| (endpoint.name.as_str(), endpoint))
+            .map(|endpoint| (&*endpoint.name, endpoint))
             .collect();
         let removed: Vec<Arc<str>> = self
             .polls
@@ -446,7 +446,7 @@ impl Running {
             stopped += 1;
         }
         for endpoint in &config.endpoints {
-            let Some(slot) = self.polls.slots.get_mut(endpoint.name.as_str()) else {
+            let Some(slot) = self.polls.slots.get_mut(&*endpoint.name) else {
                 self.start_endpoint(endpoint);
                 started += 1;
                 continue;
@@ -513,9 +513,8 @@ impl Running {
 
     /// Schedules a new endpoint's first poll, spread over its interval.
     fn start_endpoint(&mut self, endpoint: &Arc<Endpoint>) {
-        let name: Arc<str> = Arc::from(endpoint.name.as_str());
-        write(&self.shared.endpoints)
-            .insert(endpoint.name.clone(), EndpointStatus::new(endpoint.clone()));
+        let name = endpoint.name.clone();
+        write(&self.shared.endpoints).insert(name.clone(), EndpointStatus::new(endpoint.clone()));
         let state = PollState::load(&self.shared, endpoint);
         let phase = wait(
             &mut self.polls.due,
@@ -952,7 +951,7 @@ fn announce(shared: &Shared, endpoint: &Endpoint, events: &[Event], queued: usiz
         let _ = shared.live.send(Arc::new(LiveEvent {
             id: event.id.clone(),
             kind: event.kind.to_string(),
-            endpoint: endpoint.name.clone(),
+            endpoint: endpoint.name.to_string(),
             body: event.body(),
         }));
     }

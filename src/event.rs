@@ -66,7 +66,7 @@ pub fn for_change(
 ) -> Vec<Event> {
     let base = |extra: Value| {
         let mut data = json!({
-            "endpoint": endpoint.name,
+            "endpoint": &*endpoint.name,
             "url": endpoint.display_url(),
             "version": version,
             "previous_version": previous_version,
@@ -134,7 +134,7 @@ pub fn endpoint_failing(endpoint: &Endpoint, health: &Failing, at_ms: u64) -> Ev
         kind: ENDPOINT_FAILING,
         timestamp_ms: at_ms,
         data: json!({
-            "endpoint": endpoint.name,
+            "endpoint": &*endpoint.name,
             "url": endpoint.display_url(),
             "failures": health.failures,
             "since": crate::clock::rfc3339(health.since_ms),
@@ -151,7 +151,7 @@ pub fn endpoint_recovered(endpoint: &Endpoint, health: &Failing, at_ms: u64) -> 
         kind: ENDPOINT_RECOVERED,
         timestamp_ms: at_ms,
         data: json!({
-            "endpoint": endpoint.name,
+            "endpoint": &*endpoint.name,
             "url": endpoint.display_url(),
             "failures": health.failures,
             "since": crate::clock::rfc3339(health.since_ms),

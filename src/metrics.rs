@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -144,7 +145,7 @@ pub struct Scrape {
     /// Index into [`EndpointFamily::ALL`]; its length means the end marker.
     family: usize,
     /// The last endpoint written of the current family.
-    after: Option<String>,
+    after: Option<Arc<str>>,
 }
 
 impl Iterator for Scrape {
@@ -165,7 +166,7 @@ impl Iterator for Scrape {
         }
         let statuses = read(&self.statuses);
         let from = match &self.after {
-            Some(name) => Bound::Excluded(name.as_str()),
+            Some(name) => Bound::Excluded(&**name),
             None => Bound::Unbounded,
         };
         let mut last = None;
@@ -395,7 +396,7 @@ mod tests {
         for index in 0..endpoints {
             let mut status = EndpointStatus::new(config.endpoints[0].clone());
             status.counts.polled(PollResult::Changed, index as u64);
-            write(&statuses).insert(format!("e{index}"), status);
+            write(&statuses).insert(format!("e{index}").into(), status);
         }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -273,7 +273,7 @@ pub fn outbox_rows<'e>(endpoint: &'e Endpoint, events: &[Event]) -> Vec<(&'e str
                     OutboxRow {
                         event_id: event.id.clone(),
                         event_type: event.kind.to_string(),
-                        endpoint: endpoint.name.clone(),
+                        endpoint: endpoint.name.to_string(),
                         body: event.body(),
                         created_ms: event.timestamp_ms,
                         attempts: 0,

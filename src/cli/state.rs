@@ -63,7 +63,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             for endpoint in &config.endpoints {
                 let snapshot = store.snapshot(&endpoint.name)?;
                 views.push(EndpointView {
-                    name: endpoint.name.clone(),
+                    name: endpoint.name.to_string(),
                     url: endpoint.display_url(),
                     schedule: endpoint.schedule.to_string(),
                     targets: endpoint.targets.to_vec(),
@@ -75,7 +75,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
                     last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
                     pending_deliveries: queued
                         .iter()
-                        .filter(|(_, row)| row.endpoint == endpoint.name)
+                        .filter(|(_, row)| *row.endpoint == *endpoint.name)
                         .count(),
                 });
             }

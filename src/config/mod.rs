@@ -357,7 +357,8 @@ pub struct Config {
 /// One watched URL, with every default already applied.
 #[derive(Debug)]
 pub struct Endpoint {
-    pub name: String,
+    /// Shared with the schedule's and the statuses' keys.
+    pub name: Arc<str>,
     pub url: url::Url,
     pub method: reqwest::Method,
     /// None when there are none: most endpoints have none, and an empty
@@ -528,7 +529,9 @@ impl Config {
     }
 
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints.iter().find(|endpoint| endpoint.name == name)
+        self.endpoints
+            .iter()
+            .find(|endpoint| *endpoint.name == *name)
     }
 }
 
@@ -998,7 +1001,7 @@ impl<'s> Compiler<'s> {
             let definition =
                 definition_hash(&raw.url.0, &method, &headers, body.as_deref(), &rules);
             endpoints.push(Arc::new(Endpoint {
-                name: raw.name.into_inner(),
+                name: raw.name.into_inner().into(),
                 url: raw.url.0,
                 method,
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
