@@ -152,43 +152,28 @@ fn return_free_memory() {
     }
 }
 
-/// Two settings of glibc's allocator, for a process that runs for months.
-///
-/// - Large blocks stay in mappings of their own. glibc raises the size from
-///   which it maps a block each time one is unmapped, so after the config's
-///   large vectors come and go, blocks of hundreds of KiB would come from its
-///   heaps instead, where a zeroed block has to be written: sled zeroes 41
-///   metrics histograms of 512 KiB when it opens and never writes them
-///   again. Mapped, their pages are never touched.
-/// - Two heaps per core rather than eight. Polls, sled's I/O threads and the
-///   blocking pool each allocate from the heap of their thread, and every
-///   heap keeps its own free pages: at 1,000 polls/s the default left 2 MiB
-///   more resident, and CPU was the same.
-///
-/// An operator's own setting (`GLIBC_TUNABLES`, `MALLOC_*`) wins.
-fn tune_allocator() {
+/// Keeps large blocks in mappings of their own. glibc raises the size from
+/// which it maps a block each time one is unmapped, so after the config's
+/// large vectors come and go, blocks of hundreds of KiB would come from its
+/// heaps instead, where a zeroed block has to be written: sled zeroes 41
+/// metrics histograms of 512 KiB when it opens and never writes them again.
+/// Mapped, their pages are never touched. An operator's own setting
+/// (`GLIBC_TUNABLES` or `MALLOC_MMAP_THRESHOLD_`) wins.
+fn keep_large_blocks_mapped() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("GLIBC_TUNABLES").is_none()
+        && std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
     {
-        let set_by_operator = |name: &str| {
-            std::env::var_os("GLIBC_TUNABLES").is_some() || std::env::var_os(name).is_some()
-        };
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let heaps = libc::c_int::try_from(2 * cores).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets tunables of the allocator.
+        // SAFETY: mallopt only sets a tunable of the allocator.
         unsafe {
-            if !set_by_operator("MALLOC_MMAP_THRESHOLD_") {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-            }
-            if !set_by_operator("MALLOC_ARENA_MAX") {
-                libc::mallopt(libc::M_ARENA_MAX, heaps);
-            }
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         }
     }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tune_allocator();
+    keep_large_blocks_mapped();
     return_free_memory();
     let store = Arc::new(Store::open(&config.state_dir)?);
     let (control, mut requests) = mpsc::channel(8);
