@@ -283,25 +283,33 @@ mod tests {
     use crate::config::Config;
     use crate::daemon::{EndpointStatus, write};
 
+    /// A config with one endpoint per name, every minute.
+    fn config_of(names: &[&str]) -> Config {
+        let mut text = String::from(
+            "[defaults]\nevery = \"1m\"\n[[target]]\nname = \"t\"\nurl = \"http://127.0.0.1:9/\"\n",
+        );
+        for name in names {
+            text.push_str(&format!(
+                "[[endpoint]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:9/{name}\"\n"
+            ));
+        }
+        Config::compile(&text, Path::new("test.toml")).unwrap()
+    }
+
+    /// The pages of a scrape of `statuses`, against an empty store.
+    fn scrape_pages(statuses: Statuses) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        Metrics::new(statuses).scrape(&store).collect()
+    }
+
+    fn parse(text: &str) -> prometheus_parse::Scrape {
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).unwrap()
+    }
+
     #[test]
     fn each_endpoint_is_written_from_its_status() {
-        let config = Config::compile(
-            r#"
-            [defaults]
-            every = "1m"
-            [[target]]
-            name = "t"
-            url = "http://127.0.0.1:9/"
-            [[endpoint]]
-            name = "polled"
-            url = "http://127.0.0.1:9/a"
-            [[endpoint]]
-            name = "new"
-            url = "http://127.0.0.1:9/b"
-            "#,
-            Path::new("test.toml"),
-        )
-        .unwrap();
+        let config = config_of(&["polled", "new"]);
         let statuses = Statuses::default();
         for endpoint in &config.endpoints {
             let status = EndpointStatus::new(endpoint.clone());
@@ -319,13 +327,8 @@ mod tests {
             let status = statuses.get_mut("polled").unwrap();
             status.counts.polled(result, at_ms);
         }
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-
-        let pages: Vec<String> = Metrics::new(statuses).scrape(&store).collect();
-        let text = pages.concat();
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).unwrap();
+        let text = scrape_pages(statuses).concat();
+        let scrape = parse(&text);
         let samples: Vec<(String, String, f64)> = scrape
             .samples
             .iter()
@@ -377,20 +380,7 @@ mod tests {
 
     #[test]
     fn a_scrape_of_many_endpoints_comes_in_pages_that_join_up() {
-        let config = Config::compile(
-            r#"
-            [defaults]
-            every = "1m"
-            [[target]]
-            name = "t"
-            url = "http://127.0.0.1:9/"
-            [[endpoint]]
-            name = "e"
-            url = "http://127.0.0.1:9/e"
-            "#,
-            Path::new("test.toml"),
-        )
-        .unwrap();
+        let config = config_of(&["e"]);
         let statuses = Statuses::default();
         let endpoints = 2 * PAGE + 1;
         for index in 0..endpoints {
@@ -398,15 +388,11 @@ mod tests {
             status.counts.polled(PollResult::Changed, index as u64);
             write(&statuses).insert(format!("e{index}").into(), status);
         }
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-
-        let pages: Vec<String> = Metrics::new(statuses).scrape(&store).collect();
+        let pages = scrape_pages(statuses);
         let largest = pages.iter().map(String::len).max().unwrap();
         let text = pages.concat();
         assert!(largest < text.len() / 4, "{largest} of {}", text.len());
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).unwrap();
+        let scrape = parse(&text);
         for metric in [
             "pollhook_polls_total",
             "pollhook_changes_total",
