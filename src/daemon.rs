@@ -140,13 +140,10 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Hands the allocator's free pages back to the system. glibc keeps the
-/// pages it freed when live allocations sit above them. Reading a config
+/// Hands the allocator's free pages back to the system. Reading a config
 /// builds a document several times the size of what is kept (about 1 KiB
-/// per endpoint): at 10,000 endpoints, 5 MiB that nothing would use again.
-/// Polls leave such holes too (each thread allocates from its own heap), so
-/// this runs again at every status tick: at 10,000 endpoints every 10 s it
-/// keeps 2–3 MiB less resident, for well under a millisecond each time.
+/// per endpoint), and glibc keeps the pages it freed when live allocations
+/// sit above them: at 10,000 endpoints, 5 MiB that nothing would use again.
 fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases pages that no allocation uses.
@@ -251,7 +248,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     notify(&[NotifyState::Watchdog]);
                 }
                 notify(&[NotifyState::Status(&shared.summary())]);
-                return_free_memory();
             }
         }
     }
