@@ -494,6 +494,12 @@ impl Running {
                 .and_modify(|status| status.endpoint = endpoint.clone())
                 .or_insert_with(|| EndpointStatus::new(endpoint.clone()));
         }
+        if started > 0 {
+            // Inserted one at a time, a B-tree's nodes are left half full;
+            // built from its entries in order, they are full.
+            let mut statuses = write(&self.shared.endpoints);
+            *statuses = std::mem::take(&mut *statuses).into_iter().collect();
+        }
         self.config = Arc::new(config);
         self.reloads += 1;
         format!("{started} started, {stopped} stopped, {restarted} restarted")
