@@ -6,6 +6,9 @@
 //!   The snapshot's version is the newest document, the one the next poll
 //!   diffs against.
 //! - `outbox`: target name, 0, sequence → [`OutboxRow`] waiting for a 2xx.
+//! - `due`: target name, 0, due time, sequence → nothing: one entry per
+//!   outbox row, so that a dispatcher finds its due rows without reading a
+//!   backlog of rows waiting for their retry.
 //! - `dead`: the same keys → rows whose retry schedule ran out, with every
 //!   attempt; capped per target.
 //! - `attempts`: target name, 0, sequence → [`AttemptRecord`], a bounded log.
@@ -35,8 +38,8 @@ use crate::extract::{Document, Kind};
 /// The on-disk format this build reads and writes. 1: documents in the
 /// `history` tree; 2: documents in files, described by a `versions` tree;
 /// 3: documents in files that describe themselves; 4: snapshots in postcard
-/// instead of JSON.
-pub const SCHEMA_VERSION: u64 = 4;
+/// instead of JSON; 5: the `due` index of the outbox.
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// sled's default page cache is 1 GiB; snapshots are read once per poll, so
 /// a small cache is plenty (sled's memory is several times this anyway).
@@ -165,6 +168,9 @@ pub struct DeadFilter<'a> {
     pub since_ms: Option<u64>,
 }
 
+/// An outbox row with its key.
+pub type QueuedRow = (OutboxKey, OutboxRow);
+
 /// An outbox row's key: target name, a zero byte, then a big-endian sequence
 /// number, so one target's rows are contiguous and in the order they came.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -195,6 +201,8 @@ pub struct Store {
     /// One file per stored version: see [`Store::document_path`].
     documents: PathBuf,
     outbox: sled::Tree,
+    /// The outbox by due time: see [`due_key`].
+    due: sled::Tree,
     dead: sled::Tree,
     attempts: sled::Tree,
     paused: sled::Tree,
@@ -270,6 +278,7 @@ impl Store {
             snapshots: db.open_tree("snapshots")?,
             documents,
             outbox: db.open_tree("outbox")?,
+            due: db.open_tree("due")?,
             dead: db.open_tree("dead")?,
             attempts: db.open_tree("attempts")?,
             paused: db.open_tree("paused")?,
@@ -291,6 +300,9 @@ impl Store {
         if (1..4).contains(&found) {
             store.snapshots_to_postcard()?;
         }
+        if (1..5).contains(&found) {
+            store.index_outbox()?;
+        }
         if found < SCHEMA_VERSION {
             meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             store.db.flush()?;
@@ -302,6 +314,17 @@ impl Store {
             store.db.drop_tree(old)?;
         }
         Ok(store)
+    }
+
+    /// Schema 4 → 5: every outbox row gets its entry in the `due` index.
+    fn index_outbox(&self) -> Result<(), StoreError> {
+        for entry in self.outbox.iter() {
+            let (key, value) = entry?;
+            let row: OutboxRow = decode_json(&value, "outbox")?;
+            self.due
+                .insert(due_key(&OutboxKey(key.to_vec()), row.next_attempt_ms), &[])?;
+        }
+        Ok(())
     }
 
     /// Schema 1 → 3: every document of the `history` tree becomes a file.
@@ -566,11 +589,7 @@ impl Store {
             self.trim_history(commit.endpoint, version, commit.keep_history);
             return Ok(Vec::new());
         }
-        let rows: Vec<(&str, Vec<u8>)> = commit
-            .deliveries
-            .iter()
-            .map(|(target, row)| (*target, encode_json(row)))
-            .collect();
+        let rows = encode_rows(&commit.deliveries);
         // The events' diff needs the file even after a power cut.
         let path = file.path.clone();
         tokio::task::spawn_blocking(move || file.sync())
@@ -586,10 +605,10 @@ impl Store {
             store: self,
             keys: std::sync::Mutex::new(Vec::new()),
         };
-        let result = (&self.snapshots, &self.outbox)
-            .transaction(|(snapshots, outbox)| {
+        let result = (&self.snapshots, &self.outbox, &self.due)
+            .transaction(|(snapshots, outbox, due)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
-                self.insert_rows(outbox, &rows, &generated)
+                self.insert_rows(outbox, due, &rows, &generated)
             })
             .map_err(transaction_error);
         let keys = self.flushed(result, generated).await?;
@@ -608,21 +627,18 @@ impl Store {
         deliveries: &[(&str, OutboxRow)],
     ) -> Result<Vec<OutboxKey>, StoreError> {
         let state = failing.map(encode_json);
-        let rows: Vec<(&str, Vec<u8>)> = deliveries
-            .iter()
-            .map(|(target, row)| (*target, encode_json(row)))
-            .collect();
+        let rows = encode_rows(deliveries);
         let generated = Unhide {
             store: self,
             keys: std::sync::Mutex::new(Vec::new()),
         };
-        let result = (&self.health, &self.outbox)
-            .transaction(|(health, outbox)| {
+        let result = (&self.health, &self.outbox, &self.due)
+            .transaction(|(health, outbox, due)| {
                 match &state {
                     Some(state) => health.insert(endpoint.as_bytes(), state.as_slice())?,
                     None => health.remove(endpoint.as_bytes())?,
                 };
-                self.insert_rows(outbox, &rows, &generated)
+                self.insert_rows(outbox, due, &rows, &generated)
             })
             .map_err(transaction_error);
         self.flushed(result, generated).await
@@ -637,20 +653,23 @@ impl Store {
             .transpose()
     }
 
-    /// Inserts outbox rows inside a transaction, hidden until flushed.
+    /// Inserts outbox rows and their `due` entries inside a transaction,
+    /// hidden until flushed.
     fn insert_rows(
         &self,
         outbox: &sled::transaction::TransactionalTree,
-        rows: &[(&str, Vec<u8>)],
+        due: &sled::transaction::TransactionalTree,
+        rows: &[EncodedRow<'_>],
         generated: &Unhide<'_>,
     ) -> Result<Vec<OutboxKey>, ConflictableTransactionError<StoreError>> {
         let mut keys = Vec::with_capacity(rows.len());
-        for (target, row) in rows {
-            let key = OutboxKey::new(target, outbox.generate_id()?);
+        for row in rows {
+            let key = OutboxKey::new(row.target, outbox.generate_id()?);
             // Hidden before the transaction can make it visible.
             self.hide(&key);
             lock(&generated.keys).push(key.clone());
-            outbox.insert(key.0.as_slice(), row.as_slice())?;
+            outbox.insert(key.0.as_slice(), row.bytes.as_slice())?;
+            due.insert(due_key(&key, row.due_ms), &[])?;
             keys.push(key);
         }
         Ok(keys)
@@ -726,7 +745,7 @@ impl Store {
     }
 
     /// The rows queued for a target that are safe to send, oldest first.
-    pub fn outbox_rows(&self, target: &str) -> Result<Vec<(OutboxKey, OutboxRow)>, StoreError> {
+    pub fn outbox_rows(&self, target: &str) -> Result<Vec<QueuedRow>, StoreError> {
         let mut rows = Vec::new();
         for entry in self.outbox.scan_prefix(prefix(target)) {
             let (key, value) = entry?;
@@ -737,6 +756,55 @@ impl Store {
             rows.push((key, decode_json(&value, "outbox")?));
         }
         Ok(rows)
+    }
+
+    /// What a dispatcher starts next: up to `limit` rows of `target` due at
+    /// `now_ms`, in the order they fell due, passing over those `busy` says
+    /// are being attempted; and when the first row not yet due falls due.
+    /// Reads the due rows and one entry more, however long the backlog of
+    /// rows waiting for a retry (reading them all at every wake made a
+    /// target that came back after an outage drain in quadratic time).
+    pub fn due_rows(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+        busy: impl Fn(&OutboxKey) -> bool,
+    ) -> Result<(Vec<QueuedRow>, Option<u64>), StoreError> {
+        let mut rows = Vec::new();
+        if limit == 0 {
+            return Ok((rows, None));
+        }
+        for entry in self.due.scan_prefix(prefix(target)).keys() {
+            let (key, due_ms) = from_due_key(&entry?)?;
+            if due_ms > now_ms {
+                return Ok((rows, Some(due_ms)));
+            }
+            if busy(&key) || lock(&self.unflushed).contains(&key) {
+                continue;
+            }
+            let Some(value) = self.outbox.get(&key.0)? else {
+                continue;
+            };
+            rows.push((key, decode_json(&value, "outbox")?));
+            if rows.len() == limit {
+                break;
+            }
+        }
+        Ok((rows, None))
+    }
+
+    /// The oldest row of `target` that is safe to send: the only one an
+    /// ordered target looks at.
+    pub fn head_row(&self, target: &str) -> Result<Option<QueuedRow>, StoreError> {
+        for entry in self.outbox.scan_prefix(prefix(target)) {
+            let (key, value) = entry?;
+            let key = OutboxKey(key.to_vec());
+            if !lock(&self.unflushed).contains(&key) {
+                return Ok(Some((key, decode_json(&value, "outbox")?)));
+            }
+        }
+        Ok(None)
     }
 
     /// Queued rows, oldest first, of one target or all, for `pollhook deliveries`.
@@ -755,25 +823,51 @@ impl Store {
         self.outbox.len()
     }
 
-    /// Removes a delivered row. Only the dispatcher calls this, after a 2xx.
-    pub fn complete(&self, key: &OutboxKey) -> Result<(), StoreError> {
-        self.outbox.remove(&key.0)?;
-        Ok(())
-    }
-
-    /// Records a failed attempt and when to try again.
-    pub fn reschedule(&self, key: &OutboxKey, row: &OutboxRow) -> Result<(), StoreError> {
-        self.outbox.insert(&key.0, encode_json(row))?;
-        Ok(())
-    }
-
-    /// Moves a row whose schedule ran out to the dead letters, in one
-    /// transaction, and drops the oldest dead letters beyond the cap.
-    pub fn dead_letter(&self, key: &OutboxKey, row: &OutboxRow) -> Result<(), StoreError> {
-        let bytes = encode_json(row);
-        (&self.outbox, &self.dead)
-            .transaction(|(outbox, dead)| {
+    /// Removes a delivered row, which was due at `due_ms`. Only the
+    /// dispatcher calls this, after a 2xx.
+    pub fn complete(&self, key: &OutboxKey, due_ms: u64) -> Result<(), StoreError> {
+        (&self.outbox, &self.due)
+            .transaction(|(outbox, due)| {
                 outbox.remove(key.0.as_slice())?;
+                due.remove(due_key(key, due_ms))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)
+    }
+
+    /// Records a failed attempt of a row that was due at `due_ms`, and
+    /// when to try again (`row.next_attempt_ms`).
+    pub fn reschedule(
+        &self,
+        key: &OutboxKey,
+        due_ms: u64,
+        row: &OutboxRow,
+    ) -> Result<(), StoreError> {
+        let bytes = encode_json(row);
+        (&self.outbox, &self.due)
+            .transaction(|(outbox, due)| {
+                outbox.insert(key.0.as_slice(), bytes.as_slice())?;
+                due.remove(due_key(key, due_ms))?;
+                due.insert(due_key(key, row.next_attempt_ms), &[])?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)
+    }
+
+    /// Moves a row that was due at `due_ms` and whose schedule ran out to
+    /// the dead letters, in one transaction, and drops the oldest dead
+    /// letters beyond the cap.
+    pub fn dead_letter(
+        &self,
+        key: &OutboxKey,
+        due_ms: u64,
+        row: &OutboxRow,
+    ) -> Result<(), StoreError> {
+        let bytes = encode_json(row);
+        (&self.outbox, &self.due, &self.dead)
+            .transaction(|(outbox, due, dead)| {
+                outbox.remove(key.0.as_slice())?;
+                due.remove(due_key(key, due_ms))?;
                 dead.insert(key.0.as_slice(), bytes.as_slice())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
@@ -812,11 +906,12 @@ impl Store {
             row.next_attempt_ms = now;
             row.dead_at_ms = None;
             let bytes = encode_json(&row);
-            (&self.outbox, &self.dead)
-                .transaction(|(outbox, dead)| {
+            (&self.outbox, &self.due, &self.dead)
+                .transaction(|(outbox, due, dead)| {
                     // A new sequence: a replayed row joins the end of the queue.
                     let fresh = OutboxKey::new(&target, outbox.generate_id()?);
                     outbox.insert(fresh.0.as_slice(), bytes.as_slice())?;
+                    due.insert(due_key(&fresh, now), &[])?;
                     dead.remove(&key)?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
@@ -877,6 +972,46 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
+}
+
+/// An outbox row, encoded, with its target and due time.
+struct EncodedRow<'a> {
+    target: &'a str,
+    bytes: Vec<u8>,
+    due_ms: u64,
+}
+
+fn encode_rows<'a>(deliveries: &[(&'a str, OutboxRow)]) -> Vec<EncodedRow<'a>> {
+    deliveries
+        .iter()
+        .map(|(target, row)| EncodedRow {
+            target,
+            bytes: encode_json(row),
+            due_ms: row.next_attempt_ms,
+        })
+        .collect()
+}
+
+/// The `due` entry of an outbox row: its target's prefix, the time it is
+/// due, then its sequence, so that a target's entries sort by due time and,
+/// at the same time, in queue order.
+fn due_key(key: &OutboxKey, due_ms: u64) -> Vec<u8> {
+    let (target, sequence) = key.0.split_at(key.0.len() - 8);
+    [target, &due_ms.to_be_bytes(), sequence].concat()
+}
+
+/// The outbox key and due time of a `due` entry.
+fn from_due_key(entry: &[u8]) -> Result<(OutboxKey, u64), StoreError> {
+    let split = entry
+        .len()
+        .checked_sub(16)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "due",
+            detail: "a key too short".to_string(),
+        })?;
+    let (target, rest) = entry.split_at(split);
+    let due_ms = decode_u64(&rest[..8], "due time")?;
+    Ok((OutboxKey([target, &rest[8..]].concat()), due_ms))
 }
 
 fn prefix(name: &str) -> Vec<u8> {
@@ -1079,6 +1214,82 @@ mod tests {
         key
     }
 
+    fn queued_row(event_id: &str, next_attempt_ms: u64) -> OutboxRow {
+        OutboxRow {
+            event_id: event_id.to_string(),
+            event_type: "endpoint.changed".into(),
+            endpoint: "api".into(),
+            body: "{}".into(),
+            created_ms: 0,
+            attempts: 0,
+            next_attempt_ms,
+            last_status: None,
+            last_error: None,
+            attempt_log: Vec::new(),
+            dead_at_ms: None,
+        }
+    }
+
+    /// The event ids of `target`'s rows due at `now_ms`, and the next due time.
+    fn due_ids(store: &Store, now_ms: u64, limit: usize) -> (Vec<String>, Option<u64>) {
+        let (rows, next) = store.due_rows("sink", now_ms, limit, |_| false).unwrap();
+        (
+            rows.into_iter().map(|(_, row)| row.event_id).collect(),
+            next,
+        )
+    }
+
+    #[tokio::test]
+    async fn due_rows_come_in_due_order_and_follow_every_move_of_their_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rows = [
+            ("sink", queued_row("later", 500)),
+            ("sink", queued_row("first", 100)),
+            ("sink", queued_row("second", 100)),
+            ("other", queued_row("elsewhere", 0)),
+        ];
+        let keys = store.commit_health("api", None, &rows).await.unwrap();
+
+        assert_eq!(due_ids(&store, 50, 10), (vec![], Some(100)));
+        // Same due time: queue order.
+        assert_eq!(
+            due_ids(&store, 100, 10),
+            (vec!["first".into(), "second".into()], Some(500))
+        );
+        assert_eq!(due_ids(&store, 1000, 1), (vec!["first".into()], None));
+        // A row being attempted is passed over.
+        let (busy, _) = store
+            .due_rows("sink", 100, 10, |key| *key == keys[1])
+            .unwrap();
+        assert_eq!(busy.len(), 1);
+        assert_eq!(busy[0].1.event_id, "second");
+
+        // `first` fails and waits; `second` is delivered; `later` runs out.
+        let mut first = rows[1].1.clone();
+        first.next_attempt_ms = 700;
+        store.reschedule(&keys[1], 100, &first).unwrap();
+        store.complete(&keys[2], 100).unwrap();
+        store.dead_letter(&keys[0], 500, &rows[0].1).unwrap();
+        assert_eq!(due_ids(&store, 600, 10), (vec![], Some(700)));
+        assert_eq!(due_ids(&store, 700, 10), (vec!["first".into()], None));
+
+        // A replayed dead letter is due at once, behind the rest.
+        let replayed = store
+            .replay(&DeadFilter {
+                target: Some("sink"),
+                event_ids: &[],
+                since_ms: None,
+            })
+            .unwrap();
+        assert_eq!(replayed, 1);
+        assert_eq!(
+            due_ids(&store, u64::MAX, 10),
+            (vec!["first".into(), "later".into()], None)
+        );
+        assert_eq!(store.due.len(), store.outbox.len());
+    }
+
     fn json(text: &str) -> Document {
         let rules = Rules::default();
         extract(text.as_bytes(), Some("application/json"), &rules).unwrap()
@@ -1192,19 +1403,7 @@ mod tests {
                         let name = format!("e{n}");
                         let document = json(&format!(r#"{{"n":{n}}}"#));
                         let snapshot = snapshot(2, &document);
-                        let row = OutboxRow {
-                            event_id: format!("msg_{n}"),
-                            event_type: "endpoint.changed".into(),
-                            endpoint: name.clone(),
-                            body: "{}".into(),
-                            created_ms: 0,
-                            attempts: 0,
-                            next_attempt_ms: 0,
-                            last_status: None,
-                            last_error: None,
-                            attempt_log: Vec::new(),
-                            dead_at_ms: None,
-                        };
+                        let row = queued_row(&format!("msg_{n}"), 0);
                         let commit = Commit {
                             endpoint: &name,
                             snapshot: &snapshot,
@@ -1388,5 +1587,34 @@ mod tests {
         for (endpoint, snapshot) in &snapshots {
             assert_eq!(store.snapshot(endpoint).unwrap().as_ref(), Some(snapshot));
         }
+    }
+
+    #[tokio::test]
+    async fn a_schema_4_store_indexes_its_outbox_by_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let rows = [
+                ("sink", queued_row("a", 300)),
+                ("sink", queued_row("b", 200)),
+            ];
+            store.commit_health("api", None, &rows).await.unwrap();
+            // What schema 4 had: the rows, no index.
+            store.db.drop_tree("due").unwrap();
+            store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &4u64.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION);
+        assert_eq!(due_ids(&store, 250, 10), (vec!["b".into()], Some(300)));
+        assert_eq!(
+            due_ids(&store, 300, 10),
+            (vec!["b".into(), "a".into()], None)
+        );
     }
 }

@@ -145,6 +145,7 @@ fn record(
     mut row: OutboxRow,
     attempt: &Attempt,
 ) -> Result<RetryAction, StoreError> {
+    let was_due_ms = row.next_attempt_ms;
     row.attempts += 1;
     let action = if attempt.unsendable {
         RetryAction::Dead
@@ -184,7 +185,7 @@ fn record(
     metrics.delivery(&target.name, result);
     match action {
         RetryAction::Success => {
-            store.complete(key)?;
+            store.complete(key, was_due_ms)?;
             info!(
                 target = %target.name, event_id = %row.event_id, endpoint = %row.endpoint,
                 status = attempt.status, attempts = row.attempts, "delivered"
@@ -192,7 +193,7 @@ fn record(
         }
         RetryAction::Retry(wait) => {
             row.next_attempt_ms = next_attempt_ms.unwrap_or_default();
-            store.reschedule(key, &row)?;
+            store.reschedule(key, was_due_ms, &row)?;
             warn!(
                 target = %target.name, event_id = %row.event_id, attempts = row.attempts, error = error_text,
                 retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
@@ -201,7 +202,7 @@ fn record(
         }
         RetryAction::Dead => {
             row.dead_at_ms = Some(clock::now_ms());
-            store.dead_letter(key, &row)?;
+            store.dead_letter(key, was_due_ms, &row)?;
             let why = if attempt.unsendable {
                 "it cannot be written in the target's format"
             } else {
@@ -216,7 +217,7 @@ fn record(
         RetryAction::Pause => {
             // The row waits, due at once, for the target to be resumed.
             row.next_attempt_ms = clock::now_ms();
-            store.reschedule(key, &row)?;
+            store.reschedule(key, was_due_ms, &row)?;
             let reason = format!("answered 410 Gone to event {}", row.event_id);
             store.pause(
                 &target.name,
@@ -372,26 +373,24 @@ impl TargetTask {
     /// ordered targets, only the head of the queue. Returns when to look
     /// again if nothing else wakes the loop first.
     fn start_due(&mut self) -> Result<Option<Instant>, StoreError> {
-        let rows = self.store.outbox_rows(&self.target.name)?;
         let now_ms = clock::now_ms();
         let now = Instant::now();
-        let mut wake_at: Option<Instant> = None;
-        let mut due = Vec::new();
-        for (key, row) in rows {
-            let busy = self.in_flight.values().any(|running| *running == key);
-            if row.next_attempt_ms > now_ms && !busy {
-                no_later(
-                    &mut wake_at,
-                    now + Duration::from_millis(row.next_attempt_ms - now_ms),
-                );
-            } else if !busy {
-                due.push((key, row));
-            }
+        let busy = |key: &OutboxKey| self.in_flight.values().any(|running| running == key);
+        let (due, next_ms) = if self.target.ordered {
             // Strict FIFO: nothing behind the head is looked at.
-            if self.target.ordered {
-                break;
+            match self.store.head_row(&self.target.name)? {
+                Some((key, _)) if busy(&key) => (Vec::new(), None),
+                Some((_, row)) if row.next_attempt_ms > now_ms => {
+                    (Vec::new(), Some(row.next_attempt_ms))
+                }
+                head => (head.into_iter().collect(), None),
             }
-        }
+        } else {
+            let free = self.target.parallel.saturating_sub(self.in_flight.len());
+            self.store.due_rows(&self.target.name, now_ms, free, busy)?
+        };
+        let mut wake_at =
+            next_ms.map(|due_ms| now + Duration::from_millis(due_ms.saturating_sub(now_ms)));
         for (key, row) in due {
             if self.in_flight.len() >= self.target.parallel {
                 break; // a finishing attempt wakes the loop
