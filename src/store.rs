@@ -14,8 +14,9 @@
 //! - `attempts`: target name, 0, sequence → [`AttemptRecord`], a bounded log.
 //! - `paused`: target name → [`Pause`], for targets that answered 410 Gone.
 //!
-//! The documents are files in `documents/`, one per kept version, each
-//! starting with its kind, time and hash. sled keeps in memory every key and
+//! The documents are files in `documents/`, one per kept version, in 256
+//! directories by their name's first byte, each starting with its kind,
+//! time and hash. sled keeps in memory every key and
 //! value it has read or written, whatever its cache size: documents in sled
 //! made memory grow with their size, and an entry per version (about 400
 //! bytes of RAM each) made it grow with the history.
@@ -38,8 +39,9 @@ use crate::extract::{Document, Kind};
 /// The on-disk format this build reads and writes. 1: documents in the
 /// `history` tree; 2: documents in files, described by a `versions` tree;
 /// 3: documents in files that describe themselves; 4: snapshots in postcard
-/// instead of JSON; 5: the `due` index of the outbox.
-pub const SCHEMA_VERSION: u64 = 5;
+/// instead of JSON; 5: the `due` index of the outbox; 6: document files in
+/// 256 directories.
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// sled's default page cache is 1 GiB; snapshots are read once per poll, so
 /// a small cache is plenty (sled's memory is several times this anyway).
@@ -303,6 +305,9 @@ impl Store {
         if (1..5).contains(&found) {
             store.index_outbox()?;
         }
+        if (1..6).contains(&found) {
+            store.documents_into_shards()?;
+        }
         if found < SCHEMA_VERSION {
             meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             store.db.flush()?;
@@ -323,6 +328,42 @@ impl Store {
             let row: OutboxRow = decode_json(&value, "outbox")?;
             self.due
                 .insert(due_key(&OutboxKey(key.to_vec()), row.next_attempt_ms), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Schema 5 → 6: each document file moves into the directory of its
+    /// stem's first byte, durably before the schema number says so.
+    fn documents_into_shards(&self) -> Result<(), StoreError> {
+        let failed = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::DocumentFile {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut shards = std::collections::BTreeSet::new();
+        let entries =
+            std::fs::read_dir(&self.documents).map_err(failed("read", &self.documents))?;
+        for entry in entries {
+            let path = entry.map_err(failed("read", &self.documents))?.path();
+            let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            // `<32 hex digits>.<version>`; the shards are the other entries.
+            if name.find('.') != Some(32) {
+                continue;
+            }
+            let shard = self.documents.join(&name[..2]);
+            std::fs::create_dir_all(&shard).map_err(failed("create", &shard))?;
+            std::fs::rename(&path, shard.join(name)).map_err(failed("move", &path))?;
+            shards.insert(shard);
+        }
+        for dir in shards.iter().chain([&self.documents]) {
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(failed("sync", dir))?;
         }
         Ok(())
     }
@@ -493,10 +534,13 @@ impl Store {
         Ok(versions)
     }
 
-    /// Where version `version` of `endpoint`'s document is kept.
+    /// Where version `version` of `endpoint`'s document is kept: in one
+    /// of 256 directories, by the first byte of the stem.
     fn document_path(&self, endpoint: &str, version: u64) -> PathBuf {
+        let stem = file_stem(endpoint);
         self.documents
-            .join(format!("{}.{version}", file_stem(endpoint)))
+            .join(&stem[..2])
+            .join(format!("{stem}.{version}"))
     }
 
     /// A document file's header, and the file positioned after it. `None`
@@ -545,17 +589,23 @@ impl Store {
             at_ms,
             hash: document.hash,
         };
-        let written = std::fs::File::create(&path).and_then(|mut file| {
+        let dir = path.parent().unwrap_or(&self.documents).to_path_buf();
+        let created = match std::fs::File::create(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // The shard's first document: the directory, durably, first.
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::File::open(&self.documents)?.sync_all())
+                    .and_then(|()| std::fs::File::create(&path))
+            }
+            created => created,
+        };
+        let written = created.and_then(|mut file| {
             file.write_all(&header.encode())?;
             file.write_all(&document.canonical)?;
             Ok(file)
         });
         match written {
-            Ok(file) => Ok(DocumentFile {
-                file,
-                path,
-                dir: self.documents.clone(),
-            }),
+            Ok(file) => Ok(DocumentFile { file, path, dir }),
             Err(source) => Err(StoreError::DocumentFile {
                 action: "write",
                 path,
@@ -1331,8 +1381,12 @@ mod tests {
         store.commit(&commit).await.unwrap();
     }
 
+    /// The document files in `dir`'s store.
     fn files(dir: &Path) -> usize {
-        std::fs::read_dir(dir.join("documents")).unwrap().count()
+        std::fs::read_dir(dir.join("documents"))
+            .unwrap()
+            .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
+            .sum()
     }
 
     #[tokio::test]
@@ -1616,5 +1670,40 @@ mod tests {
             due_ids(&store, 300, 10),
             (vec!["b".into(), "a".into()], None)
         );
+    }
+
+    #[tokio::test]
+    async fn a_schema_5_store_moves_its_document_files_into_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let document = json(r#"{"v":1}"#);
+        let flat = {
+            let store = Store::open(dir.path()).unwrap();
+            commit(&store, 1, &document, 5).await;
+            commit(&store, 2, &document, 5).await;
+            // Where schema 5 kept them: all in `documents/`.
+            let mut flat = Vec::new();
+            for version in [1, 2] {
+                let sharded = store.document_path("api.v1", version);
+                let root = dir
+                    .path()
+                    .join("documents")
+                    .join(sharded.file_name().unwrap());
+                std::fs::rename(&sharded, &root).unwrap();
+                flat.push(root);
+            }
+            store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &5u64.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+            flat
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema(&store), SCHEMA_VERSION);
+        assert!(flat.iter().all(|path| !path.exists()));
+        assert_eq!(store.history("api.v1").unwrap().len(), 2);
+        assert_eq!(store.document("api.v1", 1).unwrap(), Some(document));
     }
 }

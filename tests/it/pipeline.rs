@@ -251,9 +251,8 @@ async fn a_change_after_its_previous_document_was_lost_is_reported_by_hash() {
         .unwrap()
         .unwrap();
     // What a power cut before a baseline's file reached the disk leaves.
-    for file in std::fs::read_dir(state.path().join("documents")).unwrap() {
-        std::fs::remove_file(file.unwrap().path()).unwrap();
-    }
+    std::fs::remove_dir_all(state.path().join("documents")).unwrap();
+    std::fs::create_dir(state.path().join("documents")).unwrap();
 
     api.set(Reply::json(r#"{"a":2}"#));
     let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, ""));
