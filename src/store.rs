@@ -16,10 +16,10 @@
 //!
 //! The documents are files in `documents/`, one per kept version, in 256
 //! directories by their name's first byte, each starting with its kind,
-//! time and hash. sled keeps in memory every key and
-//! value it has read or written, whatever its cache size: documents in sled
-//! made memory grow with their size, and an entry per version (about 400
-//! bytes of RAM each) made it grow with the history.
+//! time and hash. sled keeps in memory every key and value it has read or
+//! written, whatever its cache size: documents in sled made memory grow
+//! with their size, and an entry per version (about 400 bytes of RAM each)
+//! made it grow with the history.
 //!
 //! A change is written by [`Store::commit`]: its document file first, then
 //! in ONE transaction the snapshot and one outbox row per target. A crash
