@@ -205,6 +205,9 @@ pub struct Store {
     outbox: sled::Tree,
     /// The outbox by due time: see [`due_key`].
     due: sled::Tree,
+    /// How many rows the outbox holds: counting them is a scan in sled,
+    /// and the status line and every `/metrics` scrape ask.
+    queued: std::sync::atomic::AtomicUsize,
     dead: sled::Tree,
     attempts: sled::Tree,
     paused: sled::Tree,
@@ -281,6 +284,7 @@ impl Store {
             documents,
             outbox: db.open_tree("outbox")?,
             due: db.open_tree("due")?,
+            queued: Default::default(),
             dead: db.open_tree("dead")?,
             attempts: db.open_tree("attempts")?,
             paused: db.open_tree("paused")?,
@@ -312,6 +316,9 @@ impl Store {
             meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             store.db.flush()?;
         }
+        store
+            .queued
+            .store(store.outbox.len(), std::sync::atomic::Ordering::Relaxed);
         // The old trees go once the new schema number is stored, also when
         // a migration stopped right after storing it (dropping a tree that
         // does not exist does nothing).
@@ -732,7 +739,10 @@ impl Store {
         generated: Unhide<'_>,
     ) -> Result<Vec<OutboxKey>, StoreError> {
         let flushed = match &result {
-            Ok(keys) if !keys.is_empty() => self.flush().await,
+            Ok(keys) if !keys.is_empty() => {
+                self.count_queued(keys.len(), 0);
+                self.flush().await
+            }
             _ => Ok(()),
         };
         drop(generated);
@@ -870,19 +880,29 @@ impl Store {
     }
 
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_queued(&self, added: usize, removed: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.queued.fetch_update(Relaxed, Relaxed, |queued| {
+            Some((queued + added).saturating_sub(removed))
+        });
     }
 
     /// Removes a delivered row, which was due at `due_ms`. Only the
     /// dispatcher calls this, after a 2xx.
     pub fn complete(&self, key: &OutboxKey, due_ms: u64) -> Result<(), StoreError> {
-        (&self.outbox, &self.due)
+        let removed = (&self.outbox, &self.due)
             .transaction(|(outbox, due)| {
-                outbox.remove(key.0.as_slice())?;
                 due.remove(due_key(key, due_ms))?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(
+                    outbox.remove(key.0.as_slice())?.is_some(),
+                )
             })
-            .map_err(transaction_error)
+            .map_err(transaction_error)?;
+        self.count_queued(0, usize::from(removed));
+        Ok(())
     }
 
     /// Records a failed attempt of a row that was due at `due_ms`, and
@@ -914,14 +934,16 @@ impl Store {
         row: &OutboxRow,
     ) -> Result<(), StoreError> {
         let bytes = encode_json(row);
-        (&self.outbox, &self.due, &self.dead)
+        let removed = (&self.outbox, &self.due, &self.dead)
             .transaction(|(outbox, due, dead)| {
-                outbox.remove(key.0.as_slice())?;
                 due.remove(due_key(key, due_ms))?;
                 dead.insert(key.0.as_slice(), bytes.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(
+                    outbox.remove(key.0.as_slice())?.is_some(),
+                )
             })
             .map_err(transaction_error)?;
+        self.count_queued(0, usize::from(removed));
         let target_prefix = &key.0[..key.0.len() - 8];
         trim_prefix(&self.dead, target_prefix, DEAD_LETTER_CAP)
     }
@@ -967,6 +989,7 @@ impl Store {
                 })
                 .map_err(transaction_error)?;
             replayed += 1;
+            self.count_queued(1, 0);
         }
         Ok(replayed)
     }
@@ -1338,6 +1361,10 @@ mod tests {
             (vec!["first".into(), "later".into()], None)
         );
         assert_eq!(store.due.len(), store.outbox.len());
+        assert_eq!(store.outbox_len(), 3);
+        drop(store);
+        write_pid(dir.path());
+        assert_eq!(Store::open(dir.path()).unwrap().outbox_len(), 3);
     }
 
     fn json(text: &str) -> Document {
