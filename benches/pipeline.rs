@@ -127,13 +127,8 @@ fn outbox(criterion: &mut Criterion) {
         event_type: "endpoint.changed".into(),
         endpoint: "bench".into(),
         body: body.clone(),
-        created_ms: 0,
-        attempts: 0,
         next_attempt_ms,
-        last_status: None,
-        last_error: None,
-        attempt_log: Vec::new(),
-        dead_at_ms: None,
+        ..OutboxRow::default()
     };
     let mut version = 0;
     let mut group = criterion.benchmark_group("outbox");

@@ -276,12 +276,8 @@ pub fn outbox_rows<'e>(endpoint: &'e Endpoint, events: &[Event]) -> Vec<(&'e str
                         endpoint: endpoint.name.to_string(),
                         body: event.body(),
                         created_ms: event.timestamp_ms,
-                        attempts: 0,
                         next_attempt_ms: now_ms,
-                        last_status: None,
-                        last_error: None,
-                        attempt_log: Vec::new(),
-                        dead_at_ms: None,
+                        ..OutboxRow::default()
                     },
                 )
             })

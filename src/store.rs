@@ -115,8 +115,9 @@ pub struct Failing {
     pub status: Option<u16>,
 }
 
-/// One webhook waiting to be delivered to one target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One webhook waiting to be delivered to one target. The default fields
+/// are those of a row never attempted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {
     /// The `webhook-id`: the same for every attempt, restart and replay.
     pub event_id: String,
@@ -1293,13 +1294,8 @@ mod tests {
             event_type: "endpoint.changed".into(),
             endpoint: "api".into(),
             body: "{}".into(),
-            created_ms: 0,
-            attempts: 0,
             next_attempt_ms,
-            last_status: None,
-            last_error: None,
-            attempt_log: Vec::new(),
-            dead_at_ms: None,
+            ..OutboxRow::default()
         }
     }
 
@@ -1515,6 +1511,15 @@ mod tests {
         std::fs::write(dir.join("pollhook.pid"), std::process::id().to_string()).unwrap();
     }
 
+    /// Stores `version` as the schema of `db`, durably.
+    fn set_schema(db: &sled::Db, version: u64) {
+        db.open_tree("meta")
+            .unwrap()
+            .insert(SCHEMA_KEY, &version.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
     fn schema(store: &Store) -> u64 {
         let meta = store.db.open_tree("meta").unwrap();
         decode_u64(&meta.get(SCHEMA_KEY).unwrap().unwrap(), "schema").unwrap()
@@ -1527,10 +1532,7 @@ mod tests {
         {
             // A store as pollhook 0.1 with schema 1 wrote it.
             let db = sled::open(dir.path().join("db")).unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .insert(SCHEMA_KEY, &1u64.to_be_bytes())
-                .unwrap();
+            set_schema(&db, 1);
             db.open_tree("snapshots")
                 .unwrap()
                 .insert("api.v1", json_snapshot(&snapshot(7, &document)))
@@ -1571,10 +1573,7 @@ mod tests {
             // A store as schema 2 left it: files named `<stem>-<version>`,
             // each described by a `versions` entry (kind, time, size, hash).
             let db = sled::open(dir.path().join("db")).unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .insert(SCHEMA_KEY, &2u64.to_be_bytes())
-                .unwrap();
+            set_schema(&db, 2);
             db.open_tree("snapshots")
                 .unwrap()
                 .insert("api.v1", json_snapshot(&snapshot(2, &documents[1])))
@@ -1630,10 +1629,7 @@ mod tests {
         ];
         let json_bytes = {
             let db = sled::open(dir.path().join("db")).unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .insert(SCHEMA_KEY, &3u64.to_be_bytes())
-                .unwrap();
+            set_schema(&db, 3);
             let tree = db.open_tree("snapshots").unwrap();
             for (endpoint, snapshot) in &snapshots {
                 tree.insert(endpoint, json_snapshot(snapshot)).unwrap();
@@ -1655,13 +1651,7 @@ mod tests {
 
         // A migration that stopped after converting, before storing the
         // schema, is run again over snapshots already converted.
-        store
-            .db
-            .open_tree("meta")
-            .unwrap()
-            .insert(SCHEMA_KEY, &3u64.to_be_bytes())
-            .unwrap();
-        store.db.flush().unwrap();
+        set_schema(&store.db, 3);
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(schema(&store), SCHEMA_VERSION);
@@ -1682,13 +1672,7 @@ mod tests {
             store.commit_health("api", None, &rows).await.unwrap();
             // What schema 4 had: the rows, no index.
             store.db.drop_tree("due").unwrap();
-            store
-                .db
-                .open_tree("meta")
-                .unwrap()
-                .insert(SCHEMA_KEY, &4u64.to_be_bytes())
-                .unwrap();
-            store.db.flush().unwrap();
+            set_schema(&store.db, 4);
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(schema(&store), SCHEMA_VERSION);
@@ -1718,13 +1702,7 @@ mod tests {
                 std::fs::rename(&sharded, &root).unwrap();
                 flat.push(root);
             }
-            store
-                .db
-                .open_tree("meta")
-                .unwrap()
-                .insert(SCHEMA_KEY, &5u64.to_be_bytes())
-                .unwrap();
-            store.db.flush().unwrap();
+            set_schema(&store.db, 5);
             flat
         };
         let store = Store::open(dir.path()).unwrap();
