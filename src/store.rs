@@ -807,16 +807,30 @@ impl Store {
 
     /// The rows queued for a target that are safe to send, oldest first.
     pub fn outbox_rows(&self, target: &str) -> Result<Vec<QueuedRow>, StoreError> {
-        let mut rows = Vec::new();
-        for entry in self.outbox.scan_prefix(prefix(target)) {
-            let (key, value) = entry?;
-            let key = OutboxKey(key.to_vec());
-            if lock(&self.unflushed).contains(&key) {
-                continue;
-            }
-            rows.push((key, decode_json(&value, "outbox")?));
-        }
-        Ok(rows)
+        self.visible_rows(target).collect()
+    }
+
+    /// The rows queued for a target that are safe to send, oldest first,
+    /// each decoded only when it is reached.
+    fn visible_rows(
+        &self,
+        target: &str,
+    ) -> impl Iterator<Item = Result<QueuedRow, StoreError>> + '_ {
+        self.outbox
+            .scan_prefix(prefix(target))
+            .filter_map(move |entry| {
+                let (key, value) = match entry {
+                    Ok(entry) => entry,
+                    Err(error) => return Some(Err(error.into())),
+                };
+                let key = OutboxKey(key.to_vec());
+                (!self.is_hidden(&key)).then(|| Ok((key, decode_json(&value, "outbox")?)))
+            })
+    }
+
+    /// Whether a row is committed but not yet flushed, so not to be sent.
+    fn is_hidden(&self, key: &OutboxKey) -> bool {
+        lock(&self.unflushed).contains(key)
     }
 
     /// What a dispatcher starts next: up to `limit` rows of `target` due at
@@ -841,7 +855,7 @@ impl Store {
             if due_ms > now_ms {
                 return Ok((rows, Some(due_ms)));
             }
-            if busy(&key) || lock(&self.unflushed).contains(&key) {
+            if busy(&key) || self.is_hidden(&key) {
                 continue;
             }
             let Some(value) = self.outbox.get(&key.0)? else {
@@ -858,14 +872,7 @@ impl Store {
     /// The oldest row of `target` that is safe to send: the only one an
     /// ordered target looks at.
     pub fn head_row(&self, target: &str) -> Result<Option<QueuedRow>, StoreError> {
-        for entry in self.outbox.scan_prefix(prefix(target)) {
-            let (key, value) = entry?;
-            let key = OutboxKey(key.to_vec());
-            if !lock(&self.unflushed).contains(&key) {
-                return Ok(Some((key, decode_json(&value, "outbox")?)));
-            }
-        }
-        Ok(None)
+        self.visible_rows(target).next().transpose()
     }
 
     /// Queued rows, oldest first, of one target or all, for `pollhook deliveries`.
