@@ -6,6 +6,7 @@
 //! The daemon writes the address it really bound to `admin.addr` in its
 //! state dir, which is also how the CLI knows that a daemon is running.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
@@ -187,7 +188,7 @@ pub struct EndpointView {
 fn view(
     state: &AdminState,
     status: &EndpointStatus,
-    pending: &[(String, OutboxRow)],
+    pending: &HashMap<String, usize>,
 ) -> EndpointView {
     let endpoint = &status.endpoint;
     let snapshot = state.shared.store.snapshot(&endpoint.name).ok().flatten();
@@ -202,10 +203,7 @@ fn view(
         next_poll_ms: status.next_poll_ms,
         version: snapshot.as_ref().map(|snapshot| snapshot.version),
         last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
-        pending_deliveries: pending
-            .iter()
-            .filter(|(_, row)| *row.endpoint == *endpoint.name)
-            .count(),
+        pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),
     }
 }
 
@@ -227,7 +225,7 @@ fn not_found(what: String) -> Response {
 }
 
 async fn endpoints(State(state): State<AdminState>) -> Response {
-    let pending = match state.shared.store.queued_rows(None) {
+    let pending = match state.shared.store.pending_by_endpoint() {
         Ok(rows) => rows,
         Err(error) => return store_error(error),
     };
@@ -243,7 +241,7 @@ async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String
     let Some(status) = read(&state.shared.endpoints).get(name.as_str()).cloned() else {
         return not_found(format!("no endpoint named `{name}`"));
     };
-    match state.shared.store.queued_rows(None) {
+    match state.shared.store.pending_by_endpoint() {
         Ok(pending) => Json(view(&state, &status, &pending)).into_response(),
         Err(error) => store_error(error),
     }

@@ -25,6 +25,7 @@
 //! in ONE transaction the snapshot and one outbox row per target. A crash
 //! can repeat a delivery, never lose one.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -215,9 +216,9 @@ pub struct Store {
     /// Endpoints whose `endpoint.failing` was sent, until they recover.
     health: sled::Tree,
     /// Outbox rows committed but not yet flushed: not handed out yet.
-    unflushed: std::sync::Mutex<std::collections::HashSet<OutboxKey>>,
+    unflushed: std::sync::Mutex<HashSet<OutboxKey>>,
     /// Entries in each target's attempt log, counted once per process.
-    attempt_counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    attempt_counts: std::sync::Mutex<HashMap<String, usize>>,
     /// Group commit: see [`Store::flush`].
     flushing: tokio::sync::Mutex<()>,
     flush_requests: std::sync::atomic::AtomicU64,
@@ -883,6 +884,23 @@ impl Store {
         rows_of(&self.outbox, target)
     }
 
+    /// How many rows each endpoint has queued, over all targets. Decodes
+    /// only each row's endpoint: `/endpoints` shows the count of every
+    /// endpoint, and matching each against every decoded row cost
+    /// endpoints × rows.
+    pub fn pending_by_endpoint(&self) -> Result<HashMap<String, usize>, StoreError> {
+        #[derive(Deserialize)]
+        struct RowEndpoint {
+            endpoint: String,
+        }
+        let mut counts = HashMap::new();
+        for value in self.outbox.iter().values() {
+            let row: RowEndpoint = decode_json(&value?, "outbox")?;
+            *counts.entry(row.endpoint).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
     pub fn dead_len(&self) -> usize {
         self.dead.len()
     }
@@ -1368,6 +1386,32 @@ mod tests {
         drop(store);
         write_pid(dir.path());
         assert_eq!(Store::open(dir.path()).unwrap().outbox_len(), 3);
+    }
+
+    #[tokio::test]
+    async fn pending_rows_are_counted_per_endpoint_over_every_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let feed = OutboxRow {
+            endpoint: "feed".into(),
+            ..queued_row("feed", 0)
+        };
+        let rows = [
+            ("sink", queued_row("api", 0)),
+            ("other", queued_row("api", 0)),
+            ("sink", feed.clone()),
+        ];
+        let keys = store.commit_health("api", None, &rows).await.unwrap();
+        let counts = |store: &Store| {
+            let mut counts: Vec<_> = store.pending_by_endpoint().unwrap().into_iter().collect();
+            counts.sort();
+            counts
+        };
+        assert_eq!(counts(&store), [("api".into(), 2), ("feed".into(), 1)]);
+
+        store.complete(&keys[0], 0).unwrap();
+        store.dead_letter(&keys[2], 0, &feed).unwrap();
+        assert_eq!(counts(&store), [("api".into(), 1)]);
     }
 
     fn json(text: &str) -> Document {

@@ -58,7 +58,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
         None => {
             // Not running: what the config and the store still say.
             let store = Store::open(&config.state_dir)?;
-            let queued = store.queued_rows(None)?;
+            let pending = store.pending_by_endpoint()?;
             let mut views = Vec::new();
             for endpoint in &config.endpoints {
                 let snapshot = store.snapshot(&endpoint.name)?;
@@ -73,10 +73,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
                     next_poll_ms: None,
                     version: snapshot.as_ref().map(|snapshot| snapshot.version),
                     last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
-                    pending_deliveries: queued
-                        .iter()
-                        .filter(|(_, row)| *row.endpoint == *endpoint.name)
-                        .count(),
+                    pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),
                 });
             }
             (views, false)
