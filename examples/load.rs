@@ -33,6 +33,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -95,8 +96,16 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let api = Arc::new(Api::new(&args));
     let (api_address, receiver_address) = harness_runtime.block_on(async {
-        let api_address = serve(api_router(api.clone())).await?;
-        let receiver_address = serve(receiver_router(api.clone())).await?;
+        let api_address = serve(
+            api_router(api.clone()),
+            counter(&api, |api| &api.api_connections),
+        )
+        .await?;
+        let receiver_address = serve(
+            receiver_router(api.clone()),
+            counter(&api, |api| &api.receiver_connections),
+        )
+        .await?;
         anyhow::Ok((api_address, receiver_address))
     })?;
 
@@ -131,9 +140,12 @@ fn main() -> anyhow::Result<()> {
     drop(daemon_runtime);
     println!("store size on disk: {:.1} MiB", mib(dir_size(state.path())));
     println!(
-        "RSS: {:.1} MiB with the config compiled, peak (VmHWM, whole process) {:.1} MiB",
+        "RSS: {:.1} MiB with the config compiled, peak (VmHWM, whole process) {:.1} MiB; \
+         at the end {:.1} MiB anonymous, {:.1} MiB of mapped files",
         mib(rss_configured),
-        mib(vm_status("VmHWM:"))
+        mib(vm_status("VmHWM:")),
+        mib(vm_status("RssAnon:")),
+        mib(vm_status("RssFile:")),
     );
     Ok(())
 }
@@ -257,6 +269,11 @@ async fn run_daemon(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Resu
         api.bad_signatures.load(Ordering::Relaxed),
         api.unmatched.load(Ordering::Relaxed),
     );
+    println!(
+        "connections opened: {} to the API, {} to the receiver",
+        api.api_connections.load(Ordering::Relaxed),
+        api.receiver_connections.load(Ordering::Relaxed),
+    );
     let mut latencies = std::mem::take(&mut *lock(&api.latencies_ms));
     latencies.sort_by(f32::total_cmp);
     println!(
@@ -362,6 +379,10 @@ struct Api {
     changes_made: AtomicU64,
     /// Changed documents sent at least once: each must become one webhook.
     changes_served: AtomicU64,
+    /// Connections the daemon opened to the API and to the receiver: each
+    /// costs buffers at both ends, so bursts of polls show in the RSS.
+    api_connections: AtomicU64,
+    receiver_connections: AtomicU64,
     /// When each (endpoint, revision) was first sent.
     served_at: Mutex<HashMap<(usize, u64), Instant>>,
     /// Single precision, like the latencies: the harness's own memory is
@@ -398,6 +419,8 @@ impl Api {
             requests: AtomicU64::new(0),
             changes_made: AtomicU64::new(0),
             changes_served: AtomicU64::new(0),
+            api_connections: AtomicU64::new(0),
+            receiver_connections: AtomicU64::new(0),
             served_at: Mutex::default(),
             gaps_ms: Mutex::default(),
             delivered: AtomicU64::new(0),
@@ -551,11 +574,25 @@ async fn receive(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -
     StatusCode::NO_CONTENT
 }
 
-async fn serve(router: Router) -> std::io::Result<std::net::SocketAddr> {
+/// Counts the connections a server accepts into one of `api`'s counters.
+fn counter(
+    api: &Arc<Api>,
+    field: fn(&Api) -> &AtomicU64,
+) -> impl FnMut(&mut tokio::net::TcpStream) + Send + 'static {
+    let api = api.clone();
+    move |_| {
+        field(&api).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(
+    router: Router,
+    accepted: impl FnMut(&mut tokio::net::TcpStream) + Send + 'static,
+) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
+        if let Err(error) = axum::serve(listener.tap_io(accepted), router).await {
             eprintln!("load: a server stopped: {error}");
         }
     });
