@@ -1412,7 +1412,9 @@ mod tests {
     fn a_store_opens_with_every_document_directory_made() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let shards = std::fs::read_dir(dir.path().join("documents")).unwrap().count();
+        let shards = std::fs::read_dir(dir.path().join("documents"))
+            .unwrap()
+            .count();
         assert_eq!(shards, 256);
         for endpoint in ["api", "feed", "e9999"] {
             assert!(store.document_path(endpoint, 1).parent().unwrap().is_dir());
@@ -1421,7 +1423,9 @@ mod tests {
         write_pid(dir.path());
         // Opened again, they are all still there and nothing else is.
         Store::open(dir.path()).unwrap();
-        let shards = std::fs::read_dir(dir.path().join("documents")).unwrap().count();
+        let shards = std::fs::read_dir(dir.path().join("documents"))
+            .unwrap()
+            .count();
         assert_eq!(shards, 256);
     }
 
