@@ -226,7 +226,7 @@ fn not_found(what: String) -> Response {
 
 async fn endpoints(State(state): State<AdminState>) -> Response {
     let pending = match state.shared.store.pending_by_endpoint() {
-        Ok(rows) => rows,
+        Ok(pending) => pending,
         Err(error) => return store_error(error),
     };
     let statuses: Vec<EndpointStatus> = read(&state.shared.endpoints).values().cloned().collect();
