@@ -194,7 +194,7 @@ fn view(
     let snapshot = state.shared.store.snapshot(&endpoint.name).ok().flatten();
     EndpointView {
         name: endpoint.name.to_string(),
-        url: endpoint.display_url(),
+        url: endpoint.display_url().to_string(),
         schedule: endpoint.schedule.to_string(),
         targets: endpoint.targets.to_vec(),
         last_poll_ms: status.last_poll_ms,

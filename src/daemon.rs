@@ -920,7 +920,7 @@ async fn poll_once(
     let observe = async {
         // The host's gate first: waiting for a busy host must not hold one
         // of the global permits that other hosts could use.
-        let _host = shared.hosts.enter(&endpoint.url).await;
+        let _host = shared.hosts.enter(endpoint.url.url()).await;
         let _permit = shared
             .permits
             .acquire()

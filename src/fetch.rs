@@ -4,15 +4,23 @@
 //! every endpoint. The body is read while streaming and cut off at the
 //! endpoint's `max_body`; stored validators make the request conditional, so
 //! an unchanged resource costs a 304.
+//!
+//! Redirects are followed here, not by the client, so that the endpoint's
+//! headers (API keys) and body go only to its own origin: a redirect to
+//! another origin is refused, or with `follow_redirects = "any"` followed
+//! without them. No `Referer` is ever sent (it would carry the query).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
+    ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
 
-use crate::config::Endpoint;
+use crate::config::{Endpoint, FollowRedirects};
+
+/// Redirects followed in one poll before it fails.
+const MAX_REDIRECTS: usize = 10;
 
 /// The `ETag` and `Last-Modified` of the stored snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,12 +55,20 @@ pub enum FetchError {
     },
     #[error("the response body is larger than `max_body` ({limit} bytes)")]
     TooLarge { limit: u64 },
+    /// A redirect that was not followed; `to` shows only the origin.
+    #[error("not following the redirect to {to}: {why}")]
+    Redirect { to: String, why: &'static str },
+    #[error("a redirect whose `Location` is {0}")]
+    BadRedirect(&'static str),
 }
 
-/// The client every poll shares.
+/// The client every poll shares. It follows no redirects itself: see
+/// [`fetch`].
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .gzip(true)
         .brotli(true)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -61,29 +77,14 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// Polls `endpoint` once. Non-2xx, timeouts and oversized bodies are errors:
-/// the caller keeps its snapshot and tries again later.
+/// the caller keeps its snapshot and tries again later. `endpoint.timeout`
+/// covers the whole poll, redirects included.
 pub async fn fetch(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     validators: Option<&Validators>,
 ) -> Result<Fetched, FetchError> {
-    let mut request = client
-        .request(endpoint.method.clone(), endpoint.url.clone())
-        .timeout(endpoint.timeout);
-    if let Some(headers) = &endpoint.headers {
-        request = request.headers(reqwest::header::HeaderMap::clone(headers));
-    }
-    if let Some(body) = &endpoint.body {
-        request = request.body(body.clone());
-    }
-    if let Some(validators) = validators {
-        if let Some(etag) = &validators.etag {
-            request = request.header(IF_NONE_MATCH, etag);
-        }
-        if let Some(last_modified) = &validators.last_modified {
-            request = request.header(IF_MODIFIED_SINCE, last_modified);
-        }
-    }
+    let deadline = tokio::time::Instant::now() + endpoint.timeout;
     let classify = |error: reqwest::Error| {
         if error.is_timeout() {
             FetchError::Timeout(endpoint.timeout)
@@ -91,7 +92,79 @@ pub async fn fetch(
             FetchError::Request(crate::error_chain(&error.without_url()))
         }
     };
-    let mut response = request.send().await.map_err(classify)?;
+    let mut url = endpoint.url.url().clone();
+    let mut method = endpoint.method.clone();
+    let mut with_body = endpoint.body.is_some();
+    // The endpoint's headers, body and validators go only to its origin:
+    // once a redirect has left it, none of them is sent again.
+    let mut at_origin = true;
+    let mut redirects = 0;
+    let mut response = loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(FetchError::Timeout(endpoint.timeout));
+        }
+        let mut request = client
+            .request(method.clone(), url.clone())
+            .timeout(remaining);
+        if at_origin {
+            if let Some(headers) = &endpoint.headers {
+                request = request.headers(HeaderMap::clone(headers));
+            }
+            if let Some(validators) = validators {
+                if let Some(etag) = &validators.etag {
+                    request = request.header(IF_NONE_MATCH, etag);
+                }
+                if let Some(last_modified) = &validators.last_modified {
+                    request = request.header(IF_MODIFIED_SINCE, last_modified);
+                }
+            }
+        }
+        if let (true, Some(body)) = (with_body, &endpoint.body) {
+            request = request.body(body.value.clone());
+        }
+        let response = request.send().await.map_err(classify)?;
+        let Some(next) = redirect(&url, &response) else {
+            break response;
+        };
+        let next = next.map_err(FetchError::BadRedirect)?;
+        let refuse = |why| FetchError::Redirect {
+            to: format!("`{}`", next.origin().ascii_serialization()),
+            why,
+        };
+        if endpoint.follow_redirects == FollowRedirects::None {
+            return Err(refuse("`follow_redirects = \"none\"`"));
+        }
+        redirects += 1;
+        if redirects > MAX_REDIRECTS {
+            return Err(refuse("more than 10 redirects"));
+        }
+        // 301 and 302 turn a POST into a GET, as browsers do; 303 any method.
+        let status = response.status();
+        if status == StatusCode::SEE_OTHER
+            || (method == reqwest::Method::POST
+                && matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND))
+        {
+            if method != reqwest::Method::HEAD {
+                method = reqwest::Method::GET;
+            }
+            with_body = false;
+        }
+        if at_origin && !same_origin(endpoint.url.url(), &next) {
+            if endpoint.follow_redirects != FollowRedirects::Any {
+                return Err(refuse(
+                    "it is another origin, which would get the endpoint's headers (set `follow_redirects = \"any\"` to follow it without them)",
+                ));
+            }
+            if with_body {
+                return Err(refuse(
+                    "it is another origin, and a 307 or 308 would send it the endpoint's body",
+                ));
+            }
+            at_origin = false;
+        }
+        url = next;
+    };
     let status = response.status();
     if status == StatusCode::NOT_MODIFIED {
         return Ok(Fetched::NotModified);
@@ -112,7 +185,7 @@ pub async fn fetch(
     let header = |name| {
         headers
             .get(name)
-            .and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok())
+            .and_then(|value: &HeaderValue| value.to_str().ok())
             .map(str::to_string)
     };
     let content_type = header(reqwest::header::CONTENT_TYPE);
@@ -144,6 +217,47 @@ pub async fn fetch(
     })
 }
 
+/// Where a redirect response points, resolved against `url`; `None` when
+/// the response is not a redirect (a 3xx without `Location` is a failure).
+fn redirect(
+    url: &url::Url,
+    response: &reqwest::Response,
+) -> Option<Result<url::Url, &'static str>> {
+    if !matches!(
+        response.status(),
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return None;
+    }
+    let location = response.headers().get(reqwest::header::LOCATION)?;
+    let next = location
+        .to_str()
+        .ok()
+        .and_then(|location| url.join(location).ok())
+        .ok_or("not a URL");
+    Some(next.and_then(|next| match next.scheme() {
+        "http" | "https" => Ok(next),
+        _ => Err("not an `http` or `https` URL"),
+    }))
+}
+
+/// Whether `to` may get what was meant for `from`: the same scheme, host
+/// and port, or the step from `http` to `https` on a host's default ports.
+fn same_origin(from: &url::Url, to: &url::Url) -> bool {
+    let same_host = from.host_str() == to.host_str();
+    let same_scheme_and_port =
+        from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default();
+    let upgrade = from.scheme() == "http"
+        && to.scheme() == "https"
+        && from.port_or_known_default() == Some(80)
+        && to.port_or_known_default() == Some(443);
+    same_host && (same_scheme_and_port || upgrade)
+}
+
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -161,4 +275,26 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     chrono::DateTime::parse_from_rfc2822(value)
         .ok()
         .map(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let check = |from: &str, to: &str, expected: bool| {
+            let (from, to) = (from.parse().unwrap(), to.parse().unwrap());
+            assert_eq!(same_origin(&from, &to), expected, "{from} -> {to}");
+        };
+        check("https://api.example/a?k=1", "https://api.example/b", true);
+        check("https://api.example/", "https://API.example:443/", true);
+        check("http://api.example/", "https://api.example/", true);
+        check("https://api.example/", "http://api.example/", false);
+        check("http://api.example:8080/", "https://api.example/", false);
+        check("https://api.example/", "https://api.example:8443/", false);
+        check("https://api.example/", "https://other.example/", false);
+        check("https://api.example/", "https://sub.api.example/", false);
+        check("http://127.0.0.1:1/", "http://localhost:1/", false);
+    }
 }

@@ -64,7 +64,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
                 let snapshot = store.snapshot(&endpoint.name)?;
                 views.push(EndpointView {
                     name: endpoint.name.to_string(),
-                    url: endpoint.display_url(),
+                    url: endpoint.display_url().to_string(),
                     schedule: endpoint.schedule.to_string(),
                     targets: endpoint.targets.to_vec(),
                     last_poll_ms: None,

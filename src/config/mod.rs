@@ -28,6 +28,7 @@ use crate::jq::Jq;
 use crate::schedule::Schedule;
 pub use values::{
     ByteSize, CronExpr, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
+    redact_written_url,
 };
 
 /// Where the daemon looks when neither `-c` nor `POLLHOOK_CONFIG` says otherwise.
@@ -129,6 +130,7 @@ struct DefaultsConfig {
     keep_history: Option<Spanned<usize>>,
     emit_initial: Option<bool>,
     fail_after: Option<u32>,
+    follow_redirects: Option<FollowRedirects>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,8 +139,10 @@ struct EndpointConfig {
     name: Spanned<String>,
     url: HttpUrl,
     method: Option<HttpMethod>,
+    /// Checked in [`Compiler::compile_headers`], where an error can name
+    /// the header instead of quoting its value.
     #[serde(default)]
-    headers: BTreeMap<HeaderKey, HeaderText>,
+    headers: BTreeMap<HeaderKey, Spanned<String>>,
     body: Option<EnvString>,
     every: Option<Spanned<HumanDuration>>,
     cron: Option<Spanned<CronExpr>>,
@@ -157,6 +161,7 @@ struct EndpointConfig {
     replace: Option<Spanned<Vec<(Pattern, String)>>>,
     when: Option<Jq>,
     fail_after: Option<u32>,
+    follow_redirects: Option<FollowRedirects>,
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
     keep_history: Option<Spanned<usize>>,
@@ -169,6 +174,21 @@ pub enum ItemEvent {
     Added,
     Removed,
     Changed,
+}
+
+/// Which redirects a poll follows. The endpoint's headers and body go only
+/// to its own origin, whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FollowRedirects {
+    /// Only to the same scheme, host and port (or from `http` to `https`
+    /// on the same host); a redirect elsewhere is a failed poll.
+    #[default]
+    SameOrigin,
+    /// Anywhere, but past the endpoint's origin without its headers and body.
+    Any,
+    /// None: a 3xx is a failed poll.
+    None,
 }
 
 /// A regular expression, compiled while the config is read.
@@ -278,24 +298,6 @@ impl FromStr for HeaderKey {
     }
 }
 
-/// A header value with `${...}` expanded. Values that came from outside (the
-/// environment, a file, a credential) are marked sensitive, so `Debug` and
-/// logs never show them.
-#[derive(Debug, Clone)]
-struct HeaderText(HeaderValue);
-
-impl FromStr for HeaderText {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let expanded: EnvString = text.parse()?;
-        let mut value = HeaderValue::from_str(&expanded.value)
-            .map_err(|_| format!("invalid header value `{text}`"))?;
-        value.set_sensitive(expanded.expanded);
-        Ok(HeaderText(value))
-    }
-}
-
 /// An RFC 6901 JSON pointer (`/items/0/price`).
 #[derive(Debug, Clone)]
 struct JsonPointer(String);
@@ -328,7 +330,6 @@ macro_rules! deserialize_via_from_str {
 deserialize_via_from_str!(
     HttpMethod,
     HeaderKey,
-    HeaderText,
     JsonPointer,
     Rate,
     AdminListen,
@@ -359,12 +360,13 @@ pub struct Config {
 pub struct Endpoint {
     /// Shared with the schedule's and the statuses' keys.
     pub name: Arc<str>,
-    pub url: url::Url,
+    pub url: HttpUrl,
     pub method: reqwest::Method,
     /// None when there are none: most endpoints have none, and an empty
-    /// map is 96 bytes.
+    /// map is 96 bytes. Every value is marked sensitive, so `Debug` and
+    /// logs never show it.
     pub headers: Option<Box<HeaderMap>>,
-    pub body: Option<String>,
+    pub body: Option<EnvString>,
     pub schedule: Schedule,
     pub timeout: Duration,
     pub max_body: u64,
@@ -380,6 +382,7 @@ pub struct Endpoint {
     pub batch: bool,
     /// Consecutive failed polls before `endpoint.failing` is sent; 0: never.
     pub fail_after: u32,
+    pub follow_redirects: FollowRedirects,
     /// Names of the targets that receive this endpoint's events.
     pub targets: Arc<[String]>,
     pub emit_initial: bool,
@@ -400,9 +403,10 @@ impl Endpoint {
         self.rules.as_deref().unwrap_or(&NO_RULES)
     }
 
-    /// The URL as it may be logged or sent: without credentials.
-    pub fn display_url(&self) -> String {
-        redact_url(&self.url)
+    /// The URL as it may be logged or sent: without credentials, and
+    /// each part that came from `${...}` as `***`.
+    pub fn display_url(&self) -> &str {
+        self.url.shown()
     }
 }
 
@@ -410,7 +414,7 @@ impl Endpoint {
 #[derive(Debug, PartialEq)]
 pub struct Target {
     pub name: String,
-    pub url: url::Url,
+    pub url: HttpUrl,
     /// Each signs every delivery; several during a rotation.
     pub secrets: Vec<WebhookSecret>,
     pub timeout: Duration,
@@ -768,7 +772,7 @@ impl<'s> Compiler<'s> {
             );
             targets.push(Arc::new(Target {
                 name: raw.name.into_inner(),
-                url: raw.url.0,
+                url: raw.url,
                 secrets,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
                 retry,
@@ -978,12 +982,7 @@ impl<'s> Compiler<'s> {
                 continue;
             };
             let rules = self.compile_rules(&mut raw, &context);
-            let mut headers = HeaderMap::new();
-            for (name, value) in raw.headers {
-                if let Ok(name) = HeaderName::from_str(&name.0) {
-                    headers.insert(name, value.0);
-                }
-            }
+            let headers = self.compile_headers(std::mem::take(&mut raw.headers), &context);
             let on: Cow<'static, [ItemEvent]> = match raw.on {
                 Some(on) if on.get_ref().is_empty() => {
                     self.problem(
@@ -996,13 +995,18 @@ impl<'s> Compiler<'s> {
                 Some(on) => Cow::Owned(on.into_inner()),
                 None => Cow::Borrowed(&[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed]),
             };
-            let body = raw.body.map(|body| body.value);
+            let body = raw.body;
             let method = raw.method.map_or(reqwest::Method::GET, |method| method.0);
-            let definition =
-                definition_hash(&raw.url.0, &method, &headers, body.as_deref(), &rules);
+            let definition = definition_hash(
+                raw.url.url(),
+                &method,
+                &headers,
+                body.as_ref().map(|body| body.value.as_str()),
+                &rules,
+            );
             endpoints.push(Arc::new(Endpoint {
                 name: raw.name.into_inner().into(),
-                url: raw.url.0,
+                url: raw.url,
                 method,
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 body,
@@ -1023,6 +1027,10 @@ impl<'s> Compiler<'s> {
                     .fail_after
                     .or(defaults.fail_after)
                     .unwrap_or(DEFAULT_FAIL_AFTER),
+                follow_redirects: raw
+                    .follow_redirects
+                    .or(defaults.follow_redirects)
+                    .unwrap_or_default(),
                 targets,
                 emit_initial: raw.emit_initial.or(defaults.emit_initial).unwrap_or(false),
                 keep_history,
@@ -1030,6 +1038,38 @@ impl<'s> Compiler<'s> {
             }));
         }
         endpoints
+    }
+
+    /// Header values with `${...}` expanded, all marked sensitive: a
+    /// literal value is as likely a key as one from the environment.
+    /// Errors name the header, never its value.
+    fn compile_headers(
+        &mut self,
+        raw: BTreeMap<HeaderKey, Spanned<String>>,
+        context: &Option<String>,
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, text) in raw {
+            let start = text.span().start;
+            let value = expand_env(text.get_ref()).and_then(|value| {
+                HeaderValue::from_str(&value).map_err(|_| {
+                    format!(
+                        "invalid value for header `{}`: it holds a character headers cannot carry (a newline or another control character)",
+                        name.0
+                    )
+                })
+            });
+            match (HeaderName::from_str(&name.0), value) {
+                (Ok(name), Ok(mut value)) => {
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
+                (_, Err(message)) => self.problem(start, context.clone(), message),
+                // Checked while deserialising.
+                (Err(_), Ok(_)) => {}
+            }
+        }
+        headers
     }
 
     /// The extraction rules, checked for keys that cannot go together:
@@ -1389,6 +1429,36 @@ targets = ["nowhere"]
             assert_eq!(found.len(), 1, "{extra}: {found:#?}");
             assert!(found[0].starts_with(expected), "{extra}: {found:#?}");
         }
+    }
+
+    #[test]
+    fn mistakes_in_secret_values_never_quote_them() {
+        let found = problems(
+            r#"[defaults]
+every = "1m"
+[[endpoint]]
+name = "a"
+url = "ftp://user:PASSWORD@host/x"
+[[endpoint]]
+name = "b"
+url = "http://host/x"
+headers = { Authorization = "Bearer PHSECRET\u0001", X-Key = "${POLLHOOK_TEST_SURELY_UNSET}" }
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "5:7 endpoint `a` invalid URL `ftp://user:***@host/x`: scheme `ftp` is not `http` or `https`",
+                "9:29 endpoint `b` invalid value for header `authorization`: it holds a character headers cannot carry (a newline or another control character)",
+                "9:62 endpoint `b` environment variable `POLLHOOK_TEST_SURELY_UNSET` is not set",
+            ]
+        );
+        let literal = Config::compile(
+            "[[endpoint]]\nname = \"a\"\nurl = \"http://h/\"\nevery = \"1m\"\nheaders = { X-Key = \"PHSECRET\" }\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert!(!format!("{:?}", literal.endpoints[0]).contains("PHSECRET"));
     }
 
     #[test]

@@ -61,30 +61,65 @@ impl FromStr for HumanDuration {
     }
 }
 
-/// An absolute `http` or `https` URL, after `${...}` expansion (environment, file, credential).
+/// An absolute `http` or `https` URL after `${...}` expansion
+/// (environment, file, credential), and the form it may be shown in.
 #[derive(Clone, PartialEq, Eq)]
-pub struct HttpUrl(pub url::Url);
+pub struct HttpUrl {
+    url: url::Url,
+    /// What logs, events, the admin API and `Debug` show: each part that
+    /// came from `${...}` as `***`, and no user name or password.
+    shown: String,
+}
+
+impl HttpUrl {
+    /// The URL requests go to, secrets included: never show it.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The URL as it may be shown.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
 
 impl FromStr for HttpUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let expanded = expand_env(text)?;
-        // The expanded text may hold a token: quote only what the user wrote.
-        let url =
-            url::Url::parse(&expanded).map_err(|err| format!("invalid URL `{text}`: {err}"))?;
-        match url.scheme() {
-            "http" | "https" => Ok(HttpUrl(url)),
-            other => Err(format!(
-                "invalid URL `{text}`: scheme `{other}` is not `http` or `https`"
-            )),
+        let expanded = expand(text)?;
+        // The expanded text may hold a token: quote only what the user
+        // wrote, and not even its password.
+        let written = redact_written_url(text);
+        let url = url::Url::parse(&expanded.value)
+            .map_err(|err| format!("invalid URL `{written}`: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "invalid URL `{written}`: scheme `{}` is not `http` or `https`",
+                url.scheme()
+            ));
         }
+        let shown = if expanded.secret {
+            match url::Url::parse(&expanded.masked) {
+                Ok(masked) => redact_url(&masked),
+                Err(_) => redact_written_url(&expanded.masked),
+            }
+        } else {
+            redact_url(&url)
+        };
+        Ok(HttpUrl { url, shown })
     }
 }
 
 impl fmt::Debug for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
     }
 }
 
@@ -98,6 +133,29 @@ pub fn redact_url(url: &url::Url) -> String {
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.to_string()
+}
+
+/// A URL as written, perhaps not even valid, with the password of its
+/// user-info (`scheme://user:password@host`) replaced by `***`: for
+/// messages about a URL that did not parse.
+pub fn redact_written_url(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_string();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = text[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |end| authority_start + end);
+    let authority = &text[authority_start..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_string();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return text.to_string();
+    };
+    let password_start = authority_start + colon + 1;
+    let password_end = authority_start + at;
+    format!("{}***{}", &text[..password_start], &text[password_end..])
 }
 
 /// A cron expression: the 5-field crontab users write (`*/5 * * * *`), or the
@@ -247,10 +305,10 @@ impl FromStr for EnvString {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let value = expand_env(text)?;
+        let expanded = expand(text)?;
         Ok(EnvString {
-            expanded: value != text,
-            value,
+            expanded: expanded.secret,
+            value: expanded.value,
         })
     }
 }
@@ -275,27 +333,54 @@ impl fmt::Debug for EnvString {
 /// `$${` stands for a literal `${`. Errors name the variable, file or
 /// credential, never the value.
 pub fn expand_env(text: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
+    expand(text).map(|expanded| expanded.value)
+}
+
+/// A config string with its `${...}` parts expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expanded {
+    pub value: String,
+    /// The same text with each `${...}` part as `***`, to be shown.
+    pub masked: String,
+    /// Whether any part came from `${...}`.
+    pub secret: bool,
+}
+
+/// See [`expand_env`].
+pub fn expand(text: &str) -> Result<Expanded, String> {
+    let mut expanded = Expanded {
+        value: String::with_capacity(text.len()),
+        masked: String::with_capacity(text.len()),
+        secret: false,
+    };
     let mut rest = text;
     while let Some(start) = rest.find('$') {
-        out.push_str(&rest[..start]);
+        let before = &rest[..start];
+        expanded.value.push_str(before);
+        expanded.masked.push_str(before);
         let after = &rest[start..];
         if let Some(tail) = after.strip_prefix("$${") {
-            out.push_str("${");
+            expanded.value.push_str("${");
+            expanded.masked.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
+            // Not quoted: the text around it may be a secret written inline.
             let end = tail
                 .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
-            out.push_str(&expand_one(&tail[..end])?);
+                .ok_or("unclosed `${` (write `$${` for a literal `${`)")?;
+            expanded.value.push_str(&expand_one(&tail[..end])?);
+            expanded.masked.push_str("***");
+            expanded.secret = true;
             rest = &tail[end + 1..];
         } else {
-            out.push('$');
+            expanded.value.push('$');
+            expanded.masked.push('$');
             rest = &after[1..];
         }
     }
-    out.push_str(rest);
-    Ok(out)
+    expanded.value.push_str(rest);
+    expanded.masked.push_str(rest);
+    Ok(expanded)
 }
 
 /// The value of what one `${...}` holds.
@@ -464,6 +549,8 @@ mod tests {
             expand_env("cost $5 $${literal}").unwrap(),
             "cost $5 ${literal}"
         );
+        let unclosed = expand_env("Bearer PHSECRET ${TOKEN").unwrap_err();
+        assert!(!unclosed.contains("PHSECRET"), "{unclosed}");
         let missing = expand_env("${POLLHOOK_TEST_SURELY_MISSING}").unwrap_err();
         assert!(
             missing.contains("POLLHOOK_TEST_SURELY_MISSING"),
@@ -516,5 +603,59 @@ mod tests {
         assert!(!bad.contains("not base64"), "{bad}");
         let url: HttpUrl = "https://user:hunter2@example.com/x".parse().unwrap();
         assert_eq!(format!("{url:?}"), "https://example.com/x");
+        assert_eq!(url.url().password(), Some("hunter2"));
+    }
+
+    #[test]
+    fn url_parts_from_secrets_are_shown_masked() {
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("POLLHOOK_TEST_APPID", "SUPERSECRETKEY");
+            std::env::set_var("POLLHOOK_TEST_HOST", "api.example");
+        }
+        let check = |written: &str, sent: &str, shown: &str| {
+            let url: HttpUrl = written.parse().unwrap();
+            assert_eq!(url.url().as_str(), sent, "{written}");
+            assert_eq!(url.shown(), shown, "{written}");
+            assert_eq!(format!("{url:?}"), shown, "{written}");
+            assert_eq!(url.to_string(), shown, "{written}");
+        };
+        check(
+            "https://api.example/v1?appid=${POLLHOOK_TEST_APPID}&units=metric",
+            "https://api.example/v1?appid=SUPERSECRETKEY&units=metric",
+            "https://api.example/v1?appid=***&units=metric",
+        );
+        check(
+            "https://api.example/${POLLHOOK_TEST_APPID}/feed",
+            "https://api.example/SUPERSECRETKEY/feed",
+            "https://api.example/***/feed",
+        );
+        check(
+            "https://${POLLHOOK_TEST_HOST}/x",
+            "https://api.example/x",
+            "https://***/x",
+        );
+        check(
+            "https://me:${POLLHOOK_TEST_APPID}@api.example/x",
+            "https://me:SUPERSECRETKEY@api.example/x",
+            "https://api.example/x",
+        );
+        check("http://api.example", "http://api.example/", "http://api.example/");
+    }
+
+    #[test]
+    fn url_errors_never_show_a_password() {
+        let cases = [
+            ("ftp://user:PASSWORD@host/x", "invalid URL `ftp://user:***@host/x`: scheme `ftp` is not `http` or `https`"),
+            ("http://user:PASSWORD@ho st/x", "invalid URL `http://user:***@ho st/x`: invalid international domain name"),
+            ("https://user@host:99999/", "invalid URL `https://user@host:99999/`: invalid port number"),
+            ("https://a:b:c@[::1/", "invalid URL `https://a:***@[::1/`: invalid IPv6 address"),
+        ];
+        for (written, expected) in cases {
+            let error = written.parse::<HttpUrl>().unwrap_err();
+            assert_eq!(error, expected);
+        }
+        assert_eq!(redact_written_url("no scheme"), "no scheme");
+        assert_eq!(redact_written_url("http://h/p?x=a:b@c"), "http://h/p?x=a:b@c");
     }
 }

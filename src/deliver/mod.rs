@@ -82,7 +82,7 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
         }
     };
     let mut request = client
-        .post(target.url.clone())
+        .post(target.url.url().clone())
         .timeout(target.timeout)
         .header(CONTENT_TYPE, &rendered.content_type)
         .header("webhook-id", &row.event_id)

@@ -7,6 +7,7 @@ mod delivery;
 mod formats;
 mod pipeline;
 mod retry;
+mod secrets;
 mod service;
 mod support;
 mod watch;
