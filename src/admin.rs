@@ -2,7 +2,10 @@
 //!
 //! sled admits one process, so while the daemon runs the CLI asks it over
 //! this API instead of opening the store. It listens on loopback by default
-//! (or a unix socket); mutating routes need the bearer token when one is set.
+//! (or a unix socket). When a token is set, every route but `/healthz` and
+//! `/readyz` needs it (`/metrics` too, unless `metrics_public`). On a
+//! loopback listener a request must name a loopback host, so that a web
+//! page cannot reach the API through DNS rebinding.
 //! The daemon writes the address it really bound to `admin.addr` in its
 //! state dir, which is also how the CLI knows that a daemon is running.
 
@@ -53,16 +56,7 @@ pub async fn serve(
         shared,
         shutdown: shutdown.clone(),
     };
-    let mutating = Router::new()
-        .route("/api/v1/endpoints/{name}/poll", post(poll_now))
-        .route("/api/v1/dead/{id}/replay", post(replay))
-        .route("/api/v1/targets/{name}/resume", post(resume))
-        .route("/api/v1/reload", post(reload))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let mut protected = Router::new()
         .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/endpoints/{name}", get(endpoint))
         .route("/api/v1/endpoints/{name}/history", get(history))
@@ -70,8 +64,24 @@ pub async fn serve(
         .route("/api/v1/deliveries", get(deliveries))
         .route("/api/v1/dead", get(dead))
         .route("/api/v1/events", get(events))
-        .merge(mutating)
-        .with_state(state);
+        .route("/api/v1/endpoints/{name}/poll", post(poll_now))
+        .route("/api/v1/dead/{id}/replay", post(replay))
+        .route("/api/v1/targets/{name}/resume", post(resume))
+        .route("/api/v1/reload", post(reload));
+    let mut public = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if listen.metrics_public {
+        public = public.route("/metrics", get(metrics));
+    } else {
+        protected = protected.route("/metrics", get(metrics));
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let mut router = public.merge(protected).with_state(state);
+    if matches!(&listen.listen, AdminListen::Tcp(address) if address.ip().is_loopback()) {
+        router = router.layer(middleware::from_fn(require_loopback_host));
+    }
     let stop = shutdown.clone().cancelled_owned();
     match &listen.listen {
         AdminListen::Tcp(address) => {
@@ -92,11 +102,10 @@ pub async fn serve(
             Ok(bound)
         }
         AdminListen::Unix(path) => {
-            // A socket left by a daemon that was killed would block the bind.
-            let _ = std::fs::remove_file(path);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
+            remove_stale_socket(path).await?;
             let listener = tokio::net::UnixListener::bind(path).map_err(|error| {
                 anyhow::anyhow!(
                     "cannot listen on `{}` for the admin API: {error}",
@@ -116,7 +125,78 @@ pub async fn serve(
     }
 }
 
-/// Mutating routes need `Authorization: Bearer <token>` when a token is set.
+/// Removes a socket left by a daemon that was killed, which would block the
+/// bind. Anything else at the path stays: another file is refused, and so
+/// is a socket something still answers on.
+async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let file_type = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            anyhow::bail!("cannot use `{}` for the admin API: {error}", path.display())
+        }
+    };
+    if !file_type.is_socket() {
+        anyhow::bail!(
+            "cannot use `{}` for the admin API: something other than a socket is there; move it away or choose another `listen` path",
+            path.display()
+        );
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        anyhow::bail!(
+            "cannot use `{}` for the admin API: another process listens on it (is pollhook running already?)",
+            path.display()
+        );
+    }
+    std::fs::remove_file(path).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot remove the stale socket `{}`: {error}",
+            path.display()
+        )
+    })
+}
+
+/// Refuses a request that names a host which is not loopback: a browser
+/// sends the name it looked up, so a page whose name now resolves to
+/// 127.0.0.1 (DNS rebinding) is told apart from the CLI and local tools.
+async fn require_loopback_host(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|host| host.to_str().unwrap_or_default());
+    if host.is_some_and(|host| !is_loopback_host(host)) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({
+                "error": "the admin API listens on loopback and answers only requests for a loopback host (`localhost`, `127.0.0.1`, `[::1]`)"
+            })),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names a loopback host: `localhost` (or a name
+/// under it) or a loopback address, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((address, port)) if port.is_empty() || port.starts_with(':') => address,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+/// Routes other than `/healthz` and `/readyz` need
+/// `Authorization: Bearer <token>` when a token is set.
 async fn require_token(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -581,10 +661,15 @@ impl AdminClient {
         method: &str,
         path: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError> {
+        // The admin API answers only requests for a loopback host.
+        let host = match self.address.strip_prefix("unix:") {
+            Some(_) => "localhost",
+            None => self.address.as_str(),
+        };
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, "pollhook");
+            .header(header::HOST, host);
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -715,6 +800,34 @@ mod tests {
         let mut fresh = receiver.resubscribe();
         drop(sender);
         assert!(matches!(next_live(&mut fresh, &filter).await, Live::Closed));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST:9477",
+            "app.localhost",
+            "127.0.0.1",
+            "127.0.0.1:9477",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:9477",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:9477",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:9477",
+            "[::2]:9477",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]

@@ -65,8 +65,11 @@ struct TopConfig {
 #[serde(deny_unknown_fields)]
 struct AdminConfig {
     listen: Option<AdminListen>,
-    /// Required for mutating routes when set; required at all off loopback.
+    /// Required by every route but `/healthz` and `/readyz` when set;
+    /// required at all off loopback.
     token: Option<EnvString>,
+    /// `/metrics` without the token, for a Prometheus without it.
+    metrics_public: Option<bool>,
 }
 
 /// Where the admin API listens: `127.0.0.1:9477` or `unix:/run/pollhook/admin.sock`.
@@ -108,6 +111,7 @@ impl fmt::Display for AdminListen {
 pub struct Admin {
     pub listen: AdminListen,
     pub token: Option<String>,
+    pub metrics_public: bool,
 }
 
 impl fmt::Debug for Admin {
@@ -115,6 +119,7 @@ impl fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("metrics_public", &self.metrics_public)
             .finish()
     }
 }
@@ -649,6 +654,7 @@ impl<'s> Compiler<'s> {
             return Admin {
                 listen: default_listen,
                 token: None,
+                metrics_public: false,
             };
         };
         let start = raw.span().start;
@@ -659,6 +665,7 @@ impl<'s> Compiler<'s> {
                 .token
                 .map(|token| token.value)
                 .filter(|token| !token.is_empty()),
+            metrics_public: raw.metrics_public.unwrap_or(false),
         };
         if let AdminListen::Tcp(address) = &admin.listen
             && !address.ip().is_loopback()

@@ -640,22 +640,41 @@ mod tests {
             "https://me:SUPERSECRETKEY@api.example/x",
             "https://api.example/x",
         );
-        check("http://api.example", "http://api.example/", "http://api.example/");
+        check(
+            "http://api.example",
+            "http://api.example/",
+            "http://api.example/",
+        );
     }
 
     #[test]
     fn url_errors_never_show_a_password() {
         let cases = [
-            ("ftp://user:PASSWORD@host/x", "invalid URL `ftp://user:***@host/x`: scheme `ftp` is not `http` or `https`"),
-            ("http://user:PASSWORD@ho st/x", "invalid URL `http://user:***@ho st/x`: invalid international domain name"),
-            ("https://user@host:99999/", "invalid URL `https://user@host:99999/`: invalid port number"),
-            ("https://a:b:c@[::1/", "invalid URL `https://a:***@[::1/`: invalid IPv6 address"),
+            (
+                "ftp://user:PASSWORD@host/x",
+                "invalid URL `ftp://user:***@host/x`: scheme `ftp` is not `http` or `https`",
+            ),
+            (
+                "http://user:PASSWORD@ho st/x",
+                "invalid URL `http://user:***@ho st/x`: invalid international domain name",
+            ),
+            (
+                "https://user@host:99999/",
+                "invalid URL `https://user@host:99999/`: invalid port number",
+            ),
+            (
+                "https://a:b:c@[::1/",
+                "invalid URL `https://a:***@[::1/`: invalid IPv6 address",
+            ),
         ];
         for (written, expected) in cases {
             let error = written.parse::<HttpUrl>().unwrap_err();
             assert_eq!(error, expected);
         }
         assert_eq!(redact_written_url("no scheme"), "no scheme");
-        assert_eq!(redact_written_url("http://h/p?x=a:b@c"), "http://h/p?x=a:b@c");
+        assert_eq!(
+            redact_written_url("http://h/p?x=a:b@c"),
+            "http://h/p?x=a:b@c"
+        );
     }
 }

@@ -257,8 +257,31 @@ async fn every_route_answers() {
     );
 }
 
+/// A GET with a bearer token and, if given, a `Host` header.
+async fn get_as(url: &str, token: Option<&str>, host: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+const READ_ROUTES: [&str; 8] = [
+    "/api/v1/endpoints",
+    "/api/v1/endpoints/data",
+    "/api/v1/endpoints/data/history",
+    "/api/v1/endpoints/data/history/1",
+    "/api/v1/deliveries",
+    "/api/v1/dead",
+    "/api/v1/events",
+    "/metrics",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutating_routes_need_the_token() {
+async fn with_a_token_every_route_but_health_needs_it() {
     let dir = tempfile::tempdir().unwrap();
     let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
     let receiver = Receiver::start().await;
@@ -275,31 +298,142 @@ async fn mutating_routes_need_the_token() {
     );
     let daemon = Daemon::start(config);
     let admin = admin_address(dir.path()).await;
-    assert_eq!(post(format!("{admin}/api/v1/reload"), None).await.0, 401);
-    assert_eq!(
-        post(format!("{admin}/api/v1/reload"), Some("wrong"))
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        post(format!("{admin}/api/v1/endpoints/data/poll"), None)
-            .await
-            .0,
-        401
-    );
+    api.wait_for_requests(1).await;
+    for route in ["/healthz", "/readyz"] {
+        assert_eq!(
+            get_as(&format!("{admin}{route}"), None, None).await,
+            200,
+            "{route}"
+        );
+    }
+    for route in READ_ROUTES {
+        let url = format!("{admin}{route}");
+        assert_eq!(
+            get_as(&url, None, None).await,
+            401,
+            "{route} without the token"
+        );
+        assert_eq!(
+            get_as(&url, Some("wrong"), None).await,
+            401,
+            "{route}, a wrong token"
+        );
+    }
+    // The event stream would not end: only its answer's status is read.
+    for route in READ_ROUTES
+        .iter()
+        .filter(|route| !route.ends_with("events"))
+    {
+        let url = format!("{admin}{route}");
+        assert_eq!(
+            get_as(&url, Some("s3cret-token"), None).await,
+            200,
+            "{route}"
+        );
+    }
+    for route in [
+        "/api/v1/reload",
+        "/api/v1/endpoints/data/poll",
+        "/api/v1/targets/receiver/resume",
+    ] {
+        assert_eq!(
+            post(format!("{admin}{route}"), None).await.0,
+            401,
+            "{route}"
+        );
+        assert_eq!(
+            post(format!("{admin}{route}"), Some("wrong")).await.0,
+            401,
+            "{route}"
+        );
+    }
     assert_eq!(
         post(format!("{admin}/api/v1/reload"), Some("s3cret-token"))
             .await
             .0,
         200
     );
-    assert_eq!(
-        get(format!("{admin}/api/v1/endpoints")).await.0,
-        200,
-        "reading needs no token"
+    // The CLI sends the config's token.
+    let output = crate::cli::run(&[
+        "status",
+        "-c",
+        dir.path().join("config.toml").to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        crate::cli::text(&output.stderr)
     );
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_public_while_the_rest_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = write_config(
+        &dir.path().join("config.toml"),
+        dir.path(),
+        &endpoint("data", &api, ""),
+        &receiver,
+        "token = \"s3cret-token\"\nmetrics_public = true",
+    );
+    let daemon = Daemon::start(config);
+    let admin = admin_address(dir.path()).await;
+    assert_eq!(get_as(&format!("{admin}/metrics"), None, None).await, 200);
+    assert_eq!(
+        get_as(&format!("{admin}/api/v1/endpoints"), None, None).await,
+        401
+    );
+    daemon.stop().await;
+}
+
+/// DNS rebinding: a page on `evil.example`, once that name resolves to
+/// 127.0.0.1, makes the browser send `Host: evil.example`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_listener_refuses_requests_for_other_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoint("data", &api, ""), &receiver).await;
+    let port = admin.rsplit(':').next().unwrap();
+    for host in [
+        "evil.example",
+        &format!("evil.example:{port}"),
+        "localhost.evil.example",
+    ] {
+        for route in ["/healthz", "/api/v1/endpoints", "/api/v1/dead", "/metrics"] {
+            let status = get_as(&format!("{admin}{route}"), None, Some(host)).await;
+            assert_eq!(status, 400, "{route} for {host}");
+        }
+        assert_eq!(
+            post_as_host(&format!("{admin}/api/v1/reload"), host).await,
+            400,
+            "{host}"
+        );
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".to_string(),
+    ] {
+        let status = get_as(&format!("{admin}/api/v1/endpoints"), None, Some(&host)).await;
+        assert_eq!(status, 200, "{host}");
+    }
+    daemon.stop().await;
+}
+
+async fn post_as_host(url: &str, host: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,6 +645,48 @@ async fn the_api_also_listens_on_a_unix_socket() {
         "{table}"
     );
     daemon.stop().await;
+
+    // A socket left behind by a killed daemon is replaced...
+    let stale = std::os::unix::net::UnixListener::bind(&socket);
+    drop(stale);
+    let daemon = Daemon::start(Config::load(&path).unwrap());
+    eventually("the socket answers again", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    // ...but one something answers on is not.
+    let other_state = tempfile::tempdir().unwrap();
+    let mut other = Config::load(&path).unwrap();
+    other.state_dir = other_state.path().to_path_buf();
+    let error = pollhook::daemon::run(other, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("another process listens on it"), "{error}");
+    daemon.stop().await;
+}
+
+/// A `listen` path that holds anything but a socket is left alone.
+#[tokio::test]
+async fn a_unix_socket_path_never_replaces_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    std::fs::write(&socket, "precious").unwrap();
+    let text = format!(
+        "state_dir = \"{}\"\n[admin]\nlisten = \"unix:{}\"\n",
+        dir.path().display(),
+        socket.display()
+    );
+    let config = Config::compile(&text, Path::new("test.toml")).unwrap();
+    let error = pollhook::daemon::run(config, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("something other than a socket is there"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
