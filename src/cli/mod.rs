@@ -171,7 +171,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             if let Some(config_error) = error.downcast_ref::<ConfigError>() {
-                eprintln!("{config_error}");
+                eprintln!("{}", crate::error_chain(config_error));
                 return ExitCode::from(EXIT_CONFIG);
             }
             eprintln!("error: {}", crate::error_chain(error.as_ref()));

@@ -10,6 +10,7 @@ mod values;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,6 +44,17 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PARALLEL: usize = 4;
 const DEFAULT_PER_HOST: usize = 2;
 const DEFAULT_FAIL_AFTER: u32 = 3;
+/// The sane range of each number a config holds: past it, a value is a
+/// typo, and some (a semaphore's size) would crash the daemon.
+const MAX_CONCURRENT_POLLS: usize = 100_000;
+const MAX_PARALLEL: usize = 10_000;
+const MAX_KEEP_HISTORY: usize = 10_000;
+const MAX_FAIL_AFTER: u32 = 10_000;
+const MAX_ATTEMPTS: u32 = 100;
+/// The shortest `every`: a faster poll is a flood, not a watch.
+pub const MIN_EVERY: Duration = Duration::from_millis(100);
+/// The largest config file read: a bigger one is a mistake (`-c /dev/zero`).
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
 /// The admin API's default port on 127.0.0.1.
 pub const DEFAULT_ADMIN_PORT: u16 = 9477;
 
@@ -134,7 +146,7 @@ struct DefaultsConfig {
     max_body: Option<ByteSize>,
     keep_history: Option<Spanned<usize>>,
     emit_initial: Option<bool>,
-    fail_after: Option<u32>,
+    fail_after: Option<Spanned<u32>>,
     follow_redirects: Option<FollowRedirects>,
 }
 
@@ -165,7 +177,7 @@ struct EndpointConfig {
     keep_lines: Option<Spanned<Pattern>>,
     replace: Option<Spanned<Vec<(Pattern, String)>>>,
     when: Option<Jq>,
-    fail_after: Option<u32>,
+    fail_after: Option<Spanned<u32>>,
     follow_redirects: Option<FollowRedirects>,
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
@@ -456,6 +468,13 @@ impl FromStr for Rate {
                 "invalid rate `{text}`: the count must be more than zero"
             ));
         }
+        // Checked before dividing: a tiny count makes a spacing too long
+        // for a `Duration` (a panic), and one over a day is a typo.
+        if unit.as_secs_f64() / count > 86_400.0 {
+            return Err(format!(
+                "invalid rate `{text}`: it must allow at least one a day"
+            ));
+        }
         Ok(Rate(unit.div_f64(count)))
     }
 }
@@ -507,12 +526,35 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads and compiles a config file.
+    /// Reads and compiles a config file. Only a regular file of at most
+    /// 64 MiB is read: `-c /dev/zero` would otherwise read without end.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let metadata = file.metadata().map_err(read_error)?;
+        if !metadata.is_file() {
+            return Err(read_error(std::io::Error::other(
+                "it is not a regular file",
+            )));
+        }
+        if metadata.len() > MAX_CONFIG_BYTES {
+            return Err(read_error(std::io::Error::other(
+                "it is larger than 64 MiB",
+            )));
+        }
+        let mut source = String::new();
+        // The size can grow after it was read: never read past the limit.
+        std::io::Read::take(file, MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut source)
+            .map_err(read_error)?;
+        if source.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(read_error(std::io::Error::other(
+                "it is larger than 64 MiB",
+            )));
+        }
         Config::compile(&source, path)
     }
 
@@ -595,6 +637,7 @@ impl<'s> Compiler<'s> {
             .as_ref()
             .map(|top| &top.defaults)
             .unwrap_or(&empty_defaults);
+        self.check_every(defaults.every.as_ref(), &Some("defaults".into()));
         if let (Some(_), Some(cron)) = (&defaults.every, &defaults.cron) {
             self.problem(
                 cron.span().start,
@@ -609,26 +652,22 @@ impl<'s> Compiler<'s> {
         let endpoints = self.compile_endpoints(endpoint_tables, defaults, &target_names);
 
         let top = top?;
-        let max_concurrent_polls = match top.max_concurrent_polls {
-            Some(value) if *value.get_ref() == 0 => {
-                self.problem(
-                    value.span().start,
-                    None,
-                    "`max_concurrent_polls` must be at least 1",
-                );
-                DEFAULT_MAX_CONCURRENT_POLLS
-            }
-            Some(value) => value.into_inner(),
-            None => DEFAULT_MAX_CONCURRENT_POLLS,
-        };
-        let per_host = match top.per_host {
-            Some(value) if *value.get_ref() == 0 => {
-                self.problem(value.span().start, None, "`per_host` must be at least 1");
-                DEFAULT_PER_HOST
-            }
-            Some(value) => value.into_inner(),
-            None => DEFAULT_PER_HOST,
-        };
+        let max_concurrent_polls = self
+            .in_range(
+                top.max_concurrent_polls.as_ref(),
+                "max_concurrent_polls",
+                1..=MAX_CONCURRENT_POLLS,
+                &None,
+            )
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_POLLS);
+        let per_host = self
+            .in_range(
+                top.per_host.as_ref(),
+                "per_host",
+                1..=MAX_CONCURRENT_POLLS,
+                &None,
+            )
+            .unwrap_or(DEFAULT_PER_HOST);
         let admin = self.compile_admin(top.admin);
         Some(Config {
             path: path.to_path_buf(),
@@ -744,32 +783,30 @@ impl<'s> Compiler<'s> {
                     );
                     RetryPolicy::default()
                 }
-                (Some(waits), None) => RetryPolicy {
-                    waits: waits.into_inner().into_iter().map(|wait| wait.0).collect(),
-                },
-                (None, Some(max)) if *max.get_ref() == 0 => {
+                (Some(waits), None) if waits.get_ref().len() >= MAX_ATTEMPTS as usize => {
                     self.problem(
-                        max.span().start,
+                        waits.span().start,
                         context.clone(),
-                        "`max_attempts` must be at least 1",
+                        format!("`retry` may list at most {} waits", MAX_ATTEMPTS - 1),
                     );
                     RetryPolicy::default()
                 }
-                (None, Some(max)) => RetryPolicy::exponential(max.into_inner()),
+                (Some(waits), None) => RetryPolicy {
+                    waits: waits.into_inner().into_iter().map(|wait| wait.0).collect(),
+                },
+                (None, Some(max)) => self
+                    .in_range(Some(&max), "max_attempts", 1..=MAX_ATTEMPTS, &context)
+                    .map_or_else(RetryPolicy::default, RetryPolicy::exponential),
                 (None, None) => RetryPolicy::default(),
             };
-            let parallel = match raw.parallel {
-                Some(parallel) if *parallel.get_ref() == 0 => {
-                    self.problem(
-                        parallel.span().start,
-                        context.clone(),
-                        "`parallel` must be at least 1",
-                    );
-                    1
-                }
-                Some(parallel) => parallel.into_inner(),
-                None => DEFAULT_PARALLEL,
-            };
+            let parallel = self
+                .in_range(
+                    raw.parallel.as_ref(),
+                    "parallel",
+                    1..=MAX_PARALLEL,
+                    &context,
+                )
+                .unwrap_or(DEFAULT_PARALLEL);
             let format = self.compile_format(
                 raw.format,
                 raw.template,
@@ -932,6 +969,7 @@ impl<'s> Compiler<'s> {
                 continue;
             };
             self.check_name(&raw.name, &context);
+            self.check_every(raw.every.as_ref(), &context);
             let schedule = match (&raw.every, &raw.cron) {
                 (Some(_), Some(cron)) => {
                     self.problem(
@@ -973,18 +1011,13 @@ impl<'s> Compiler<'s> {
                 None => target_names.clone(),
             };
             let keep_history = raw.keep_history.as_ref().or(defaults.keep_history.as_ref());
-            let keep_history = match keep_history {
-                Some(keep) if *keep.get_ref() == 0 => {
-                    self.problem(
-                        keep.span().start,
-                        context.clone(),
-                        "`keep_history` must be at least 1: the newest version is the snapshot",
-                    );
-                    1
-                }
-                Some(keep) => *keep.get_ref(),
-                None => DEFAULT_KEEP_HISTORY,
-            };
+            let keep_history = self
+                .in_range(keep_history, "keep_history", 1..=MAX_KEEP_HISTORY, &context)
+                .unwrap_or(DEFAULT_KEEP_HISTORY);
+            let fail_after = raw.fail_after.as_ref().or(defaults.fail_after.as_ref());
+            let fail_after = self
+                .in_range(fail_after, "fail_after", 0..=MAX_FAIL_AFTER, &context)
+                .unwrap_or(DEFAULT_FAIL_AFTER);
             let Some(schedule) = schedule else {
                 continue;
             };
@@ -1030,10 +1063,7 @@ impl<'s> Compiler<'s> {
                 when: raw.when,
                 on,
                 batch: raw.batch.is_some_and(|batch| batch.into_inner()),
-                fail_after: raw
-                    .fail_after
-                    .or(defaults.fail_after)
-                    .unwrap_or(DEFAULT_FAIL_AFTER),
+                fail_after,
                 follow_redirects: raw
                     .follow_redirects
                     .or(defaults.follow_redirects)
@@ -1169,6 +1199,43 @@ impl<'s> Compiler<'s> {
                 self.toml_problem(error, context.clone());
                 None
             }
+        }
+    }
+
+    /// A number that must lie in `range`: out of it, a problem at its place
+    /// and `None`, so the caller goes on with its default.
+    fn in_range<T>(
+        &mut self,
+        value: Option<&Spanned<T>>,
+        key: &str,
+        range: std::ops::RangeInclusive<T>,
+        context: &Option<String>,
+    ) -> Option<T>
+    where
+        T: Copy + PartialOrd + fmt::Display,
+    {
+        let value = value?;
+        if range.contains(value.get_ref()) {
+            return Some(*value.get_ref());
+        }
+        let message = if *range.start() > *value.get_ref() {
+            format!("`{key}` must be at least {}", range.start())
+        } else {
+            format!("`{key}` must be at most {}", range.end())
+        };
+        self.problem(value.span().start, context.clone(), message);
+        None
+    }
+
+    fn check_every(&mut self, every: Option<&Spanned<HumanDuration>>, context: &Option<String>) {
+        if let Some(every) = every
+            && every.get_ref().0 < MIN_EVERY
+        {
+            self.problem(
+                every.span().start,
+                context.clone(),
+                "`every` must be at least 100ms: a faster poll is a flood, not a watch",
+            );
         }
     }
 

@@ -43,6 +43,12 @@ deserialize_from_str!(
     WebhookSecret
 );
 
+/// The longest duration a config may hold.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The largest size a config may hold (`max_body`): a poll holds the body
+/// in memory.
+const MAX_SIZE: u64 = 1 << 30;
+
 /// A duration written as people write it: `30s`, `5m`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -56,6 +62,13 @@ impl FromStr for HumanDuration {
         })?;
         if duration.is_zero() {
             return Err(format!("invalid duration `{text}`: must be more than zero"));
+        }
+        // Far enough for any schedule or timeout; far past it, adding the
+        // duration to a time overflows.
+        if duration > MAX_DURATION {
+            return Err(format!(
+                "invalid duration `{text}`: must be at most 365 days"
+            ));
         }
         Ok(HumanDuration(duration))
     }
@@ -286,6 +299,9 @@ impl FromStr for ByteSize {
             .ok_or_else(|| format!("invalid size `{text}`: too large"))?;
         if bytes == 0 {
             return Err(format!("invalid size `{text}`: must be more than zero"));
+        }
+        if bytes > MAX_SIZE {
+            return Err(format!("invalid size `{text}`: must be at most 1GiB"));
         }
         Ok(ByteSize(bytes))
     }
@@ -538,6 +554,13 @@ mod tests {
         );
         assert!("5 fortnights and a bit".parse::<HumanDuration>().is_err());
         assert!("0s".parse::<HumanDuration>().is_err());
+        assert_eq!(
+            "500000000000y".parse::<HumanDuration>().unwrap_err(),
+            "invalid duration `500000000000y`: must be at most 365 days"
+        );
+        assert!("365d".parse::<HumanDuration>().is_ok());
+        assert!("2GiB".parse::<ByteSize>().is_err());
+        assert!("1GiB".parse::<ByteSize>().is_ok());
     }
 
     #[test]

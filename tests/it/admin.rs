@@ -68,7 +68,7 @@ async fn start_daemon(dir: &Path, endpoints: &str, receiver: &Receiver) -> (Daem
 
 fn endpoint(name: &str, api: &Api, extra: &str) -> String {
     format!(
-        "[[endpoint]]\nname = \"{name}\"\nurl = \"{}\"\nevery = \"20ms\"\n{extra}\n",
+        "[[endpoint]]\nname = \"{name}\"\nurl = \"{}\"\nevery = \"100ms\"\n{extra}\n",
         api.url()
     )
 }
@@ -117,7 +117,7 @@ async fn every_route_answers() {
     assert_eq!(listed.as_array().unwrap().len(), 2);
     let data = get_json(format!("{admin}/api/v1/endpoints/data")).await;
     assert_eq!(data["version"], 2);
-    assert_eq!(data["schedule"], "every 20ms");
+    assert_eq!(data["schedule"], "every 100ms");
     assert_eq!(data["consecutive_failures"], 0);
     assert!(
         data["last_poll_ms"].as_u64().is_some() && data["last_change_ms"].as_u64().is_some(),
@@ -546,7 +546,7 @@ async fn reload_applies_a_good_config_and_keeps_the_old_one_on_errors() {
         &path,
         std::fs::read_to_string(&path)
             .unwrap()
-            .replace("every = \"20ms\"", "every = \"soon\""),
+            .replace("every = \"100ms\"", "every = \"soon\""),
     )
     .unwrap();
     let (status, answer) = post(format!("{admin}/api/v1/reload"), None).await;
@@ -641,7 +641,7 @@ async fn the_api_also_listens_on_a_unix_socket() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        table.contains("data") && table.contains("every 20ms"),
+        table.contains("data") && table.contains("every 100ms"),
         "{table}"
     );
     daemon.stop().await;

@@ -139,7 +139,112 @@ async fn check_reports_all_mistakes_at_once_without_secrets() {
 async fn a_missing_config_file_is_a_config_error() {
     let output = run(&["check", "-c", "/nonexistent/pollhook.toml"]).await;
     assert_eq!(output.status.code(), Some(78));
-    assert!(text(&output.stderr).contains("cannot read config file `/nonexistent/pollhook.toml`"));
+    assert!(
+        text(&output.stderr).contains(
+            "cannot read config file `/nonexistent/pollhook.toml`: No such file or directory"
+        ),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+/// Values `check` once accepted and `run` then crashed on or ran away with:
+/// each is refused at its line and column.
+#[tokio::test]
+async fn check_refuses_numbers_and_durations_out_of_range() {
+    const TARGET: &str = "[[target]]\nname = \"hook\"\nurl = \"http://127.0.0.1:1/hook\"\n";
+    const ENDPOINT: &str = "[[endpoint]]\nname = \"fast\"\nurl = \"http://127.0.0.1:1/a\"\n";
+    let cases = [
+        (
+            "max_concurrent_polls = 4611686018427387904\n",
+            "1:24: `max_concurrent_polls` must be at most 100000",
+        ),
+        (
+            "per_host = 4611686018427387904\n",
+            "1:12: `per_host` must be at most 100000",
+        ),
+        ("per_host = 0\n", "1:12: `per_host` must be at least 1"),
+        (
+            "per_host_spacing = \"500000000000y\"\n",
+            "1:20: invalid duration `500000000000y`: must be at most 365 days",
+        ),
+        (
+            &format!("{TARGET}max_attempts = 4000000000\n"),
+            "4:16: target `hook`: `max_attempts` must be at most 100",
+        ),
+        (
+            &format!("{TARGET}parallel = 100000\n"),
+            "4:12: target `hook`: `parallel` must be at most 10000",
+        ),
+        (
+            &format!("{TARGET}rate = \"1e-300/s\"\n"),
+            "4:8: target `hook`: invalid rate `1e-300/s`: it must allow at least one a day",
+        ),
+        (
+            &format!("{ENDPOINT}every = \"1ns\"\n"),
+            "4:9: endpoint `fast`: `every` must be at least 100ms",
+        ),
+        (
+            "[defaults]\nevery = \"10ms\"\n",
+            "2:9: defaults: `every` must be at least 100ms",
+        ),
+        (
+            &format!("{ENDPOINT}every = \"1m\"\nkeep_history = 100000\n"),
+            "5:16: endpoint `fast`: `keep_history` must be at most 10000",
+        ),
+        (
+            &format!("{ENDPOINT}every = \"1m\"\nfail_after = 99999\n"),
+            "5:14: endpoint `fast`: `fail_after` must be at most 10000",
+        ),
+        (
+            &format!("{ENDPOINT}every = \"1m\"\nmax_body = \"100GiB\"\n"),
+            "5:12: endpoint `fast`: invalid size `100GiB`: must be at most 1GiB",
+        ),
+        (
+            &format!("{ENDPOINT}every = \"1m\"\ntimeout = \"20y\"\n"),
+            "5:11: endpoint `fast`: invalid duration `20y`: must be at most 365 days",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    for (config, expected) in cases {
+        std::fs::write(&path, config).unwrap();
+        let output = run(&["check", "-c", path.to_str().unwrap()]).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{config}: {stderr}");
+        assert!(
+            stderr.contains(&format!("c.toml:{expected}")),
+            "{config}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+/// `-c /dev/zero` read 20 GB in a minute.
+#[tokio::test]
+async fn check_reads_only_a_regular_config_file_of_sane_size() {
+    let output = run(&["check", "-c", "/dev/zero"]).await;
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        text(&output.stderr)
+            .contains("cannot read config file `/dev/zero`: it is not a regular file"),
+        "{}",
+        text(&output.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(&["check", "-c", dir.path().to_str().unwrap()]).await;
+    assert_eq!(output.status.code(), Some(78));
+    let huge = dir.path().join("huge.toml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let output = run(&["check", "-c", huge.to_str().unwrap()]).await;
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        text(&output.stderr).contains("it is larger than 64 MiB"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 fn write_config(dir: &Path, api: &Api, receiver: &Receiver) -> PathBuf {
@@ -158,7 +263,7 @@ secret = "{SECRET}"
 [[endpoint]]
 name = "data"
 url = "{api}"
-every = "50ms"
+every = "100ms"
 emit_initial = true
 "#,
         state = dir.join("state").display(),
@@ -287,7 +392,7 @@ fn delivery_config(dir: &Path, api: &Api, receiver: &Receiver) -> PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
         "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = [\"20ms\"]\n\
-         [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"20ms\"\nemit_initial = true\n",
+         [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"100ms\"\nemit_initial = true\n",
         dir.join("state").display(),
         receiver.url(),
         api.url()

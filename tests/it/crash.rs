@@ -43,7 +43,7 @@ async fn kill_9_during_a_burst_loses_no_change_and_keeps_ids() {
         &config,
         format!(
             "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry = {FAST_RETRY}\n\
-             [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"25ms\"\n",
+             [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"100ms\"\n",
             dir.path().join("state").display(),
             receiver.url(),
             api.url()
@@ -51,7 +51,7 @@ async fn kill_9_during_a_burst_loses_no_change_and_keeps_ids() {
     )
     .unwrap();
 
-    for kill_after in [120, 260, 75, 190, 330, 40] {
+    for kill_after in [300, 650, 190, 480, 820, 100] {
         let mut child = run_daemon(&config);
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
         child.start_kill().unwrap();

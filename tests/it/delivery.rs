@@ -118,7 +118,7 @@ fn many_endpoints(
     events: usize,
 ) -> pollhook::config::Config {
     let endpoints: String = (0..events)
-        .map(|index| format!("[[endpoint]]\nname = \"e{index}\"\nurl = \"{}\"\nevery = \"20ms\"\nemit_initial = true\n", api.url()))
+        .map(|index| format!("[[endpoint]]\nname = \"e{index}\"\nurl = \"{}\"\nevery = \"100ms\"\nemit_initial = true\n", api.url()))
         .collect();
     crate::support::config(
         state,
@@ -143,7 +143,7 @@ async fn redirects_are_failures_and_are_not_followed() {
     let config = crate::support::config(
         state.path(),
         &format!(
-            "[[target]]\nname = \"receiver\"\nurl = \"{}\"\nretry = [\"20ms\"]\n[[endpoint]]\nname = \"e\"\nurl = \"{}\"\nevery = \"20ms\"\nemit_initial = true\n",
+            "[[target]]\nname = \"receiver\"\nurl = \"{}\"\nretry = [\"20ms\"]\n[[endpoint]]\nname = \"e\"\nurl = \"{}\"\nevery = \"100ms\"\nemit_initial = true\n",
             receiver.url(),
             api.url()
         ),
@@ -169,7 +169,7 @@ async fn best_effort_lets_others_pass_a_failing_event_but_ordered_does_not() {
         let config = crate::support::config(
             state.path(),
             &format!(
-                "[[target]]\nname = \"receiver\"\nurl = \"{}\"\nretry = {}\n{extra}\n[[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"20ms\"\n",
+                "[[target]]\nname = \"receiver\"\nurl = \"{}\"\nretry = {}\n{extra}\n[[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"100ms\"\n",
                 receiver.url(),
                 crate::support::FAST_RETRY,
                 api.url()

@@ -41,7 +41,7 @@ async fn each_format_reaches_its_receiver_as_that_service_expects() {
     let config = crate::support::config(
         state.path(),
         &format!(
-            "{}{}{}{}{}[[endpoint]]\nname = \"prices\"\nurl = \"{}\"\nevery = \"20ms\"\n",
+            "{}{}{}{}{}[[endpoint]]\nname = \"prices\"\nurl = \"{}\"\nevery = \"100ms\"\n",
             target("slack", &slack, "format = \"slack\""),
             target("discord", &discord, "format = \"discord\""),
             target("ntfy", &ntfy, "format = \"ntfy\""),

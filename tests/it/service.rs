@@ -81,7 +81,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
         );
         std::fs::write(&config, text).unwrap();
     };
-    write("20ms");
+    write("100ms");
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let mut daemon = pollhook()
@@ -109,7 +109,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
     assert!(status.status.success(), "{}", text(&status.stderr));
     let table = text(&status.stdout);
     assert!(
-        table.starts_with("ENDPOINT") && table.contains("data") && table.contains("every 20ms"),
+        table.starts_with("ENDPOINT") && table.contains("data") && table.contains("every 100ms"),
         "{table}"
     );
     let mut tail = pollhook()
@@ -153,7 +153,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
         &config,
         std::fs::read_to_string(&config)
             .unwrap()
-            .replace("20ms", "whenever"),
+            .replace("100ms", "whenever"),
     )
     .unwrap();
     kill("-HUP", pid);
@@ -167,7 +167,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
     assert_eq!(refused.status.code(), Some(78));
 
     // `pollhook reload` with a good one.
-    write("30ms");
+    write("200ms");
     let reload = cli(&config, &["reload"]).await;
     assert!(
         text(&reload.stdout).contains("reloaded: 0 started, 0 stopped, 1 restarted"),

@@ -501,7 +501,7 @@ retry = {FAST_RETRY}
 [[endpoint]]
 name = "data"
 url = "{}"
-every = "20ms"
+every = "100ms"
 {endpoint_extra}
 "#,
             api.url()

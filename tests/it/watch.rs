@@ -287,7 +287,7 @@ async fn per_host_caps_the_polls_in_flight_to_one_host() {
     let endpoints: String = (0..8)
         .map(|n| {
             format!(
-                "[[endpoint]]\nname = \"e{n}\"\nurl = \"http://{address}/e{n}\"\nevery = \"10ms\"\n"
+                "[[endpoint]]\nname = \"e{n}\"\nurl = \"http://{address}/e{n}\"\nevery = \"100ms\"\n"
             )
         })
         .collect();
