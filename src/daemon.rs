@@ -776,9 +776,9 @@ async fn poll_task(
                 .health
                 .failed(&shared, &endpoint, &error_text, status)
                 .await;
-            let backoff = endpoint.schedule.retry_delay(failures, clock::now());
-            // A server that says when to come back (429/503) is listened to.
-            let retry_in = retry_after.map_or(backoff, |wait| backoff.max(wait));
+            let retry_in = endpoint
+                .schedule
+                .failed_delay(failures, retry_after, clock::now());
             warn!(
                 error = %error_text,
                 failures,

@@ -17,6 +17,9 @@ pub enum Schedule {
 
 /// The first retry after a failed poll; it doubles per consecutive failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a server's `Retry-After` holds an endpoint back, unless its
+/// schedule waits longer anyway.
+const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 impl Schedule {
     /// How long from `now` until the next regular poll.
@@ -52,6 +55,26 @@ impl Schedule {
         let exponent = consecutive_failures.saturating_sub(1).min(20);
         let backoff = with_jitter(FIRST_BACKOFF * 2u32.pow(exponent), 0.2);
         backoff.min(self.next_delay(now))
+    }
+}
+
+impl Schedule {
+    /// The wait after a failed poll: the backoff, or longer when the server
+    /// said when to come back (`Retry-After` on 429 and 503), but at most the
+    /// longer of the schedule's next wait and an hour: a server can slow a
+    /// watch down, never stop it.
+    pub fn failed_delay(
+        &self,
+        consecutive_failures: u32,
+        retry_after: Option<Duration>,
+        now: SystemTime,
+    ) -> Duration {
+        let backoff = self.retry_delay(consecutive_failures, now);
+        let Some(asked) = retry_after else {
+            return backoff;
+        };
+        let longest = self.next_delay(now).max(LONGEST_RETRY_AFTER);
+        backoff.max(asked.min(longest))
     }
 }
 
@@ -102,6 +125,29 @@ mod tests {
             "{fourth:?}"
         );
         assert_eq!(schedule.retry_delay(30, now), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_an_hour_or_the_interval() {
+        let now = SystemTime::now();
+        let minute = Schedule::Every(Duration::from_secs(60));
+        // After 30 failures the backoff is the interval; after 1, a second.
+        let check = |schedule: &Schedule, failures, asked: Option<u64>, expected: u64| {
+            let delay = schedule.failed_delay(failures, asked.map(Duration::from_secs), now);
+            assert_eq!(
+                delay,
+                Duration::from_secs(expected),
+                "{schedule} asked {asked:?}"
+            );
+        };
+        check(&minute, 30, None, 60);
+        check(&minute, 30, Some(10), 60);
+        check(&minute, 1, Some(5), 5);
+        check(&minute, 1, Some(120), 120);
+        check(&minute, 1, Some(u64::MAX), 3600);
+        let daily = Schedule::Every(Duration::from_secs(86_400));
+        check(&daily, 1, Some(7200), 7200);
+        check(&daily, 1, Some(u64::MAX), 86_400);
     }
 
     #[test]

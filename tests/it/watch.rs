@@ -257,6 +257,36 @@ async fn retry_after_on_a_poll_delays_that_endpoints_next_poll() {
     daemon.stop().await;
 }
 
+/// `Retry-After: 18446744073709551615` (or a date in 9999) once stopped
+/// the endpoint for good, with no `next_poll_ms` and no `endpoint.failing`.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_holds_an_endpoint_back_an_hour_at_most() {
+    for retry_after in ["18446744073709551615", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        let state = tempfile::tempdir().unwrap();
+        let api = Api::start(Reply {
+            status: 503,
+            retry_after: Some(retry_after),
+            ..Reply::json("{}")
+        })
+        .await;
+        let endpoint = format!(
+            "[[endpoint]]\nname = \"busy\"\nurl = \"{}\"\nevery = \"1s\"\nfail_after = 0\n",
+            api.url()
+        );
+        let daemon = Daemon::start(config(state.path(), &endpoint));
+        api.wait_for_requests(1).await;
+        tokio::time::sleep(Duration::from_secs(3500)).await;
+        assert_eq!(api.requests(), 1, "{retry_after}: polled before the hour");
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert_eq!(
+            api.requests(),
+            2,
+            "{retry_after}: polled again after an hour"
+        );
+        daemon.stop().await;
+    }
+}
+
 /// A host that counts the requests it is handling at once.
 #[derive(Clone, Default)]
 struct Counting {
