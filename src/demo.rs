@@ -35,7 +35,9 @@ pub async fn run(duration: Option<Duration>, tick: Duration) -> anyhow::Result<(
     let started = Instant::now();
     let api = serve(demo_api(started, tick)).await?;
     let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let receiver = serve(receiver(received.clone())).await?;
+    // Also cancelled when nobody reads stdout any more (`demo | head`).
+    let shutdown = CancellationToken::new();
+    let receiver = serve(receiver(received.clone(), shutdown.clone())).await?;
     let state = tempfile::tempdir()?;
     let every = (tick / 2).max(Duration::from_millis(100));
     let config = Config::compile(
@@ -43,23 +45,14 @@ pub async fn run(duration: Option<Duration>, tick: Duration) -> anyhow::Result<(
         Path::new("demo.toml"),
     )?;
 
-    println!("pollhook demo");
-    println!(
-        "  demo API:          http://{api}/prices (JSON) and http://{api}/status.txt (text), changing every {}",
-        humantime::format_duration(tick)
-    );
-    println!("  webhook receiver:  http://{receiver}/hook (verifies signatures)");
-    println!(
-        "  state:             {} (removed at exit)",
-        state.path().display()
-    );
-    println!(
-        "  polling every {}; the first poll stores a baseline, then each change is sent.",
+    let introduction = format!(
+        "pollhook demo\n  demo API:          http://{api}/prices (JSON) and http://{api}/status.txt (text), changing every {}\n  webhook receiver:  http://{receiver}/hook (verifies signatures)\n  state:             {} (removed at exit)\n  polling every {}; the first poll stores a baseline, then each change is sent.\n  Ctrl-C to stop.\n",
+        humantime::format_duration(tick),
+        state.path().display(),
         humantime::format_duration(every)
     );
-    println!("  Ctrl-C to stop.\n");
+    say(&introduction)?;
 
-    let shutdown = CancellationToken::new();
     let stopper = shutdown.clone();
     tokio::spawn(async move {
         match duration {
@@ -74,11 +67,18 @@ pub async fn run(duration: Option<Duration>, tick: Duration) -> anyhow::Result<(
         stopper.cancel();
     });
     crate::daemon::run(config, shutdown).await?;
-    println!(
+    say(&format!(
         "\ndemo finished: {} webhook(s) received",
         received.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    ))?;
     Ok(())
+}
+
+/// Prints `text` and a newline; the error, not a panic, when the reader
+/// of stdout has gone away.
+fn say(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{text}")
 }
 
 fn demo_config(api_port: u16, receiver_port: u16, state_dir: &Path, every: Duration) -> String {
@@ -167,16 +167,27 @@ fn demo_api(started: Instant, tick: Duration) -> Router {
 }
 
 /// Prints each webhook it receives and whether its signature verifies.
-fn receiver(received: Arc<std::sync::atomic::AtomicUsize>) -> Router {
+/// Stops the demo (`stop`) when stdout cannot be written to any more.
+fn receiver(received: Arc<std::sync::atomic::AtomicUsize>, stop: CancellationToken) -> Router {
     let secret: Arc<WebhookSecret> =
         Arc::new(DEMO_SECRET.parse().expect("the demo secret is valid"));
     Router::new()
         .route("/hook", post(receive))
-        .with_state((secret, received))
+        .with_state(Arc::new(ReceiverState {
+            secret,
+            received,
+            stop,
+        }))
+}
+
+struct ReceiverState {
+    secret: Arc<WebhookSecret>,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    stop: CancellationToken,
 }
 
 async fn receive(
-    State((secret, received)): State<(Arc<WebhookSecret>, Arc<std::sync::atomic::AtomicUsize>)>,
+    State(state): State<Arc<ReceiverState>>,
     headers: HeaderMap,
     body: String,
 ) -> impl IntoResponse {
@@ -194,13 +205,15 @@ async fn receive(
         .map(|timestamp| {
             header("webhook-signature")
                 .split(' ')
-                .any(|sig| sig == sign::sign(&secret, &id, timestamp, body.as_bytes()))
+                .any(|sig| sig == sign::sign(&state.secret, &id, timestamp, body.as_bytes()))
         })
         .unwrap_or(false);
-    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let event: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let data = &event["data"];
-    println!(
+    let mut report = format!(
         "webhook received: {} {} v{} (id {id}, signature {})",
         event["type"].as_str().unwrap_or("?"),
         data["endpoint"].as_str().unwrap_or("?"),
@@ -208,12 +221,15 @@ async fn receive(
         if verified { "ok" } else { "INVALID" },
     );
     if let Some(patch) = data.get("patch") {
-        println!("  patch: {patch}");
+        report.push_str(&format!("\n  patch: {patch}"));
     }
     if let Some(diff) = data.get("diff").and_then(|diff| diff.as_str()) {
         for line in diff.lines() {
-            println!("  {line}");
+            report.push_str(&format!("\n  {line}"));
         }
+    }
+    if say(&report).is_err() {
+        state.stop.cancel();
     }
     StatusCode::NO_CONTENT
 }

@@ -14,6 +14,33 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, HumanDuration};
 use crate::poll::{self, Observation};
 use crate::store::Store;
 
+/// `println!` that returns the write's error instead of panicking, so that
+/// a reader that went away (`pollhook status | head -2`) ends the command
+/// quietly: [`main`] exits 0 on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` as [`outln!`] is `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `eprintln!` that never panics: when stderr is gone, there is nowhere
+/// left to say anything.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod state;
 
 /// EX_CONFIG from sysexits.h: the configuration is wrong.
@@ -163,18 +190,20 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            errln!("error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
+        // The reader has all it wanted (`| head`): not a failure.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             if let Some(config_error) = error.downcast_ref::<ConfigError>() {
-                eprintln!("{}", crate::error_chain(config_error));
+                errln!("{}", crate::error_chain(config_error));
                 return ExitCode::from(EXIT_CONFIG);
             }
-            eprintln!("error: {}", crate::error_chain(error.as_ref()));
+            errln!("error: {}", crate::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -191,11 +220,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check(ConfigArg { config }) => {
             let config = Config::load(&config)?;
-            println!(
+            outln!(
                 "config ok: {} endpoints, {} targets",
                 config.endpoints.len(),
                 config.targets.len()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Once {
@@ -291,7 +320,7 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         let observation = match poll::observe(&client, &store, endpoint).await {
             Ok(observation) => observation,
             Err(error) => {
-                eprintln!(
+                errln!(
                     "{}: poll failed: {}",
                     endpoint.name,
                     crate::error_chain(&error)
@@ -302,7 +331,7 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         };
         let document = match &observation {
             Observation::Unchanged { .. } => {
-                eprintln!("{}: unchanged", endpoint.name);
+                errln!("{}: unchanged", endpoint.name);
                 // The same as the stored version (or a 304 said so).
                 match store.snapshot(&endpoint.name)? {
                     Some(snapshot) => store.document(&endpoint.name, snapshot.version)?,
@@ -315,14 +344,14 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
                 events,
                 document,
             } => {
-                eprintln!(
+                errln!(
                     "{}: {reason:?}, version {}, {} event(s)",
                     endpoint.name,
                     snapshot.version,
                     events.len()
                 );
                 if !document.duplicate_keys.is_empty() {
-                    eprintln!(
+                    errln!(
                         "{}: warning: several items have the key(s) {}; of each, the one that sorts first is kept",
                         endpoint.name,
                         serde_json::Value::Array(document.duplicate_keys.clone())
@@ -335,7 +364,7 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         if !names.is_empty()
             && let Some(document) = document
         {
-            eprintln!(
+            errln!(
                 "{}: extracted document ({}):\n{}",
                 endpoint.name,
                 document.kind.name(),
@@ -356,7 +385,7 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
             let delivered =
                 crate::deliver::deliver_due(&store, &delivery_client, &metrics, target).await?;
             let queued = store.outbox_rows(&target.name)?.len();
-            eprintln!(
+            errln!(
                 "target {}: {delivered} delivered, {queued} still queued",
                 target.name
             );
@@ -367,6 +396,15 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Whether writing to stdout failed because its reader went away.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 

@@ -100,11 +100,11 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             view.pending_deliveries.to_string(),
         ]);
     }
-    print_table(&table);
+    print_table(&table)?;
     if running {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("pollhook is not running (shown: what the store holds)");
+        errln!("pollhook is not running (shown: what the store holds)");
         Ok(ExitCode::from(EXIT_NOT_RUNNING))
     }
 }
@@ -118,7 +118,7 @@ pub async fn poll(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     client
         .bytes("POST", &format!("/api/v1/endpoints/{name}/poll"))
         .await?;
-    println!("polling `{name}` now");
+    outln!("polling `{name}` now")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -146,9 +146,9 @@ pub async fn history(
                 version.bytes.to_string(),
             ]);
         }
-        print_table(&table);
+        print_table(&table)?;
         if versions.is_empty() {
-            eprintln!("`{name}` has no stored versions");
+            errln!("`{name}` has no stored versions");
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -182,23 +182,21 @@ pub async fn history(
         documents.push(document);
     }
     match crate::diff::diff(Some(&documents[0]), &documents[1]) {
-        None => println!("versions {from} and {to} are the same"),
+        None => outln!("versions {from} and {to} are the same")?,
         Some(crate::diff::Change::Json { patch }) => {
-            println!("{}", serde_json::to_string_pretty(&patch)?)
+            outln!("{}", serde_json::to_string_pretty(&patch)?)?
         }
         Some(crate::diff::Change::Items(items)) => {
             let [added, removed, changed] = items.into_json();
             let report =
                 serde_json::json!({ "added": added, "removed": removed, "changed": changed });
-            println!("{}", serde_json::to_string_pretty(&report)?)
+            outln!("{}", serde_json::to_string_pretty(&report)?)?
         }
-        Some(crate::diff::Change::Text { diff }) => print!("{diff}"),
+        Some(crate::diff::Change::Text { diff }) => out!("{diff}")?,
         Some(crate::diff::Change::Bytes {
             previous_hash,
             current_hash,
-        }) => {
-            println!("binary: {previous_hash} -> {current_hash}")
-        }
+        }) => outln!("binary: {previous_hash} -> {current_hash}")?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -231,7 +229,7 @@ pub async fn tail(config: &Config, name: Option<&str>) -> anyhow::Result<ExitCod
                 anyhow::bail!("dropped by the daemon: {}", data.join(" "));
             }
             if !data.is_empty() {
-                println!("{}", data.join("\n"));
+                outln!("{}", data.join("\n"))?;
             }
         }
     }
@@ -245,17 +243,17 @@ pub async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
         .await
     {
         Ok(answer) => {
-            println!(
+            outln!(
                 "reloaded: {}",
                 answer["reloaded"].as_str().unwrap_or_default()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(AdminError::Status {
             status: 422,
             message,
         }) => {
-            eprintln!("{message}\nreload refused: the running config stays");
+            errln!("{message}\nreload refused: the running config stays");
             Ok(ExitCode::from(super::EXIT_CONFIG))
         }
         Err(error) => Err(error.into()),
@@ -322,8 +320,8 @@ pub async fn deliveries(config: &Config, target: Option<&str>) -> anyhow::Result
         };
         table.push(row_cells(target, row, next));
     }
-    print_table(&table);
-    eprintln!("{} queued", rows.len());
+    print_table(&table)?;
+    errln!("{} queued", rows.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -339,10 +337,10 @@ pub async fn dead(
     for TargetRow { target, row, .. } in &rows {
         table.push(row_cells(target, row, time(row.dead_at_ms)));
     }
-    print_table(&table);
+    print_table(&table)?;
     if attempts {
         for TargetRow { target, row, .. } in &rows {
-            println!("\n{} to {target}:", row.event_id);
+            outln!("\n{} to {target}:", row.event_id)?;
             for attempt in &row.attempt_log {
                 let status = attempt
                     .status
@@ -352,19 +350,19 @@ pub async fn dead(
                     .as_ref()
                     .map(|error| format!(" ({error})"))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "  #{} {} status {status} in {} ms{error}",
                     attempt.attempt,
                     clock::rfc3339(attempt.at_ms),
                     attempt.duration_ms
-                );
+                )?;
                 if !attempt.response.is_empty() {
-                    println!("    response: {}", attempt.response.replace('\n', " "));
+                    outln!("    response: {}", attempt.response.replace('\n', " "))?;
                 }
             }
         }
     }
-    eprintln!("{} dead letter(s)", rows.len());
+    errln!("{} dead letter(s)", rows.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -408,7 +406,7 @@ pub async fn replay(
                     .await?;
                 replayed += answer["replayed"].as_u64().unwrap_or(0) as usize;
             }
-            println!("re-queued {replayed} webhook(s)");
+            outln!("re-queued {replayed} webhook(s)")?;
         }
         Source::Store(store) => {
             let replayed = store.replay(&DeadFilter {
@@ -417,11 +415,11 @@ pub async fn replay(
                 since_ms,
             })?;
             store.flush().await?;
-            println!("re-queued {replayed} webhook(s); the daemon delivers them at its next start");
+            outln!("re-queued {replayed} webhook(s); the daemon delivers them at its next start")?;
         }
     }
     if !missing.is_empty() {
-        eprintln!("error: no dead letter with id {}", missing.join(", "));
+        errln!("error: no dead letter with id {}", missing.join(", "));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -442,9 +440,9 @@ pub async fn resume(config: &Config, target: &str) -> anyhow::Result<ExitCode> {
         }
     };
     if resumed {
-        println!("target `{target}` resumed: its queued webhooks are delivered again");
+        outln!("target `{target}` resumed: its queued webhooks are delivered again")?;
     } else {
-        println!("target `{target}` was not paused");
+        outln!("target `{target}` was not paused")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -482,7 +480,7 @@ fn header<const N: usize>(cells: [&str; N]) -> Vec<String> {
 }
 
 /// Prints rows as left-aligned columns.
-fn print_table(rows: &[Vec<String>]) {
+fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
     let columns = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
         .map(|column| {
@@ -498,6 +496,7 @@ fn print_table(rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        outln!("{}", cells.join("  ").trim_end())?;
     }
+    Ok(())
 }

@@ -485,3 +485,42 @@ async fn resume_unpauses_a_target_that_answered_410() {
     daemon.stop().await;
     assert_eq!(receiver.accepted()[0].id, receiver.all()[0].id);
 }
+
+/// Runs the binary with its stdout a pipe whose reader has already gone,
+/// as `pollhook status | head -2` ends up.
+async fn run_into_a_closed_pipe(args: &[&str]) -> Output {
+    let mut child = binary()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the command finished")
+        .unwrap()
+}
+
+/// `pollhook status | head -2` panicked with `failed printing to stdout`.
+#[tokio::test]
+async fn commands_end_quietly_when_their_reader_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = write_config(dir.path(), &api, &receiver);
+    let config = config.to_str().unwrap();
+    let good = data("good.toml");
+    for args in [
+        vec!["check", "-c", good.to_str().unwrap()],
+        vec!["status", "-c", config],
+        vec!["once", "-c", config],
+        vec!["deliveries", "-c", config],
+        vec!["demo", "--duration", "20s"],
+    ] {
+        let output = run_into_a_closed_pipe(&args).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
