@@ -154,7 +154,9 @@ struct DefaultsConfig {
 #[serde(deny_unknown_fields)]
 struct EndpointConfig {
     name: Spanned<String>,
-    url: HttpUrl,
+    /// Required; optional here so that a bad one does not hide the
+    /// mistakes in the rest of the table.
+    url: Option<HttpUrl>,
     method: Option<HttpMethod>,
     /// Checked in [`Compiler::compile_headers`], where an error can name
     /// the header instead of quoting its value.
@@ -231,7 +233,8 @@ impl FromStr for Pattern {
 #[serde(deny_unknown_fields)]
 struct TargetConfig {
     name: Spanned<String>,
-    url: HttpUrl,
+    /// Required, as an endpoint's.
+    url: Option<HttpUrl>,
     secret: Option<WebhookSecret>,
     /// Several secrets sign with each, for rotation.
     secrets: Option<Spanned<Vec<WebhookSecret>>>,
@@ -622,16 +625,18 @@ impl<'s> Compiler<'s> {
         let target_tables = self.take_array_of_tables(&mut root, "target");
 
         let root_span = 0..self.source.len();
-        let top = match TopConfig::deserialize(toml::de::ValueDeserializer::from(Spanned::new(
-            root_span,
-            DeValue::Table(root),
-        ))) {
-            Ok(top) => Some(top),
-            Err(error) => {
-                self.toml_problem(error, None);
-                None
-            }
+        let (top, broken) = match self
+            .deserialize_table::<TopConfig>(Spanned::new(root_span, DeValue::Table(root)), &None)
+        {
+            Some((top, broken)) => (Some(top), broken),
+            None => (None, Broken::default()),
         };
+        // Without a readable `[defaults]`, an endpoint without a schedule
+        // may be one that inherits a broken one: not a mistake of its own.
+        let defaults_broken = top.is_none()
+            || ["defaults", "defaults.every", "defaults.cron"]
+                .iter()
+                .any(|key| broken.contains(key));
         let empty_defaults = DefaultsConfig::default();
         let defaults = top
             .as_ref()
@@ -646,10 +651,22 @@ impl<'s> Compiler<'s> {
             );
         }
 
+        // Also the names of targets that have mistakes: an endpoint naming
+        // one does not name an unknown target.
+        let known_targets: HashSet<String> = target_tables
+            .iter()
+            .filter_map(|table| table_name(table).map(|(name, _)| name))
+            .collect();
         let targets = self.compile_targets(target_tables);
         let target_names: Arc<[String]> =
             targets.iter().map(|target| target.name.clone()).collect();
-        let endpoints = self.compile_endpoints(endpoint_tables, defaults, &target_names);
+        let endpoints = self.compile_endpoints(
+            endpoint_tables,
+            defaults,
+            defaults_broken,
+            &target_names,
+            &known_targets,
+        );
 
         let top = top?;
         let max_concurrent_polls = self
@@ -759,10 +776,13 @@ impl<'s> Compiler<'s> {
                     format!("duplicate target name `{name}`"),
                 );
             }
-            let Some(raw) = self.deserialize_table::<TargetConfig>(table, &context) else {
+            let table_start = table.span().start;
+            let Some((raw, broken)) = self.deserialize_table::<TargetConfig>(table, &context)
+            else {
                 continue;
             };
             self.check_name(&raw.name, &context);
+            let url = self.required_url(raw.url, &broken, table_start, &context);
             let mut secrets: Vec<WebhookSecret> = raw.secret.into_iter().collect();
             if let Some(more) = raw.secrets {
                 if more.get_ref().is_empty() {
@@ -814,9 +834,12 @@ impl<'s> Compiler<'s> {
                 raw.content_type,
                 &context,
             );
+            let Some(url) = url else {
+                continue;
+            };
             targets.push(Arc::new(Target {
                 name: raw.name.into_inner(),
-                url: raw.url,
+                url,
                 secrets,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
                 retry,
@@ -948,7 +971,9 @@ impl<'s> Compiler<'s> {
         &mut self,
         tables: Vec<Spanned<DeValue<'s>>>,
         defaults: &DefaultsConfig,
+        defaults_broken: bool,
         target_names: &Arc<[String]>,
+        known_targets: &HashSet<String>,
     ) -> Vec<Arc<Endpoint>> {
         let mut endpoints = Vec::new();
         let mut seen = HashSet::new();
@@ -965,10 +990,12 @@ impl<'s> Compiler<'s> {
                     format!("duplicate endpoint name `{name}`"),
                 );
             }
-            let Some(mut raw) = self.deserialize_table::<EndpointConfig>(table, &context) else {
+            let Some((mut raw, broken)) = self.deserialize_table::<EndpointConfig>(table, &context)
+            else {
                 continue;
             };
             self.check_name(&raw.name, &context);
+            let url = self.required_url(raw.url.take(), &broken, table_start, &context);
             self.check_every(raw.every.as_ref(), &context);
             let schedule = match (&raw.every, &raw.cron) {
                 (Some(_), Some(cron)) => {
@@ -984,6 +1011,14 @@ impl<'s> Compiler<'s> {
                 (None, None) => match (&defaults.every, &defaults.cron) {
                     (Some(every), _) => Some(Schedule::Every(every.get_ref().0)),
                     (None, Some(cron)) => Some(Schedule::Cron(Box::new(cron.get_ref().clone()))),
+                    // Reported already, where the schedule is written.
+                    (None, None)
+                        if defaults_broken
+                            || broken.contains("every")
+                            || broken.contains("cron") =>
+                    {
+                        None
+                    }
                     (None, None) => {
                         self.problem(
                             table_start,
@@ -997,7 +1032,7 @@ impl<'s> Compiler<'s> {
             let targets = match &raw.targets {
                 Some(names) => {
                     for name in names {
-                        if !target_names.contains(name.get_ref()) {
+                        if !known_targets.contains(name.get_ref()) {
                             self.problem(
                                 name.span().start,
                                 context.clone(),
@@ -1018,10 +1053,7 @@ impl<'s> Compiler<'s> {
             let fail_after = self
                 .in_range(fail_after, "fail_after", 0..=MAX_FAIL_AFTER, &context)
                 .unwrap_or(DEFAULT_FAIL_AFTER);
-            let Some(schedule) = schedule else {
-                continue;
-            };
-            let rules = self.compile_rules(&mut raw, &context);
+            let rules = self.compile_rules(&mut raw, &broken, &context);
             let headers = self.compile_headers(std::mem::take(&mut raw.headers), &context);
             let on: Cow<'static, [ItemEvent]> = match raw.on {
                 Some(on) if on.get_ref().is_empty() => {
@@ -1035,10 +1067,13 @@ impl<'s> Compiler<'s> {
                 Some(on) => Cow::Owned(on.into_inner()),
                 None => Cow::Borrowed(&[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed]),
             };
+            let (Some(schedule), Some(url)) = (schedule, url) else {
+                continue;
+            };
             let body = raw.body;
             let method = raw.method.map_or(reqwest::Method::GET, |method| method.0);
             let definition = definition_hash(
-                raw.url.url(),
+                url.url(),
                 &method,
                 &headers,
                 body.as_ref().map(|body| body.value.as_str()),
@@ -1046,7 +1081,7 @@ impl<'s> Compiler<'s> {
             );
             endpoints.push(Arc::new(Endpoint {
                 name: raw.name.into_inner().into(),
-                url: raw.url,
+                url,
                 method,
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 body,
@@ -1111,7 +1146,12 @@ impl<'s> Compiler<'s> {
 
     /// The extraction rules, checked for keys that cannot go together:
     /// jq and JSON pointers work on JSON, `match` and `replace` on text.
-    fn compile_rules(&mut self, raw: &mut EndpointConfig, context: &Option<String>) -> Rules {
+    fn compile_rules(
+        &mut self,
+        raw: &mut EndpointConfig,
+        broken: &Broken,
+        context: &Option<String>,
+    ) -> Rules {
         let format = raw.format.as_ref().map(|format| *format.get_ref());
         let json_key = [
             ("select", raw.select.as_ref().map(|v| v.span())),
@@ -1143,7 +1183,7 @@ impl<'s> Compiler<'s> {
             ),
             _ => {}
         }
-        if raw.items.is_none() {
+        if raw.items.is_none() && !broken.contains("items") {
             let item_only = [
                 ("key", raw.key.as_ref().map(|v| v.span())),
                 ("on", raw.on.as_ref().map(|v| v.span())),
@@ -1188,17 +1228,34 @@ impl<'s> Compiler<'s> {
         }
     }
 
+    /// Deserialises a table, reporting every bad value in it, not just the
+    /// first: each time serde stops at one, the key it is under is taken
+    /// out and the rest is tried again. Returns the value with the keys
+    /// that were taken out (`defaults.every`), so that checks depending on
+    /// them do not report their absence too; `None` when what is wrong is
+    /// not one key (a required key is missing).
     fn deserialize_table<T: for<'de> Deserialize<'de>>(
         &mut self,
-        table: Spanned<DeValue<'s>>,
+        mut table: Spanned<DeValue<'s>>,
         context: &Option<String>,
-    ) -> Option<T> {
-        match T::deserialize(toml::de::ValueDeserializer::from(table)) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                self.toml_problem(error, context.clone());
-                None
+    ) -> Option<(T, Broken)> {
+        let mut broken = Broken::default();
+        loop {
+            let error = match T::deserialize(toml::de::ValueDeserializer::from(table.clone())) {
+                Ok(value) => return Some((value, broken)),
+                Err(error) => error,
+            };
+            // A required key taken out: reported already, as a bad value.
+            let missing = error.message().strip_prefix("missing field `");
+            if missing.is_some_and(|rest| broken.contains(rest.trim_end().trim_end_matches('`'))) {
+                return None;
             }
+            let offset = error.span().map(|span| span.start);
+            self.toml_problem(error, context.clone());
+            let DeValue::Table(entries) = table.get_mut() else {
+                return None;
+            };
+            broken.0.push(remove_key_at(entries, offset?)?);
         }
     }
 
@@ -1225,6 +1282,21 @@ impl<'s> Compiler<'s> {
         };
         self.problem(value.span().start, context.clone(), message);
         None
+    }
+
+    /// A table's `url`, reported when it is missing (but not when it was
+    /// there and bad: that is reported already).
+    fn required_url(
+        &mut self,
+        url: Option<HttpUrl>,
+        broken: &Broken,
+        table_start: usize,
+        context: &Option<String>,
+    ) -> Option<HttpUrl> {
+        if url.is_none() && !broken.contains("url") {
+            self.problem(table_start, context.clone(), "missing field `url`");
+        }
+        url
     }
 
     fn check_every(&mut self, every: Option<&Spanned<HumanDuration>>, context: &Option<String>) {
@@ -1255,6 +1327,43 @@ impl<'s> Compiler<'s> {
             );
         }
     }
+}
+
+/// The keys of a table that were taken out because their values were bad,
+/// as dotted paths.
+#[derive(Debug, Default)]
+struct Broken(Vec<String>);
+
+impl Broken {
+    fn contains(&self, key: &str) -> bool {
+        self.0.iter().any(|broken| broken == key)
+    }
+}
+
+/// Removes the innermost key whose name or value holds `offset`; returns
+/// its dotted path, or `None` when no key does. Tables are searched inside
+/// whatever their span: a `[defaults]` table's span is its header only.
+fn remove_key_at(table: &mut DeTable<'_>, offset: usize) -> Option<String> {
+    let contains = |span: std::ops::Range<usize>| span.contains(&offset);
+    let mut found = None;
+    for (key, value) in table.iter_mut() {
+        if contains(key.span()) {
+            found = Some(key.clone());
+            break;
+        }
+        if let DeValue::Table(inner) = value.get_mut()
+            && let Some(inner) = remove_key_at(inner, offset)
+        {
+            return Some(format!("{}.{inner}", key.get_ref()));
+        }
+        if contains(value.span()) {
+            found = Some(key.clone());
+            break;
+        }
+    }
+    let key = found?;
+    table.remove(&key);
+    Some(key.get_ref().to_string())
 }
 
 /// `endpoint `name`` for messages, read before the table is deserialised so
@@ -1533,6 +1642,39 @@ headers = { Authorization = "Bearer PHSECRET\u0001", X-Key = "${POLLHOOK_TEST_SU
         )
         .unwrap();
         assert!(!format!("{:?}", literal.endpoints[0]).contains("PHSECRET"));
+    }
+
+    /// A mistake is reported once, where it is, not again as what follows
+    /// from it elsewhere.
+    #[test]
+    fn one_mistake_makes_no_false_ones() {
+        let found = problems(
+            r#"[defaults]
+every = "soon"
+[[target]]
+name = "ha"
+url = "http://127.0.0.1:1/hook"
+secret = "${POLLHOOK_TEST_SURELY_UNSET}"
+[[endpoint]]
+name = "prices"
+url = "${POLLHOOK_TEST_SURELY_UNSET}"
+targets = ["ha"]
+[[endpoint]]
+name = "list"
+url = "http://127.0.0.1:1/list"
+items = "["
+key = ".id"
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "2:9  invalid duration `soon`: expected number at 0 (write e.g. `30s`, `5m`, `1h`)",
+                "6:10 target `ha` environment variable `POLLHOOK_TEST_SURELY_UNSET` is not set",
+                "9:7 endpoint `prices` environment variable `POLLHOOK_TEST_SURELY_UNSET` is not set",
+                "14:9 endpoint `list` invalid jq filter `[`: expected closing bracket at the end",
+            ]
+        );
     }
 
     #[test]

@@ -135,6 +135,45 @@ async fn check_reports_all_mistakes_at_once_without_secrets() {
     );
 }
 
+/// Fifteen mistakes of every kind, in one run: a bad value no longer hides
+/// the rest of its table, nor a broken table the checks across tables.
+#[tokio::test]
+async fn check_reports_fifteen_mistakes_in_one_run() {
+    let output = run(&[
+        "check",
+        "-c",
+        data("fifteen-mistakes.toml").to_str().unwrap(),
+    ])
+    .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let places: Vec<&str> = stderr
+        .lines()
+        .map(|line| {
+            let place = line.split_once("fifteen-mistakes.toml:").unwrap().1;
+            let mut parts = place.splitn(3, ':');
+            let (line, column) = (parts.next().unwrap(), parts.next().unwrap());
+            &place[..line.len() + 1 + column.len()]
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "1:24", "2:18", "6:11", "11:10", "12:10", "18:8", "19:20", "20:10", "24:7", "25:11",
+            "27:9", "28:8", "35:1", "36:7", "37:16"
+        ],
+        "{stderr}"
+    );
+    for expected in [
+        "endpoint `releases`: set `every` or `cron`, not both",
+        "endpoint `releases`: unknown target `nowhere`",
+        "endpoint `prices`: `match` works on text and `select` on JSON",
+        "endpoint `list`: unknown variant `add`",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn a_missing_config_file_is_a_config_error() {
     let output = run(&["check", "-c", "/nonexistent/pollhook.toml"]).await;
