@@ -311,15 +311,19 @@ headers = {{ Authorization = "Bearer ${{file:{}}}" }}
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "config ok: 1 endpoints, 1 targets\n");
 
-    // Without $CREDENTIALS_DIRECTORY (the first problem of a table is the
-    // one reported).
+    // Without $CREDENTIALS_DIRECTORY: both credentials are reported.
     let output = check(&config, &[]).await;
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
     let path = config.display();
-    assert!(
-        stderr.starts_with(&format!("{path}:4:10: target `discord`: `${{credential:signing}}` needs `$CREDENTIALS_DIRECTORY`, which systemd sets for `LoadCredential=`; it is not set")),
-        "{stderr}"
+    let needs =
+        "needs `$CREDENTIALS_DIRECTORY`, which systemd sets for `LoadCredential=`; it is not set";
+    assert_eq!(
+        stderr,
+        format!(
+            "{path}:3:7: target `discord`: `${{credential:discord-url}}` {needs}\n\
+             {path}:4:10: target `discord`: `${{credential:signing}}` {needs}\n"
+        )
     );
 
     // Missing files, and files whose contents are not valid where they go.
