@@ -378,6 +378,9 @@ impl Running {
     /// Makes the running tasks match `config`: the one path for start-up and
     /// reload. Returns a summary of what changed.
     fn apply(&mut self, config: Config) -> String {
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
         let restart_only = [
             ("state_dir", config.state_dir != self.config.state_dir),
             ("admin", config.admin != self.config.admin),

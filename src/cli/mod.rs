@@ -201,6 +201,13 @@ pub fn main() -> ExitCode {
         Err(error) => {
             if let Some(config_error) = error.downcast_ref::<ConfigError>() {
                 errln!("{}", crate::error_chain(config_error));
+                if let ConfigError::Read { source, .. } = config_error
+                    && source.kind() == std::io::ErrorKind::NotFound
+                {
+                    errln!(
+                        "hint: name the config file with `-c FILE` or `$POLLHOOK_CONFIG` (the default is `{DEFAULT_CONFIG_PATH}`)"
+                    );
+                }
                 return ExitCode::from(EXIT_CONFIG);
             }
             errln!("error: {}", crate::error_chain(error.as_ref()));
@@ -220,6 +227,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check(ConfigArg { config }) => {
             let config = Config::load(&config)?;
+            for warning in &config.warnings {
+                errln!("{warning}");
+            }
             outln!(
                 "config ok: {} endpoints, {} targets",
                 config.endpoints.len(),

@@ -235,9 +235,9 @@ struct TargetConfig {
     name: Spanned<String>,
     /// Required, as an endpoint's.
     url: Option<HttpUrl>,
-    secret: Option<WebhookSecret>,
+    secret: Option<Spanned<WebhookSecret>>,
     /// Several secrets sign with each, for rotation.
-    secrets: Option<Spanned<Vec<WebhookSecret>>>,
+    secrets: Option<Spanned<Vec<Spanned<WebhookSecret>>>>,
     timeout: Option<HumanDuration>,
     /// Waits between delivery attempts (default: Standard Webhooks' schedule).
     retry: Option<Spanned<Vec<HumanDuration>>>,
@@ -373,6 +373,9 @@ pub struct Config {
     pub admin: Admin,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub targets: Vec<Arc<Target>>,
+    /// Things that are allowed but probably wrong, as `check` prints them
+    /// (`file:line:col: target `x`: warning: ...`); the daemon logs them.
+    pub warnings: Vec<String>,
 }
 
 /// One watched URL, with every default already applied.
@@ -510,22 +513,27 @@ pub enum ConfigError {
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     let lines: Vec<String> = problems
         .iter()
-        .map(|problem| {
-            let context = problem
-                .context
-                .as_ref()
-                .map(|context| format!("{context}: "))
-                .unwrap_or_default();
-            format!(
-                "{}:{}:{}: {context}{}",
-                path.display(),
-                problem.line,
-                problem.column,
-                problem.message
-            )
-        })
+        .map(|problem| problem.render(path))
         .collect();
     lines.join("\n")
+}
+
+impl Problem {
+    /// `file:line:col: endpoint `name`: message`.
+    fn render(&self, path: &Path) -> String {
+        let context = self
+            .context
+            .as_ref()
+            .map(|context| format!("{context}: "))
+            .unwrap_or_default();
+        format!(
+            "{}:{}:{}: {context}{}",
+            path.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
 }
 
 impl Config {
@@ -567,10 +575,18 @@ impl Config {
             source,
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             problems: Vec::new(),
+            warnings: Vec::new(),
         };
         let config = compiler.compile(path);
         match config {
-            Some(config) if compiler.problems.is_empty() => Ok(config),
+            Some(mut config) if compiler.problems.is_empty() => {
+                config.warnings = compiler
+                    .warnings
+                    .iter()
+                    .map(|warning| warning.render(path))
+                    .collect();
+                Ok(config)
+            }
             _ => {
                 let mut problems = compiler.problems;
                 problems.sort_by_key(|problem| (problem.line, problem.column));
@@ -595,6 +611,7 @@ struct Compiler<'s> {
     /// The config file's folder: relative paths in it start there.
     dir: PathBuf,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl<'s> Compiler<'s> {
@@ -605,6 +622,16 @@ impl<'s> Compiler<'s> {
             column,
             context,
             message: message.to_string(),
+        });
+    }
+
+    fn warning(&mut self, offset: usize, context: Option<String>, message: impl fmt::Display) {
+        let (line, column) = line_column(self.source, offset);
+        self.warnings.push(Problem {
+            line,
+            column,
+            context,
+            message: format!("warning: {message}"),
         });
     }
 
@@ -622,6 +649,13 @@ impl<'s> Compiler<'s> {
             }
         };
         let endpoint_tables = self.take_array_of_tables(&mut root, "endpoint");
+        if endpoint_tables.is_empty() {
+            self.problem(
+                0,
+                None,
+                "no endpoints: there is nothing to poll; add an `[[endpoint]]` table",
+            );
+        }
         let target_tables = self.take_array_of_tables(&mut root, "target");
 
         let root_span = 0..self.source.len();
@@ -698,6 +732,7 @@ impl<'s> Compiler<'s> {
             admin,
             endpoints,
             targets,
+            warnings: Vec::new(),
         })
     }
 
@@ -783,7 +818,7 @@ impl<'s> Compiler<'s> {
             };
             self.check_name(&raw.name, &context);
             let url = self.required_url(raw.url, &broken, table_start, &context);
-            let mut secrets: Vec<WebhookSecret> = raw.secret.into_iter().collect();
+            let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.into_iter().collect();
             if let Some(more) = raw.secrets {
                 if more.get_ref().is_empty() {
                     self.problem(
@@ -794,6 +829,15 @@ impl<'s> Compiler<'s> {
                 }
                 secrets.extend(more.into_inner());
             }
+            for secret in secrets.iter().filter(|secret| !secret.get_ref().prefixed) {
+                self.warning(
+                    secret.span().start,
+                    context.clone(),
+                    "the secret does not start with `whsec_`: it is read as base64, but Standard Webhooks secrets look like `whsec_` followed by base64; is it the right one?",
+                );
+            }
+            let secrets: Vec<WebhookSecret> =
+                secrets.into_iter().map(Spanned::into_inner).collect();
             let retry = match (raw.retry, raw.max_attempts) {
                 (Some(_), Some(max)) => {
                     self.problem(
@@ -1550,7 +1594,10 @@ targets = ["nowhere"]
     #[test]
     fn target_formats_and_their_mistakes() {
         let target = |extra: &str| {
-            format!("[[target]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/hook\"\n{extra}\n")
+            format!(
+                "[[target]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/hook\"\n{extra}\n\
+                 [[endpoint]]\nname = \"e\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n"
+            )
         };
         let compiled = |extra: &str| {
             Config::compile(&target(extra), Path::new("c.toml"))

@@ -189,11 +189,16 @@ impl FromStr for CronExpr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = |err: String| format!("invalid cron expression `{text}`: {err}");
         let fields: Vec<&str> = text.split_whitespace().collect();
         let expression = match fields.as_slice() {
             [minute, hour, day_of_month, month, day_of_week] => {
-                let day_of_week = crontab_day_of_week(day_of_week)
-                    .map_err(|err| format!("invalid cron expression `{text}`: {err}"))?;
+                // Checked here: the `cron` crate's messages name its own
+                // 6-field form and get the ranges wrong.
+                for (field, (name, low, high)) in fields.iter().zip(CRONTAB_FIELDS) {
+                    check_crontab_field(field, name, low, high).map_err(invalid)?;
+                }
+                let day_of_week = crontab_day_of_week(day_of_week).map_err(invalid)?;
                 format!("0 {minute} {hour} {day_of_month} {month} {day_of_week}")
             }
             [_, _, _, _, _, _] | [_, _, _, _, _, _, _] => fields.join(" "),
@@ -204,8 +209,12 @@ impl FromStr for CronExpr {
                 ));
             }
         };
-        let schedule = cron::Schedule::from_str(&expression)
-            .map_err(|err| format!("invalid cron expression `{text}`: {err}"))?;
+        let schedule = cron::Schedule::from_str(&expression).map_err(|err| {
+            // Its message draws a caret under its own form of the expression
+            // over several lines; the last says what is wrong.
+            let err = err.to_string();
+            invalid(err.lines().last().unwrap_or_default().trim().to_string())
+        })?;
         Ok(CronExpr {
             source: text.to_string(),
             schedule,
@@ -214,6 +223,52 @@ impl FromStr for CronExpr {
 }
 
 const WEEKDAYS: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+
+/// The five crontab fields: name and range.
+const CRONTAB_FIELDS: [(&str, u32, u32); 5] = [
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+];
+
+/// Checks the numbers of one crontab field (`*/15`, `1-5`, `0,30`) against
+/// its range; names (`MON`, `JAN`) are left to the `cron` crate.
+fn check_crontab_field(field: &str, name: &str, low: u32, high: u32) -> Result<(), String> {
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (part, None),
+        };
+        if let Some(step) = step {
+            match step.parse::<u32>() {
+                Ok(step) if (1..=high.max(1)).contains(&step) => {}
+                _ => {
+                    return Err(format!(
+                        "the {name} step `{step}` must be a number from 1 to {}",
+                        high.max(1)
+                    ));
+                }
+            }
+        }
+        for value in range.split('-').filter(|value| *value != "*") {
+            if value.is_empty() {
+                return Err(format!("the {name} field `{field}` has an empty value"));
+            }
+            if !value.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            match value.parse::<u32>() {
+                Ok(number) if (low..=high).contains(&number) => {}
+                _ => {
+                    return Err(format!("the {name} `{value}` is out of range {low}-{high}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Crontab numbers weekdays 0-7 with Sunday as 0 and 7; the `cron` crate
 /// numbers them 1-7 from Sunday. Names mean the same in both, so numbers are
@@ -466,6 +521,9 @@ fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSecret {
     pub key: Vec<u8>,
+    /// Whether it was written with the `whsec_` prefix; one without is
+    /// accepted, with a warning: it may be another service's token.
+    pub prefixed: bool,
 }
 
 impl FromStr for WebhookSecret {
@@ -473,7 +531,10 @@ impl FromStr for WebhookSecret {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let expanded = expand_env(text)?;
-        let encoded = expanded.strip_prefix("whsec_").unwrap_or(&expanded);
+        let (encoded, prefixed) = match expanded.strip_prefix("whsec_") {
+            Some(encoded) => (encoded, true),
+            None => (expanded.as_str(), false),
+        };
         // Never echo the value: it is the secret itself.
         let key = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -483,7 +544,7 @@ impl FromStr for WebhookSecret {
         if key.is_empty() {
             return Err("invalid webhook secret: it is empty".to_string());
         }
-        Ok(WebhookSecret { key })
+        Ok(WebhookSecret { key, prefixed })
     }
 }
 
@@ -529,8 +590,40 @@ mod tests {
         ] {
             assert!(ok.parse::<CronExpr>().is_ok(), "{ok}");
         }
-        for bad in ["* * *", "61 * * * *", "* * * * 9", "nonsense"] {
-            assert!(bad.parse::<CronExpr>().is_err(), "{bad}");
+        let cases = [
+            ("* * *", "or 6/7 with seconds and year"),
+            ("nonsense", "or 6/7 with seconds and year"),
+            ("61 * * * *", "the minute `61` is out of range 0-59"),
+            ("60 * * * *", "the minute `60` is out of range 0-59"),
+            (
+                "*/61 * * * *",
+                "the minute step `61` must be a number from 1 to 59",
+            ),
+            (
+                "*/0 * * * *",
+                "the minute step `0` must be a number from 1 to 59",
+            ),
+            ("0 24 * * *", "the hour `24` is out of range 0-23"),
+            ("0 0 0 * *", "the day of month `0` is out of range 1-31"),
+            ("0 0 * 13 *", "the month `13` is out of range 1-12"),
+            ("0 0 * * 9", "the day of week `9` is out of range 0-7"),
+            (
+                "0 0 * * 1-",
+                "the day of week field `1-` has an empty value",
+            ),
+            (
+                "a * * * *",
+                "The 'Minutes' field does not support using names. 'a' specified.",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let error = bad.parse::<CronExpr>().unwrap_err();
+            assert!(!error.contains('\n'), "{bad}: {error}");
+            assert!(
+                error.starts_with(&format!("invalid cron expression `{bad}`: ")),
+                "{error}"
+            );
+            assert!(error.ends_with(expected), "{bad}: {error}");
         }
     }
 

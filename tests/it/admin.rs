@@ -603,7 +603,8 @@ fn an_open_admin_listener_needs_a_token() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("open.toml:1:1: admin: `listen = \"0.0.0.0:9477\"` is reachable from other machines: set `token` too"), "{error}");
-    let with_token = "[admin]\nlisten = \"0.0.0.0:9477\"\ntoken = \"t\"\n";
+    let with_token = "[admin]\nlisten = \"0.0.0.0:9477\"\ntoken = \"t\"\n\
+        [[endpoint]]\nname = \"e\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n";
     assert!(Config::compile(with_token, Path::new("ok.toml")).is_ok());
 }
 
@@ -673,7 +674,8 @@ async fn a_unix_socket_path_never_replaces_another_file() {
     let socket = dir.path().join("admin.sock");
     std::fs::write(&socket, "precious").unwrap();
     let text = format!(
-        "state_dir = \"{}\"\n[admin]\nlisten = \"unix:{}\"\n",
+        "state_dir = \"{}\"\n[admin]\nlisten = \"unix:{}\"\n\
+         [[endpoint]]\nname = \"e\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n",
         dir.path().display(),
         socket.display()
     );
@@ -692,6 +694,8 @@ async fn a_unix_socket_path_never_replaces_another_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_asked_for_or_reconfigured_while_polling_never_overlap() {
     const YEARLY: &str = "cron = \"0 0 1 1 *\"";
+    const UNUSED: &str =
+        "[[endpoint]]\nname = \"unused\"\nurl = \"http://127.0.0.1:1/\"\ncron = \"0 0 1 1 *\"\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     let mut slow = Reply::json(r#"{"a":1}"#);
@@ -700,9 +704,10 @@ async fn polls_asked_for_or_reconfigured_while_polling_never_overlap() {
     let receiver = Receiver::start().await;
     // Polled only when asked: the first regular poll falls somewhere in
     // 1000 h, or on the next 1 January.
+    // With an endpoint that stays and never polls: a config has one at least.
     let slow_endpoint = |schedule: &str| {
         format!(
-            "[[endpoint]]\nname = \"slow\"\nurl = \"{}\"\n{schedule}\n",
+            "[[endpoint]]\nname = \"slow\"\nurl = \"{}\"\n{schedule}\n{UNUSED}",
             api.url()
         )
     };
@@ -744,7 +749,7 @@ async fn polls_asked_for_or_reconfigured_while_polling_never_overlap() {
 
     // Removed during a poll and back before it could end: it polls again
     // when asked, and only then.
-    let (status, answer) = reload("").await;
+    let (status, answer) = reload(UNUSED).await;
     assert_eq!(
         (status, answer["reloaded"].as_str()),
         (200, Some("0 started, 1 stopped, 0 restarted"))

@@ -174,6 +174,42 @@ async fn check_reports_fifteen_mistakes_in_one_run() {
     }
 }
 
+/// Nothing to poll is a mistake; a secret without `whsec_` may be one.
+#[tokio::test]
+async fn check_refuses_an_empty_config_and_warns_of_a_bare_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    for empty in ["", "[defaults]\nevery = \"1m\"\n"] {
+        std::fs::write(&path, empty).unwrap();
+        let output = run(&["check", "-c", path.to_str().unwrap()]).await;
+        assert_eq!(output.status.code(), Some(78));
+        assert!(
+            text(&output.stderr).contains("c.toml:1:1: no endpoints: there is nothing to poll"),
+            "{}",
+            text(&output.stderr)
+        );
+    }
+    let bare = SECRET.strip_prefix("whsec_").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[[target]]\nname = \"hook\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"{bare}\"\n\
+             [[endpoint]]\nname = \"e\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n"
+        ),
+    )
+    .unwrap();
+    let output = run(&["check", "-c", path.to_str().unwrap()]).await;
+    assert!(output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(
+            "c.toml:4:10: target `hook`: warning: the secret does not start with `whsec_`"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(bare), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_missing_config_file_is_a_config_error() {
     let output = run(&["check", "-c", "/nonexistent/pollhook.toml"]).await;
@@ -181,7 +217,8 @@ async fn a_missing_config_file_is_a_config_error() {
     assert!(
         text(&output.stderr).contains(
             "cannot read config file `/nonexistent/pollhook.toml`: No such file or directory"
-        ),
+        ) && text(&output.stderr)
+            .contains("\nhint: name the config file with `-c FILE` or `$POLLHOOK_CONFIG`"),
         "{}",
         text(&output.stderr)
     );

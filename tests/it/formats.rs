@@ -237,6 +237,11 @@ template = "{{ summary }}"
 name = "empty"
 url = "http://127.0.0.1:1/hook"
 format = "template"
+
+[[endpoint]]
+name = "e"
+url = "http://127.0.0.1:1/"
+every = "1m"
 "#,
     )
     .unwrap();
