@@ -311,3 +311,26 @@ async fn every_secret_signs_the_exact_bytes_sent() {
         "a multibyte body"
     );
 }
+
+/// The README once said "immediately, then after 5 s, ..." while the code
+/// made the first attempt at once and its first retry after 5 s ± 20 %.
+#[test]
+fn the_readme_states_the_schedule_the_code_keeps() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let waits: Vec<String> = DEFAULT_SCHEDULE
+        .iter()
+        .map(|wait| match wait.as_secs() {
+            seconds if seconds < 60 => format!("{seconds} s"),
+            seconds if seconds < 3600 => format!("{} min", seconds / 60),
+            seconds => format!("{} h", seconds / 3600),
+        })
+        .collect();
+    let (last, rest) = waits.split_last().unwrap();
+    let phrase = format!(
+        "the first attempt is made at once; after a failure it is retried after {} and {last} (each wait ±20 %",
+        rest.join(", ")
+    );
+    assert!(readme.contains(&phrase), "the README should say: {phrase}");
+}

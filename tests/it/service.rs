@@ -222,3 +222,51 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
     let history = cli(&config, &["history", "data"]).await;
     assert!(history.status.success() && text(&history.stdout).contains("json"));
 }
+
+/// The README's install steps, run as written into a scratch root: the
+/// installed config must be readable by the unit's unprivileged
+/// `DynamicUser` (`install -m 0640` made it readable by root only).
+#[tokio::test]
+async fn the_readme_install_steps_leave_a_config_the_service_user_can_read() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let install = readme
+        .lines()
+        .find(|line| line.starts_with("sudo install") && line.contains("config.example.toml"))
+        .expect("the README installs config.example.toml");
+    let scratch = tempfile::tempdir().unwrap();
+    // A temp dir is 0700: open it to the user the check runs as.
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let installed = scratch.path().join("etc/pollhook/config.toml");
+    let command = install
+        .trim_start_matches("sudo ")
+        .replace("/etc/pollhook/config.toml", installed.to_str().unwrap());
+    let status = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command}");
+
+    // As systemd's DynamicUser would: no user of ours, no groups.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["check", "-c"])
+        .arg(&installed)
+        .env_remove("POLLHOOK_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(
+        !stderr.contains("setpriv:"),
+        "this test runs `pollhook check` as user 65534 and needs root to do so (CI runs as root): {stderr}"
+    );
+    assert!(output.status.success(), "as an unprivileged user: {stderr}");
+    assert!(text(&output.stdout).starts_with("config ok:"));
+}
