@@ -26,9 +26,10 @@ use crate::deliver::format::{self, TargetFormat, Template};
 use crate::deliver::retry::RetryPolicy;
 use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
+pub use crate::schedule::CronExpr;
 use crate::schedule::Schedule;
 pub use values::{
-    ByteSize, CronExpr, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
+    ByteSize, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
     redact_written_url,
 };
 
