@@ -480,7 +480,7 @@ impl Running {
                 continue;
             };
             match &slot.endpoint {
-                Some(running) if same_endpoint(running, endpoint) => continue,
+                Some(running) if running.runs_as(endpoint) => continue,
                 Some(_) => restarted += 1,
                 // Removed while polling, and back before that poll ended.
                 None => started += 1,
@@ -722,13 +722,6 @@ fn first_poll(endpoint: &Endpoint) -> Instant {
 /// `due`, or as far ahead as the timer wheel reaches.
 fn wheel_deadline(due: Instant) -> Instant {
     due.min(Instant::now() + LONGEST_WAIT)
-}
-
-/// Whether an endpoint's schedule and state can go on with `new` unchanged.
-fn same_endpoint(old: &Endpoint, new: &Endpoint) -> bool {
-    // The definition hash covers header values; `Debug` covers the rest
-    // (schedule, targets, limits) and hides sensitive headers.
-    old.definition == new.definition && format!("{old:?}") == format!("{new:?}")
 }
 
 /// One poll of an endpoint that was `due`, and what follows from it:

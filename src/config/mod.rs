@@ -5,6 +5,7 @@
 //! broken table does not hide the mistakes in the others: all problems are
 //! reported at once, each with file, line, column and the endpoint it is in.
 
+mod diff;
 mod values;
 
 use std::borrow::Cow;
@@ -28,6 +29,7 @@ use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
 pub use crate::schedule::CronExpr;
 use crate::schedule::Schedule;
+pub use diff::{Changes, ConfigDiff};
 pub use values::{
     ByteSize, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
     redact_written_url,
