@@ -35,6 +35,7 @@ pub mod jq;
 pub mod metrics;
 pub mod poll;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;
 
 /// An error and its causes on one line: `outer: inner: root`.
