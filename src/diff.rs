@@ -337,7 +337,11 @@ impl Scan {
 /// walk mirrors json_patch 5's: objects member by member in key order (adds
 /// and replaces first, then removes), arrays index by index (removes of a
 /// shorter array all at the first missing index), anything else compared as
-/// parsed values, since different bytes may still be equal (`0.0`, `-0.0`).
+/// parsed values. Those are equal only when their bytes are: numbers keep
+/// their exact canonical text in a `Value` (serde_json's
+/// `arbitrary_precision`) and compare by it, so `1000000000000000000001`
+/// and `1000000000000000000002` differ, and so do `0.0` and `-0.0`, as
+/// they do in the document's hash.
 ///
 /// `depth` counts the containers gone into: past serde_json's nesting
 /// limit, which no parsed document reaches, the bytes are not JSON (a
@@ -781,7 +785,8 @@ mod tests {
             (r#"[]"#, r#"[{}]"#),
             (r#"{"a":[]}"#, r#"{"a":{}}"#),
             (r#"{"a":[{}],"b":{}}"#, r#"{"a":[],"b":{}}"#),
-            // Different bytes, equal values: no operation.
+            // Zero and minus zero: different texts, so a replace (as f64s
+            // they were equal, and their change had no operation).
             (r#"{"a":[0.0,1]}"#, r#"{"a":[-0.0,2]}"#),
             // Keys that sort differently escaped and unescaped.
             (r#"{"a\"":1,"a#":1}"#, r#"{"a\"":2,"a#":2}"#),
