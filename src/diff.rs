@@ -337,7 +337,11 @@ impl Scan {
 /// walk mirrors json_patch 5's: objects member by member in key order (adds
 /// and replaces first, then removes), arrays index by index (removes of a
 /// shorter array all at the first missing index), anything else compared as
-/// parsed values, since different bytes may still be equal (`0.0`, `-0.0`).
+/// parsed values. Those are equal only when their bytes are: numbers keep
+/// their exact canonical text in a `Value` (serde_json's
+/// `arbitrary_precision`) and compare by it, so `1000000000000000000001`
+/// and `1000000000000000000002` differ, and so do `0.0` and `-0.0`, as
+/// they do in the document's hash.
 ///
 /// `depth` counts the containers gone into: past serde_json's nesting
 /// limit, which no parsed document reaches, the bytes are not JSON (a
@@ -688,6 +692,11 @@ mod tests {
         .unwrap()
     }
 
+    /// A number from its text, with all its digits.
+    fn number(text: &str) -> Value {
+        Value::Number(text.parse().unwrap())
+    }
+
     fn text(text: &str) -> Document {
         extract(
             text.as_bytes(),
@@ -726,6 +735,20 @@ mod tests {
             r#"{"a":1,"b":2}"#,
             r#"{"a":1}"#,
             Some(json!([{"op": "remove", "path": "/b"}])),
+        );
+        // Numbers beyond an f64: compared and reported with all their digits.
+        check(
+            r#"{"wei":1000000000000000000001,"x":0.12345678901234567890}"#,
+            r#"{"wei":1000000000000000000002,"x":0.12345678901234567891}"#,
+            Some(json!([
+                {"op": "replace", "path": "/wei", "value": number("1000000000000000000002")},
+                {"op": "replace", "path": "/x", "value": number("0.12345678901234567891")},
+            ])),
+        );
+        check(
+            r#"{"wei":1000000000000000000001}"#,
+            r#"{"wei":1.000000000000000000001e21}"#,
+            None,
         );
     }
 
@@ -781,7 +804,8 @@ mod tests {
             (r#"[]"#, r#"[{}]"#),
             (r#"{"a":[]}"#, r#"{"a":{}}"#),
             (r#"{"a":[{}],"b":{}}"#, r#"{"a":[],"b":{}}"#),
-            // Different bytes, equal values: no operation.
+            // Zero and minus zero: different texts, so a replace (as f64s
+            // they were equal, and their change had no operation).
             (r#"{"a":[0.0,1]}"#, r#"{"a":[-0.0,2]}"#),
             // Keys that sort differently escaped and unescaped.
             (r#"{"a\"":1,"a#":1}"#, r#"{"a\"":2,"a#":2}"#),
@@ -813,7 +837,15 @@ mod tests {
         fn random_value(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> Value {
             match next(if depth > 3 { 4 } else { 6 }) {
                 0 => Value::Null,
-                1 => json!(next(3)),
+                1 => [
+                    json!(next(3)),
+                    json!(1.5),
+                    number("1000000000000000000001"),
+                    number("1000000000000000000002"),
+                    number("0.12345678901234567891"),
+                    number("1e+400"),
+                ][next(6) as usize]
+                    .clone(),
                 2 => json!(["a", "b/c", "d~e", "\"q\"", "é"][next(5) as usize]),
                 3 => json!(next(2) == 0),
                 4 => Value::Array(
@@ -1042,6 +1074,10 @@ mod tests {
                 any::<bool>().prop_map(Value::Bool),
                 any::<i64>().prop_map(Value::from),
                 any::<f64>().prop_map(Value::from),
+                // Beyond an f64: integers and decimals with many digits,
+                // written as a response might.
+                r"-?[1-9][0-9]{18,30}".prop_map(|text| number(&text)),
+                r"-?[0-9]\.[0-9]{16,25}([eE][-+]?[0-9]{1,3})?".prop_map(|text| number(&text)),
                 "[a-c\\u{e9}\\u{2602}/~0-9]{0,4}".prop_map(Value::String),
             ];
             leaf.prop_recursive(4, 48, 6, |inner| {
@@ -1124,9 +1160,10 @@ mod tests {
                 let body = shuffled(&value);
                 let rules = Rules { format: Some(Format::Json), ..Rules::default() };
                 let document = extract(body.as_bytes(), None, &rules).unwrap();
-                // Parsed again rather than `value` itself: serde_json reads
-                // some floats back a last digit off.
-                let parsed: Value = serde_json::from_str(&body).unwrap();
+                // Parsed again rather than `value` itself: the body has its
+                // numbers as `value` wrote them, not yet canonical.
+                let mut parsed: Value = serde_json::from_str(&body).unwrap();
+                crate::number::canonicalise(&mut parsed);
                 prop_assert_eq!(
                     String::from_utf8(document.canonical).unwrap(),
                     parsed.to_string()

@@ -2,7 +2,9 @@
 //!
 //! JSON is parsed, narrowed by the `select` jq filter, the `ignore` pointers
 //! are removed, and it is written back in canonical form (object keys
-//! sorted, no whitespace), so key order and formatting never make a change.
+//! sorted, no whitespace, each number in its one exact text: see
+//! [`crate::number`]), so key order and formatting never make a change,
+//! and a change in any digit of a number always does.
 //! In item mode the document is the list of items by key, sorted, so their
 //! order never makes a change either. Text keeps the lines that `match`,
 //! normalised by `replace`. Anything else is compared by hash only.
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Format;
 use crate::jq::{self, Jq};
+use crate::number;
 
 /// What kind of document an endpoint produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +243,9 @@ pub fn extract(
         }
         Kind::Json | Kind::Items => {
             let mut value: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
+            // Numbers as the response wrote them → canonical text. (jq
+            // outputs come back canonical: see `jq::Jq::run`.)
+            number::canonicalise(&mut value);
             if let Some(select) = &rules.select {
                 value = run(select, "select", &value).map(jq::collapse)?;
             }
@@ -324,8 +330,9 @@ fn items_document(value: &Value, rules: &ItemRules) -> Result<Document, ExtractE
 /// and an object's members are written in the order they come and only
 /// rearranged (one copy of that object's bytes) when their keys are not
 /// already sorted and unique. The bytes are exactly those a [`Value`] writes
+/// once [`number::canonicalise`] has given its numbers their canonical text
 /// (same numbers, same escaping, keys in the same order, the last of
-/// duplicate keys kept), so stored hashes do not change.
+/// duplicate keys kept), so both paths give the same document.
 struct Canonical<'w, 'de>(&'w mut Writer<'de>);
 
 /// The output, and buffers shared by every object of a document so that
@@ -377,7 +384,9 @@ impl<'de> Visitor<'de> for Canonical<'_, 'de> {
     }
 
     fn visit_f64<E>(self, value: f64) -> Result<(), E> {
-        // As `Value` does: a float JSON cannot hold becomes null.
+        // serde_json reads floats as text (see `visit_map`); this is only
+        // for a deserializer that does not. As `Value` does: a float JSON
+        // cannot hold becomes null.
         write_json(&mut self.0.out, &value);
         Ok(())
     }
@@ -413,11 +422,22 @@ impl<'de> Visitor<'de> for Canonical<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let writer = self.0;
+        let mut next_key = map.next_key()?;
+        if let Some(Key(key)) = &next_key
+            && key == NUMBER_TOKEN
+        {
+            // With `arbitrary_precision`, serde_json hands over every number
+            // that is not a 64-bit integer as a map whose one member holds
+            // its text. (A member of that name in a response is read the
+            // same way, as serde_json's `Value` reads it.)
+            let text: Cow<'de, str> = map.next_value::<Text>()?.0;
+            return number::write(&mut writer.out, &text).map_err(serde::de::Error::custom);
+        }
         writer.out.push(b'{');
         let members_start = writer.out.len();
         let first = writer.members.len();
         let mut in_order = true;
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(Key(key)) = next_key {
             if writer.members.len() > first {
                 writer.out.push(b',');
             }
@@ -432,6 +452,7 @@ impl<'de> Visitor<'de> for Canonical<'_, 'de> {
             in_order &= writer.members.len() == first
                 || writer.members.last().is_some_and(|(last, _)| *last < key);
             writer.members.push((key, start..writer.out.len()));
+            next_key = map.next_key()?;
         }
         if !in_order {
             writer.scratch.clear();
@@ -473,32 +494,52 @@ fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     serde_json::to_writer(out, value).expect("a string or a number always serialises");
 }
 
+/// The name of the one member of the map serde_json's `arbitrary_precision`
+/// makes of a number (serde_json's own `Value` looks for it the same way).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
 /// An object key, borrowed from the body when it holds no escapes.
 struct Key<'a>(Cow<'a, str>);
 
+/// A number's text, as serde_json hands it over.
+struct Text<'a>(Cow<'a, str>);
+
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
+        deserializer
+            .deserialize_str(TextVisitor("an object key"))
+            .map(Key)
+    }
+}
 
-            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                formatter.write_str("an object key")
-            }
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_str(TextVisitor("a number's text"))
+            .map(Text)
+    }
+}
 
-            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(value)))
-            }
+/// A string, borrowed when it can be.
+struct TextVisitor(&'static str);
 
-            fn visit_str<E>(self, value: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(value.to_owned())))
-            }
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Cow<'de, str>;
 
-            fn visit_string<E>(self, value: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(value)))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.0)
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(value))
     }
 }
 
@@ -757,8 +798,9 @@ mod tests {
             r#"{"é":1,"e":2,"\u00e9\u00e9":3,"ü":{"b":[],"a":{}}}"#,
         ];
         for body in bodies {
-            let expected =
-                serde_json::to_vec(&serde_json::from_str::<Value>(body).unwrap()).unwrap();
+            let mut value = serde_json::from_str::<Value>(body).unwrap();
+            number::canonicalise(&mut value);
+            let expected = serde_json::to_vec(&value).unwrap();
             let document =
                 extract(body.as_bytes(), Some("application/json"), &json_rules(&[])).unwrap();
             assert_eq!(
@@ -768,6 +810,69 @@ mod tests {
             );
             assert!(extract(b"{\"a\":1,}", Some("application/json"), &json_rules(&[])).is_err());
         }
+    }
+
+    /// Plain JSON (written while parsed) and JSON through a filter (a tree
+    /// of `Value`s) give numbers the same canonical text: what pollhook
+    /// always wrote for a number an `f64` held, so that stored documents
+    /// keep their hashes, and the exact value for any other.
+    #[test]
+    fn numbers_have_one_canonical_text_on_every_path() {
+        let check = |body: &str, expected: &str| {
+            let through_select = Rules {
+                select: Some(".".parse().unwrap()),
+                ..Rules::default()
+            };
+            let through_items = item_rules(".", "0");
+            for rules in [json_rules(&[]), through_select] {
+                let document = extract(body.as_bytes(), Some("application/json"), &rules).unwrap();
+                assert_eq!(document.text(), expected, "{body}");
+            }
+            let items = extract(body.as_bytes(), None, &through_items).unwrap();
+            assert_eq!(
+                items.text(),
+                format!(r#"[{{"item":{expected},"key":0}}]"#),
+                "{body}"
+            );
+        };
+        // As before: these are the bytes stored documents have.
+        check(
+            r#"{"b":1,"a":[1,2.5,-3,1e3,1.0e-7,18446744073709551615,-9223372036854775808]}"#,
+            r#"{"a":[1,2.5,-3,1000.0,1e-7,18446744073709551615,-9223372036854775808],"b":1}"#,
+        );
+        check(
+            "[0,-0,0.0,-0.0,1E2,1e+2,0.1,1.50,1e16,1e22,5e-324,0.0000123]",
+            "[0,-0.0,0.0,-0.0,100.0,100.0,0.1,1.5,1e+16,1e+22,5e-324,0.0000123]",
+        );
+        // Beyond an f64: exact, in one form per value (f64 had 1e+21,
+        // 1e+22, 1.2345678901234568e+29, 0.12345678901234568, an error).
+        check(
+            "[1000000000000000000001,1.000000000000000000001e21]",
+            "[1000000000000000000001,1000000000000000000001]",
+        );
+        check(
+            "[10000000000000000000001,1.0000000000000000000001E+22]",
+            "[10000000000000000000001,10000000000000000000001]",
+        );
+        check(
+            "[123456789012345678901234567890,-18446744073709551616]",
+            "[123456789012345678901234567890,-18446744073709551616]",
+        );
+        check(
+            "[0.12345678901234567890,0.12345678901234567891,1e400]",
+            "[0.1234567890123456789,0.12345678901234567891,1e+400]",
+        );
+        // serde_json's `Value` reads a member by this name as a number:
+        // so does the plain path, or the diff would see another document.
+        check(r#"{"$serde_json::private::Number":"1.0e2"}"#, "100.0");
+        assert!(
+            extract(
+                br#"{"$serde_json::private::Number":"x"}"#,
+                Some("application/json"),
+                &json_rules(&[]),
+            )
+            .is_err()
+        );
     }
 
     #[test]

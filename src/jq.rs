@@ -2,18 +2,29 @@
 //! run on every response. Pure, no IO.
 //!
 //! A filter that does not compile is a config error; one that fails on a
-//! response is an error for that poll. Values cross from serde_json to jaq
-//! and back as JSON, so numbers keep their text and nothing is lost.
+//! response is an error for that poll.
+//!
+//! Numbers keep their exact value through a filter that only picks, builds
+//! or passes them on (`.wei`, `{id, price}`, `.[]`), whatever their size:
+//! jaq holds an integer of any size exactly (and adds, subtracts and
+//! multiplies integers exactly), a number an `f64` holds exactly as that
+//! `f64`, as before, and any other number as its decimal text. What jaq
+//! cannot do exactly is arithmetic on those decimals or a division, and
+//! comparing or sorting them: it does those in `f64`, so two decimals that
+//! differ past their 17th digit compare equal in a filter (`==`, `sort`,
+//! `unique`), though they are different values in the document and in a
+//! diff.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
-use jaq_json::Val;
-use serde::Deserialize as _;
-use serde_json::Value;
+use jaq_core::{Compiler, Ctx, ValT as _, Vars, data, unwrap_valr};
+use jaq_json::{Num, Val};
+use serde_json::{Number, Value};
+
+use crate::number;
 
 type Filter = jaq_core::Filter<data::JustLut<Val>>;
 
@@ -30,18 +41,21 @@ impl Jq {
     }
 
     /// Every output of the filter on `input`, or the first run-time error.
+    /// The outputs' numbers have their canonical text ([`number`]).
     pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
-        let input = Val::deserialize(input).map_err(|error| error.to_string())?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         self.filter
             .id
-            .run((ctx, input))
+            .run((ctx, to_jaq(input)))
             .map(unwrap_valr)
             .map(|output| {
                 let output = output.map_err(|error| error.to_string())?;
-                // jaq writes values as JSON; non-finite numbers are not JSON.
-                serde_json::from_str(&output.to_string())
-                    .map_err(|_| format!("the filter produced `{output}`, which is not JSON"))
+                // jaq writes values as JSON, big integers and decimals with
+                // all their digits; non-finite numbers are not JSON.
+                let mut value = serde_json::from_str(&output.to_string())
+                    .map_err(|_| format!("the filter produced `{output}`, which is not JSON"))?;
+                number::canonicalise(&mut value);
+                Ok(value)
             })
             .collect()
     }
@@ -52,6 +66,57 @@ impl Jq {
         Ok(collapse(self.run(input)?))
     }
 }
+
+/// A serde_json value as jaq's. jaq-json's own serde support cannot be used:
+/// with `arbitrary_precision`, a number that is not a 64-bit integer or an
+/// exact `f64` reaches it as a map holding its text.
+fn to_jaq(value: &Value) -> Val {
+    match value {
+        Value::Null => Val::Null,
+        Value::Bool(value) => Val::Bool(*value),
+        Value::Number(number) => Val::Num(jaq_number(number)),
+        Value::String(text) => Val::utf8_str(text.clone().into_bytes()),
+        Value::Array(items) => items.iter().map(to_jaq).collect(),
+        Value::Object(members) => Val::obj(
+            members
+                .iter()
+                .map(|(key, value)| (Val::utf8_str(key.clone().into_bytes()), to_jaq(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// 64-bit integers and exact `f64`s as jaq had them before numbers were
+/// exact (so filters such as `tostring` give what they gave); other
+/// integers as jaq's big integers, other numbers as jaq's decimal text.
+fn jaq_number(number: &Number) -> Num {
+    if let Some(integer) = number.as_i64() {
+        return Num::from_integral(integer);
+    }
+    if let Some(integer) = number.as_u64() {
+        return Num::from_integral(integer);
+    }
+    if let Some(float) = number.as_f64()
+        && Number::from_f64(float).is_some_and(|exact| exact.as_str() == number.as_str())
+    {
+        return Num::Float(float);
+    }
+    let text = number.as_str();
+    if text.len() > BIG_INTEGER_DIGITS {
+        // Reading (and writing) a big integer takes time quadratic in its
+        // length: one of a million digits would hold up the poll for seconds.
+        return Num::Dec(text.to_string().into());
+    }
+    match Val::from_num(text) {
+        Ok(Val::Num(number)) => number,
+        // `from_num` always makes a number; were it not to, the f64.
+        _ => Num::Float(number.as_f64().unwrap_or(f64::NAN)),
+    }
+}
+
+/// Integers longer than this (a 256-bit one has 78 digits) go to jaq as
+/// their text, as decimals do: kept exactly, but computed with as `f64`s.
+const BIG_INTEGER_DIGITS: usize = 1000;
 
 /// One output is itself; several become an array; none is `null`.
 pub fn collapse(mut outputs: Vec<Value>) -> Value {
@@ -186,6 +251,53 @@ mod tests {
         let input: Value =
             serde_json::from_str(r#"{"n": 12345678901234567890, "s": "héllo ✓"}"#).unwrap();
         assert_eq!(jq(".").run_one(&input).unwrap(), input);
+    }
+
+    #[test]
+    fn numbers_keep_their_digits_through_filters() {
+        let input: Value = serde_json::from_str(
+            r#"{"wei":1000000000000000000001,"x":0.12345678901234567891,"f":1e+22,"h":1.5,"n":7}"#,
+        )
+        .unwrap();
+        let check = |code: &str, expected: &str| {
+            assert_eq!(
+                jq(code).run_one(&input).unwrap().to_string(),
+                expected,
+                "{code}"
+            );
+        };
+        check(".wei", "1000000000000000000001");
+        check(".x", "0.12345678901234567891");
+        check(
+            "{wei, x}",
+            r#"{"wei":1000000000000000000001,"x":0.12345678901234567891}"#,
+        );
+        check(
+            "[.[]]",
+            r#"[1e+22,1.5,7,1000000000000000000001,0.12345678901234567891]"#,
+        );
+        // Integers of any size add, subtract and multiply exactly.
+        check(".wei + 1", "1000000000000000000002");
+        check(".wei * .wei", "1000000000000000000002000000000000000000001");
+        check(".wei | tostring", r#""1000000000000000000001""#);
+        check(".x | tostring", r#""0.12345678901234567891""#);
+        // Numbers an f64 holds are f64s, as they always were.
+        check(".f | tostring", r#""1e22""#);
+        check(".h * 2", "3.0");
+        check(".n / 2", "3.5");
+        // The limitation: decimals beyond an f64 are computed and compared
+        // as f64s.
+        check(".x * 1", "0.12345678901234568");
+        check(".x == 0.12345678901234567892", "true");
+        // Integers too long to compute with quickly are kept as text.
+        let long = format!("{{\"n\":1{}1}}", "0".repeat(5000));
+        let mut input: Value = serde_json::from_str(&long).unwrap();
+        number::canonicalise(&mut input);
+        assert_eq!(jq(".").run_one(&input).unwrap(), input);
+        assert_eq!(
+            jq(".n + 1").run_one(&input).unwrap_err(),
+            "the filter produced `Infinity`, which is not JSON"
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`schedule`]: when each endpoint is polled next (pure).
 //! - [`fetch`]: one HTTP request, streamed and capped, conditional.
 //! - [`extract`]: response body → canonical document (pure).
+//! - [`number`]: the canonical text of a JSON number, exact whatever its
+//!   size (pure).
 //! - [`diff`]: two documents → JSON Patch or unified diff (pure).
 //! - [`event`]: the Standard Webhooks envelope.
 //! - [`poll`]: fetch → extract → diff → the writes one poll makes.
@@ -33,6 +35,7 @@ pub mod fetch;
 pub mod hosts;
 pub mod jq;
 pub mod metrics;
+pub mod number;
 pub mod poll;
 pub mod schedule;
 pub mod scheduler;

@@ -173,7 +173,7 @@ fn render_template(template: &Template, event: &Value) -> Result<Rendered, Strin
     let text = environment()
         .render_str(
             &template.source,
-            minijinja::Value::from(minijinja::value::Serde(&context)),
+            minijinja::Value::from(minijinja::value::Serde(TemplateValue(&context))),
         )
         .map_err(|error| format!("cannot render the template: {}", template_error(&error)))?;
     let content_type = match &template.content_type {
@@ -186,6 +186,54 @@ fn render_template(template: &Template, event: &Value) -> Result<Rendered, Strin
         content_type,
         headers: Vec::new(),
     })
+}
+
+/// A JSON value as a template sees it. With serde_json's
+/// `arbitrary_precision`, a `Value`'s numbers serialise as maps holding
+/// their text, which only serde_json reads back as numbers; minijinja is
+/// given numbers: integers as integers (up to 128 bits, so exact), anything
+/// else as an `f64`, as before. So a template rounds a decimal of more than
+/// 17 digits or a bigger integer (the standard format's body has them all),
+/// and sees a number beyond an `f64`'s range as its text.
+struct TemplateValue<'a>(&'a Value);
+
+impl serde::Serialize for TemplateValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Number(number) => {
+                if let Some(integer) = number.as_u64() {
+                    serializer.serialize_u64(integer)
+                } else if let Some(integer) = number.as_i64() {
+                    serializer.serialize_i64(integer)
+                } else if let Ok(integer) = number.as_str().parse::<u128>() {
+                    serializer.serialize_u128(integer)
+                } else if let Ok(integer) = number.as_str().parse::<i128>() {
+                    serializer.serialize_i128(integer)
+                } else {
+                    match number.as_str().parse::<f64>() {
+                        Ok(float) if float.is_finite() => serializer.serialize_f64(float),
+                        _ => serializer.serialize_str(number.as_str()),
+                    }
+                }
+            }
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&TemplateValue(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(members) => {
+                let mut map = serializer.serialize_map(Some(members.len()))?;
+                for (key, value) in members {
+                    map.serialize_entry(key, &TemplateValue(value))?;
+                }
+                map.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
 }
 
 /// `syntax error: unexpected end of input (template line 2)`, without
@@ -820,6 +868,28 @@ mod tests {
         assert!(
             failing.starts_with("cannot render the template"),
             "{failing}"
+        );
+    }
+
+    #[test]
+    fn templates_see_numbers_as_numbers() {
+        let template = TargetFormat::Template(Template {
+            source: "{{ data.version + 1 }} {{ data.price * 2 }} {{ data.wei }} {{ data.neg }} \
+                     {{ data.long }} {{ data.huge }} {{ data | tojson }}"
+                .into(),
+            content_type: None,
+        });
+        let body = r#"{"type":"endpoint.changed","timestamp":"t","data":{"version":2,"price":1.5,
+            "wei":1000000000000000000002,"neg":-170141183460469231731687303715884105728,
+            "long":0.12345678901234567891,"huge":1e+400}}"#;
+        let rendered = render(&template, body).unwrap();
+        assert_eq!(
+            String::from_utf8(rendered.body).unwrap(),
+            "3 3.0 1000000000000000000002 -170141183460469231731687303715884105728 \
+             0.12345678901234568 1e+400 \
+             {\"huge\": \"1e+400\", \"long\": 0.12345678901234568, \
+             \"neg\": -170141183460469231731687303715884105728, \"price\": 1.5, \"version\": 2, \
+             \"wei\": 1000000000000000000002}"
         );
     }
 

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod formats;
+mod numbers;
 mod pipeline;
 mod retry;
 mod secrets;
