@@ -26,13 +26,14 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::clock;
-use crate::config::{Admin, Config, Endpoint, Target};
+use crate::config::{Admin, Config, ConfigDiff, Endpoint, Target};
 use crate::deliver;
 use crate::event::{self, Event};
 use crate::hosts::Hosts;
 use crate::metrics::{EndpointCounts, Metrics, PollResult};
 use crate::poll::{self, NewReason, Observation};
 use crate::schedule::Schedule;
+use crate::scheduler::{Action, Scheduler};
 use crate::store::{Failing, Store};
 
 /// Live events kept for slow stream clients before they are dropped.
@@ -215,7 +216,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     std::fs::write(&written, &admin_address)?;
     std::fs::rename(&written, &address_file)?;
     info!(
-        endpoints = running.polls.slots.len(),
+        endpoints = running.polls.schedule.len(),
         targets = running.targets.len(),
         state_dir = %running.config.state_dir.display(),
         admin = %admin_address,
@@ -241,7 +242,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
                 Control::PollNow(name) => running.poll_now(&name),
             },
-            Some(due) = running.polls.due.next() => running.start_poll(due.into_inner()),
+            Some(due) = running.polls.wheel.next() => running.start_poll(due.into_inner()),
             Some(ended) = running.polls.running.join_next_with_id() => running.poll_ended(ended),
             _ = tick.tick() => {
                 if watchdog.is_some() {
@@ -264,53 +265,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// A target's dispatcher, and the config it was started with.
+/// A target's running dispatcher.
 struct Dispatcher {
-    target: Arc<Target>,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
 }
 
-/// Every endpoint's place in its schedule. One timer wheel holds all the
-/// waits, and a poll is a task only while it runs: a waiting endpoint costs
-/// its slot, not a sleeping task with its own timer and cancel token.
+/// Every endpoint's place in its schedule: the rules in [`Scheduler`], the
+/// waiting and the running here. One timer wheel holds all the waits, and a
+/// poll is a task only while it runs: a waiting endpoint costs its slot,
+/// not a sleeping task with its own timer and cancel token.
 #[derive(Default)]
 struct Polls {
+    schedule: Scheduler<PollState>,
     /// The waiting endpoints, by name, each at its next poll.
-    due: DelayQueue<Arc<str>>,
-    slots: HashMap<Arc<str>, Slot>,
+    wheel: DelayQueue<Arc<str>>,
+    /// Each waiting endpoint's entry in the wheel.
+    keys: HashMap<Arc<str>, delay_queue::Key>,
     running: JoinSet<Polled>,
     /// The endpoint of each running poll, to find it again if it panicked.
     names: HashMap<task::Id, Arc<str>>,
-}
-
-struct Slot {
-    /// `None`: removed from the config while its poll was running.
-    endpoint: Option<Arc<Endpoint>>,
-    phase: Phase,
-}
-
-enum Phase {
-    Waiting {
-        key: delay_queue::Key,
-        due: Instant,
-        state: PollState,
-    },
-    Polling {
-        cancel: CancellationToken,
-        then: Then,
-    },
-}
-
-/// What an endpoint does when its running poll ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    /// Waits for the time the poll decided.
-    Schedule,
-    /// Polls again at once: it was asked to while polling.
-    PollNow,
-    /// Starts over with its new config, which came while polling.
-    Restart,
+    /// How to cancel each running poll.
+    cancels: HashMap<Arc<str>, CancellationToken>,
 }
 
 /// What an endpoint keeps from one poll to the next.
@@ -381,136 +357,100 @@ impl Running {
         for warning in &config.warnings {
             warn!("{warning}");
         }
-        let restart_only = [
-            ("state_dir", config.state_dir != self.config.state_dir),
-            ("admin", config.admin != self.config.admin),
-            (
-                "max_concurrent_polls",
-                config.max_concurrent_polls != self.config.max_concurrent_polls,
-            ),
-            ("per_host", config.per_host != self.config.per_host),
-            (
-                "per_host_spacing",
-                config.per_host_spacing != self.config.per_host_spacing,
-            ),
-        ];
         let reloading = self.reloads > 0;
-        if reloading {
-            for (key, changed) in restart_only {
-                if changed {
-                    warn!(key, "`{key}` changed: it takes effect at the next restart");
-                }
-            }
+        let diff = match reloading {
+            true => ConfigDiff::new(&self.config, &config),
+            false => ConfigDiff::start(&config),
+        };
+        for key in &diff.restart_only {
+            warn!(key, "`{key}` changed: it takes effect at the next restart");
         }
-        let (mut started, mut stopped, mut restarted) = (0, 0, 0);
 
-        let wanted_targets: HashMap<String, Arc<Target>> = config
-            .targets
-            .iter()
-            .map(|target| (target.name.clone(), target.clone()))
-            .collect();
-        for name in self.targets.keys().cloned().collect::<Vec<_>>() {
-            if !wanted_targets.contains_key(&name) {
-                let task = self.targets.remove(&name).expect("listed above");
-                task.cancel.cancel();
-                write(&self.shared.wakes).remove(&name);
-                stopped += 1;
-                let queued = self
-                    .shared
-                    .store
-                    .outbox_rows(&name)
-                    .map(|rows| rows.len())
-                    .unwrap_or(0);
-                if queued > 0 {
-                    warn!(target = %name, queued, "target removed from the config; its queued webhooks stay in the store");
-                }
-            }
-        }
-        for (name, target) in wanted_targets {
-            // A reload is an operator's word that a paused target may go on.
-            if reloading && matches!(self.shared.store.resume(&name), Ok(true)) {
-                info!(target = %name, "target resumed by the reload");
-            }
-            let previous = match self.targets.remove(&name) {
-                Some(task) if *task.target == *target => {
-                    self.targets.insert(name.clone(), task);
-                    self.shared.wake_target(&name);
-                    continue;
-                }
-                Some(task) => {
-                    task.cancel.cancel();
-                    restarted += 1;
-                    Some(task.handle)
-                }
-                None => {
-                    started += 1;
-                    None
-                }
+        for name in &diff.targets.removed {
+            let Some(task) = self.targets.remove(name) else {
+                continue;
             };
-            let task = self.spawn_target(target, previous);
-            self.targets.insert(name, task);
+            task.cancel.cancel();
+            write(&self.shared.wakes).remove(name);
+            let queued = self
+                .shared
+                .store
+                .outbox_rows(name)
+                .map(|rows| rows.len())
+                .unwrap_or(0);
+            if queued > 0 {
+                warn!(target = %name, queued, "target removed from the config; its queued webhooks stay in the store");
+            }
+        }
+        let targets = &diff.targets;
+        for target in targets
+            .added
+            .iter()
+            .chain(&targets.changed)
+            .chain(&targets.unchanged)
+        {
+            // A reload is an operator's word that a paused target may go on.
+            if reloading && matches!(self.shared.store.resume(&target.name), Ok(true)) {
+                info!(target = %target.name, "target resumed by the reload");
+            }
+        }
+        for target in &targets.unchanged {
+            self.shared.wake_target(&target.name);
+        }
+        for target in targets.added.iter().chain(&targets.changed) {
+            let previous = self.targets.remove(&target.name).map(|task| {
+                task.cancel.cancel();
+                task.handle
+            });
+            let task = self.spawn_target(target.clone(), previous);
+            self.targets.insert(target.name.clone(), task);
         }
 
-        let wanted: HashMap<&str, &Arc<Endpoint>> = config
-            .endpoints
-            .iter()
-            .map(|endpoint| (&*endpoint.name, endpoint))
-            .collect();
-        let removed: Vec<Arc<str>> = self
-            .polls
-            .slots
-            .iter()
-            .filter(|(name, slot)| slot.endpoint.is_some() && !wanted.contains_key(&name[..]))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in removed {
-            self.stop_endpoint(&name);
-            write(&self.shared.endpoints).remove(&*name);
-            stopped += 1;
+        {
+            let mut statuses = write(&self.shared.endpoints);
+            for name in &diff.endpoints.removed {
+                statuses.remove(name.as_str());
+            }
+            for endpoint in diff.endpoints.added.iter().chain(&diff.endpoints.changed) {
+                statuses
+                    .entry(endpoint.name.clone())
+                    .and_modify(|status| status.endpoint = endpoint.clone())
+                    .or_insert_with(|| EndpointStatus::new(endpoint.clone()));
+            }
+            if !diff.endpoints.added.is_empty() {
+                // Inserted one at a time, a B-tree's nodes are left half
+                // full; built from its entries in order, they are full.
+                *statuses = std::mem::take(&mut *statuses).into_iter().collect();
+            }
         }
         // Room for one wait per endpoint at once: grown one insert at a time,
         // the timer wheel's storage doubled past them (at 10,000 endpoints,
         // 0.4 MiB never used).
-        let waits = config.endpoints.len().saturating_sub(self.polls.due.len());
-        self.polls.due.reserve(waits);
-        for endpoint in &config.endpoints {
-            let Some(slot) = self.polls.slots.get_mut(&*endpoint.name) else {
-                self.start_endpoint(endpoint);
-                started += 1;
-                continue;
-            };
-            match &slot.endpoint {
-                Some(running) if running.runs_as(endpoint) => continue,
-                Some(_) => restarted += 1,
-                // Removed while polling, and back before that poll ended.
-                None => started += 1,
-            }
-            slot.endpoint = Some(endpoint.clone());
-            match &mut slot.phase {
-                Phase::Waiting { key, due, .. } => {
-                    *due = first_poll(endpoint);
-                    self.polls.due.reset_at(key, wheel_deadline(*due));
-                    show_next_poll(&self.shared, &endpoint.name, *due);
-                }
-                Phase::Polling { cancel, then } => {
-                    cancel.cancel();
-                    *then = Then::Restart;
-                }
-            }
-            write(&self.shared.endpoints)
-                .entry(endpoint.name.clone())
-                .and_modify(|status| status.endpoint = endpoint.clone())
-                .or_insert_with(|| EndpointStatus::new(endpoint.clone()));
-        }
-        if started > 0 {
-            // Inserted one at a time, a B-tree's nodes are left half full;
-            // built from its entries in order, they are full.
-            let mut statuses = write(&self.shared.endpoints);
-            *statuses = std::mem::take(&mut *statuses).into_iter().collect();
-        }
+        let waits = config
+            .endpoints
+            .len()
+            .saturating_sub(self.polls.wheel.len());
+        self.polls.wheel.reserve(waits);
+        self.polls.keys.reserve(waits);
+        let shared = self.shared.clone();
+        let actions = self
+            .polls
+            .schedule
+            .apply(&diff.endpoints, first_poll, |endpoint| {
+                PollState::load(&shared, endpoint)
+            });
+        self.act(actions);
+
+        let (endpoints_started, endpoints_stopped, endpoints_restarted) = diff.endpoints.counts();
+        let (targets_started, targets_stopped, targets_restarted) = diff.targets.counts();
         self.config = Arc::new(config);
         self.reloads += 1;
-        format!("{started} started, {stopped} stopped, {restarted} restarted")
+        format!(
+            "{} started, {} stopped, {} restarted",
+            endpoints_started + targets_started,
+            endpoints_stopped + targets_stopped,
+            endpoints_restarted + targets_restarted
+        )
     }
 
     /// Starts a dispatcher; a restarted one waits for its predecessor, so a
@@ -538,83 +478,60 @@ impl Running {
             }
             .instrument(span),
         );
-        Dispatcher {
-            target,
-            cancel,
-            handle,
-        }
+        Dispatcher { cancel, handle }
     }
 
-    /// Schedules a new endpoint's first poll, spread over its interval.
-    fn start_endpoint(&mut self, endpoint: &Arc<Endpoint>) {
-        let name = endpoint.name.clone();
-        write(&self.shared.endpoints).insert(name.clone(), EndpointStatus::new(endpoint.clone()));
-        let state = PollState::load(&self.shared, endpoint);
-        let phase = wait(
-            &mut self.polls.due,
-            &self.shared,
-            &name,
-            first_poll(endpoint),
-            state,
-        );
-        self.polls.slots.insert(
-            name,
-            Slot {
-                endpoint: Some(endpoint.clone()),
-                phase,
-            },
-        );
-    }
-
-    /// Takes an endpoint out of the schedule. A running poll is cancelled;
-    /// its slot stays until the poll has ended, so that the endpoint, if it
-    /// comes back, never has two polls at once.
-    fn stop_endpoint(&mut self, name: &str) {
-        let Some(slot) = self.polls.slots.get_mut(name) else {
-            return;
-        };
-        match &slot.phase {
-            Phase::Waiting { key, .. } => {
-                self.polls.due.remove(key);
-                self.polls.slots.remove(name);
-            }
-            Phase::Polling { cancel, .. } => {
-                cancel.cancel();
-                slot.endpoint = None;
+    /// Does what the schedule decided.
+    fn act(&mut self, actions: Vec<Action<PollState>>) {
+        let polls = &mut self.polls;
+        for action in actions {
+            match action {
+                Action::Wait { name, due } => {
+                    show_next_poll(&self.shared, &name, due);
+                    let deadline = wheel_deadline(due);
+                    match polls.keys.get(&name) {
+                        Some(key) => polls.wheel.reset_at(key, deadline),
+                        None => {
+                            let key = polls.wheel.insert_at(name.clone(), deadline);
+                            polls.keys.insert(name, key);
+                        }
+                    }
+                }
+                Action::Unwait { name } => {
+                    if let Some(key) = polls.keys.remove(&name) {
+                        polls.wheel.remove(&key);
+                    }
+                }
+                Action::Start {
+                    endpoint,
+                    due,
+                    state,
+                } => {
+                    let name = endpoint.name.clone();
+                    let cancel = self.shutdown.child_token();
+                    let span = info_span!("endpoint", endpoint = %name);
+                    let poll = poll_task(self.shared.clone(), endpoint, state, due, cancel.clone());
+                    let handle = polls
+                        .running
+                        .spawn(self.tracker.track_future(poll.instrument(span)));
+                    polls.names.insert(handle.id(), name.clone());
+                    polls.cancels.insert(name, cancel);
+                }
+                Action::Cancel { name } => {
+                    if let Some(cancel) = polls.cancels.get(&name) {
+                        cancel.cancel();
+                    }
+                }
             }
         }
     }
 
     /// An endpoint's wait is over: its poll starts as a task of its own.
     fn start_poll(&mut self, name: Arc<str>) {
-        let Some(slot) = self.polls.slots.get_mut(&name) else {
-            return;
-        };
-        let (Some(endpoint), Phase::Waiting { key, due, .. }) = (&slot.endpoint, &mut slot.phase)
-        else {
-            return;
-        };
-        // Only a wait longer than the wheel reaches ends early.
-        if due.saturating_duration_since(Instant::now()) > Duration::from_secs(1) {
-            *key = self.polls.due.insert_at(name, wheel_deadline(*due));
-            return;
-        }
-        let endpoint = endpoint.clone();
-        let cancel = self.shutdown.child_token();
-        let polling = Phase::Polling {
-            cancel: cancel.clone(),
-            then: Then::Schedule,
-        };
-        let Phase::Waiting { due, state, .. } = std::mem::replace(&mut slot.phase, polling) else {
-            unreachable!("matched as waiting above");
-        };
-        let span = info_span!("endpoint", endpoint = %name);
-        let poll = poll_task(self.shared.clone(), endpoint, state, due, cancel);
-        let handle = self
-            .polls
-            .running
-            .spawn(self.tracker.track_future(poll.instrument(span)));
-        self.polls.names.insert(handle.id(), name);
+        // The wheel has given up the entry.
+        self.polls.keys.remove(&name);
+        let actions = self.polls.schedule.due(&name, Instant::now());
+        self.act(actions);
     }
 
     /// An endpoint's poll has ended: it waits for its next one.
@@ -626,49 +543,25 @@ impl Running {
         let Some(name) = self.polls.names.remove(&id) else {
             return;
         };
-        let Some(slot) = self.polls.slots.get_mut(&name) else {
-            return;
-        };
-        let (Some(endpoint), Phase::Polling { then, .. }) = (slot.endpoint.clone(), &slot.phase)
-        else {
-            // Removed from the config while it polled.
-            self.polls.slots.remove(&name);
-            return;
-        };
-        let then = *then;
+        self.polls.cancels.remove(&name);
         let now = Instant::now();
-        let Polled { state, next } = polled.unwrap_or_else(|| {
-            error!(endpoint = %name, "a poll panicked; the endpoint goes on after a pause");
-            Polled {
-                state: PollState::load(&self.shared, &endpoint),
-                next: later(now, endpoint.schedule.retry_delay(1, clock::now())),
+        let shared = &self.shared;
+        let outcome = |endpoint: &Arc<Endpoint>| match polled {
+            Some(Polled { state, next }) => (state, next),
+            None => {
+                error!(endpoint = %name, "a poll panicked; the endpoint goes on after a pause");
+                let next = later(now, endpoint.schedule.retry_delay(1, clock::now()));
+                (PollState::load(shared, endpoint), next)
             }
-        });
-        let due = match then {
-            Then::Schedule => next,
-            Then::PollNow => now,
-            Then::Restart => first_poll(&endpoint),
         };
-        slot.phase = wait(&mut self.polls.due, &self.shared, &name, due, state);
+        let actions = self.polls.schedule.ended(&name, outcome, now, first_poll);
+        self.act(actions);
     }
 
     /// Polls an endpoint now, or right after the poll it is running.
     fn poll_now(&mut self, name: &str) {
-        let Some(Slot {
-            endpoint: Some(_),
-            phase,
-        }) = self.polls.slots.get_mut(name)
-        else {
-            return;
-        };
-        match phase {
-            Phase::Waiting { key, due, .. } => {
-                *due = Instant::now();
-                self.polls.due.reset_at(key, *due);
-                show_next_poll(&self.shared, name, *due);
-            }
-            Phase::Polling { then, .. } => *then = Then::PollNow,
-        }
+        let (_, actions) = self.polls.schedule.poll_now(name, Instant::now());
+        self.act(actions);
     }
 }
 
@@ -682,22 +575,6 @@ impl EndpointStatus {
             next_poll_ms: None,
             counts: EndpointCounts::default(),
         }
-    }
-}
-
-/// Puts an endpoint in the timer wheel until `due`.
-fn wait(
-    wheel: &mut DelayQueue<Arc<str>>,
-    shared: &Shared,
-    name: &Arc<str>,
-    due: Instant,
-    state: PollState,
-) -> Phase {
-    show_next_poll(shared, name, due);
-    Phase::Waiting {
-        key: wheel.insert_at(name.clone(), wheel_deadline(due)),
-        due,
-        state,
     }
 }
 

@@ -173,14 +173,13 @@ impl<S> Scheduler<S> {
         }]
     }
 
-    /// A poll of `name` has ended with the state it leaves and the time it
-    /// asked to poll next; a new or changed endpoint starts over at
-    /// `first_due`.
+    /// A poll of `name` has ended. `outcome` gives, for an endpoint still in
+    /// the config, the state the poll leaves and the time it asked to poll
+    /// next; a changed endpoint starts over at `first_due`.
     pub fn ended(
         &mut self,
         name: &Arc<str>,
-        state: S,
-        next: Instant,
+        outcome: impl FnOnce(&Arc<Endpoint>) -> (S, Instant),
         now: Instant,
         first_due: impl Fn(&Endpoint) -> Instant,
     ) -> Vec<Action<S>> {
@@ -194,6 +193,7 @@ impl<S> Scheduler<S> {
             }
             return Vec::new();
         };
+        let (state, next) = outcome(endpoint);
         let due = match then {
             Then::Schedule => next,
             Then::PollNow => now,
@@ -316,13 +316,10 @@ mod tests {
 
         fn ended(&mut self, name: &str, state: u32, next: u64, now: u64) -> Vec<String> {
             let due = self.clock.at(now + 10);
-            let actions = self.scheduler.ended(
-                &name.into(),
-                state,
-                self.clock.at(next),
-                self.clock.at(now),
-                |_| due,
-            );
+            let next = self.clock.at(next);
+            let actions =
+                self.scheduler
+                    .ended(&name.into(), |_| (state, next), self.clock.at(now), |_| due);
             show(actions, &self.clock)
         }
 
