@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Where one `pollhook once --send` pass spends its time (benches/once/run.sh
+runs this with BREAKDOWN=1). Python 3 stdlib only.
+
+  breakdown.py strace TRACE
+      TRACE from `strace -f -ttt -T -s 40 -o TRACE pollhook once --send ...`.
+      A markdown table: start-up, config and store open, the polls (split
+      into those answered 200, which are stored, and 304), the deliveries
+      and the end, each with its share of the wall time and the
+      fsync-family calls in it. strace slows every system call down (a lot
+      for a futex-heavy tokio program), so its absolute figures are larger
+      than untraced: the shares and the counts are what it is for.
+
+  breakdown.py log STDERR START END
+      STDERR of `pollhook --log-level debug once --send ...`, START and END
+      the wall clock (Unix seconds) just before exec and after exit. The
+      same phases, untraced, from the timestamps of sled's, hyper's and
+      pollhook's log lines (debug logging costs a little itself).
+"""
+
+import re
+import sys
+
+LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
+DURATION = re.compile(r"<(\d+\.\d+)>\s*$")
+SYNC = re.compile(r"(?:^|<\.\.\. )(fsync|fdatasync|sync_file_range)\b")
+STATUS = re.compile(r'"HTTP/1\.1 (\d{3})')
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "log":
+        return from_log(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "strace":
+        del sys.argv[1]
+    path = sys.argv[1]
+    start = end = None
+    config_at = None
+    requests = []  # [kind, sent_at, status, answered_at]
+    syncs = []  # (at, seconds, name)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for raw in f:
+            m = LINE.match(raw)
+            if not m:
+                continue
+            at, rest = float(m.group(2)), m.group(3)
+            if start is None:
+                start = at
+            end = at
+            if config_at is None and rest.startswith("openat(") and ".toml" in rest:
+                config_at = at
+            if ('"GET /' in rest or '"POST /hook' in rest) and (
+                    rest.startswith(("writev(", "write(", "sendto(", "sendmsg("))):
+                requests.append(["POST" if "POST /hook" in rest else "GET", at, None, None])
+                continue
+            status = STATUS.search(rest)
+            if status and requests and requests[-1][2] is None:
+                requests[-1][2] = int(status.group(1))
+                requests[-1][3] = at
+                continue
+            sync = SYNC.search(rest)
+            if sync and "unfinished" not in rest:
+                d = DURATION.search(rest)
+                syncs.append((at, float(d.group(1)) if d else 0.0, sync.group(1)))
+    gets = [r for r in requests if r[0] == "GET"]
+    posts = [r for r in requests if r[0] == "POST"]
+    if not gets:
+        sys.exit("no GET found in the trace")
+    total = end - start
+    first_get = gets[0][1]
+    last_get = gets[-1][3] or gets[-1][1]
+    first_post = posts[0][1] if posts else last_get
+    last_post = (posts[-1][3] or posts[-1][1]) if posts else last_get
+    phases = [
+        ("process start-up (exec to reading the config)", start, config_at or first_get),
+        ("config parse, store open (sled), HTTP client", config_at or start, first_get),
+        (f"polls: {len(gets)} GETs, sequential, with commits", first_get, last_get),
+        ("polls done to first delivery (outbox read)", last_get, first_post),
+        (f"deliveries: {len(posts)} POSTs, sequential", first_post, last_post),
+        ("last delivery to exit (final flush, teardown)", last_post, end),
+    ]
+
+    def sync_in(a, b):
+        chosen = [s for s in syncs if a <= s[0] < b or (b == end and s[0] == end)]
+        return len(chosen), sum(s[1] for s in chosen)
+
+    print(f"Traced pass: {total * 1000:.0f} ms wall under strace.")
+    print()
+    print("| phase | ms | share | fsync/fdatasync/sync_file_range calls | ms in them |")
+    print("|---|---:|---:|---:|---:|")
+    for name, a, b in phases:
+        n, t = sync_in(a, b)
+        print(f"| {name} | {(b - a) * 1000:.1f} | {(b - a) / total * 100:.0f} % | {n} | {t * 1000:.1f} |")
+    # Per poll: from its request to the next request, by the answer's status.
+    by_status = {}
+    for this, following in zip(gets, gets[1:] + [None]):
+        stop = following[1] if following else last_get
+        by_status.setdefault(this[2], []).append(stop - this[1])
+    print()
+    for status, gaps in sorted(by_status.items(), key=lambda kv: str(kv[0])):
+        print(f"- polls answered {status}: {len(gaps)}, {sum(gaps) * 1000:.1f} ms in all,"
+              f" {sum(gaps) / len(gaps) * 1000:.2f} ms each (request to next request)")
+    if posts:
+        gaps = [b[1] - a[1] for a, b in zip(posts, posts[1:])]
+        if gaps:
+            print(f"- deliveries: {sum(gaps) / len(gaps) * 1000:.2f} ms each (request to next request)")
+    print(f"- fsync-family calls in the whole pass: {len(syncs)}, {sum(s[1] for s in syncs) * 1000:.1f} ms"
+          f" ({', '.join(f'{n} {k}' for k, n in sorted(count(syncs).items()))})")
+
+
+LOG = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z\s+(\w+)\s+([\w:]+): (.*)$")
+
+
+def from_log(path, start, end):
+    import datetime
+
+    lines = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for raw in f:
+            m = LOG.match(raw)
+            if not m:
+                continue
+            at = datetime.datetime.fromisoformat(m.group(1)).replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            lines.append((at, m.group(3), m.group(4)))
+    if not lines:
+        sys.exit("no timestamped log line")
+    first_log = lines[0][0]
+    connects = [i for i, l in enumerate(lines) if "connecting to" in l[2]]
+    delivered = [i for i, l in enumerate(lines) if l[1] == "pollhook::deliver" and l[2].startswith("delivered")]
+    first_poll = lines[connects[0]][0] if connects else first_log
+    if delivered:
+        before = [i for i in connects if i < delivered[0]]
+        polls_done = lines[before[-1]][0] if before else lines[delivered[0]][0]
+        last_delivery = lines[delivered[-1]][0]
+    else:
+        polls_done = last_delivery = lines[-1][0]
+    writes = lambda a, b: sum(1 for at, t, m in lines if a <= at < b and t == "sled::pagecache::iobuf" and m.startswith("wrote"))
+    phases = [
+        ("exec to the first log line (process start-up, config parse; sled open begins)", start, first_log),
+        ("store open (sled recovery) and HTTP client, to the first connect", first_log, first_poll),
+        ("polls: sequential GETs, diffs, commits (each change: document file + fsyncs, sled flush)", first_poll, polls_done),
+        (f"deliveries: {len(delivered)} sequential POSTs, each recorded in sled", polls_done, last_delivery),
+        ("last delivery to exit (final flush, teardown)", last_delivery, end),
+    ]
+    total = end - start
+    print(f"Pass with debug logging: {total * 1000:.0f} ms wall.")
+    print()
+    print("| phase | ms | share | sled log writes |")
+    print("|---|---:|---:|---:|")
+    for name, a, b in phases:
+        print(f"| {name} | {(b - a) * 1000:.1f} | {(b - a) / total * 100:.0f} % | {writes(a, b)} |")
+
+
+def count(syncs):
+    out = {}
+    for _, _, name in syncs:
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+if __name__ == "__main__":
+    main()
