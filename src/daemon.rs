@@ -17,7 +17,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::StreamExt as _;
 use sd_notify::NotifyState;
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,13 +28,13 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use crate::clock;
 use crate::config::{Admin, Config, ConfigDiff, Endpoint, Target};
 use crate::deliver;
-use crate::event::{self, Event};
-use crate::hosts::Hosts;
+use crate::event::Event;
 use crate::metrics::{EndpointCounts, Metrics, PollResult};
 use crate::poll::{self, NewReason, Observation};
+use crate::poller::{Mode, Outcome, PollState, Poller};
 use crate::schedule::Schedule;
 use crate::scheduler::{Action, Scheduler};
-use crate::store::{Failing, Store};
+use crate::store::Store;
 
 /// Live events kept for slow stream clients before they are dropped.
 const LIVE_BUFFER: usize = 1024;
@@ -94,11 +94,8 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     /// Wakes a target's dispatcher: rows were queued, or it was resumed.
     pub wakes: RwLock<HashMap<String, Arc<Notify>>>,
-    /// The global cap on polls in flight.
-    permits: Semaphore,
-    /// The per-host caps and spacing.
-    hosts: Hosts,
-    poll_client: reqwest::Client,
+    /// What every poll shares: the global and per-host caps, the client.
+    poller: Poller,
 }
 
 impl Shared {
@@ -188,9 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         admin: config.admin.clone(),
         control,
         wakes: RwLock::new(HashMap::new()),
-        permits: Semaphore::new(config.max_concurrent_polls),
-        hosts: Hosts::new(config.per_host, config.per_host_spacing),
-        poll_client: crate::fetch::client()?,
+        poller: Poller::new(store.clone(), &config)?,
     });
     let tracker = TaskTracker::new();
     let admin_address =
@@ -287,22 +282,6 @@ struct Polls {
     names: HashMap<task::Id, Arc<str>>,
     /// How to cancel each running poll.
     cancels: HashMap<Arc<str>, CancellationToken>,
-}
-
-/// What an endpoint keeps from one poll to the next.
-struct PollState {
-    health: Health,
-    /// Duplicate item keys are reported once, not at every poll.
-    reported_duplicates: Vec<serde_json::Value>,
-}
-
-impl PollState {
-    fn load(shared: &Shared, endpoint: &Endpoint) -> PollState {
-        PollState {
-            health: Health::load(shared, endpoint),
-            reported_duplicates: Vec::new(),
-        }
-    }
 }
 
 /// A poll's outcome for the scheduler: the state, and when to poll next.
@@ -437,7 +416,7 @@ impl Running {
             .polls
             .schedule
             .apply(&diff.endpoints, first_poll, |endpoint| {
-                PollState::load(&shared, endpoint)
+                PollState::load(&shared.store, endpoint)
             });
         self.act(actions);
 
@@ -551,7 +530,7 @@ impl Running {
             None => {
                 error!(endpoint = %name, "a poll panicked; the endpoint goes on after a pause");
                 let next = later(now, endpoint.schedule.retry_delay(1, clock::now()));
-                (PollState::load(shared, endpoint), next)
+                (PollState::load(&shared.store, endpoint), next)
             }
         };
         let actions = self.polls.schedule.ended(&name, outcome, now, first_poll);
@@ -602,8 +581,8 @@ fn wheel_deadline(due: Instant) -> Instant {
 }
 
 /// One poll of an endpoint that was `due`, and what follows from it:
-/// metrics, health events, status, and when the next poll is. A failed poll
-/// is logged and retried with backoff.
+/// metrics, status, announcing its events, and when the next poll is. A
+/// failed poll is logged and retried with backoff.
 async fn poll_task(
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
@@ -612,15 +591,19 @@ async fn poll_task(
     cancel: CancellationToken,
 ) -> Polled {
     let started = StdInstant::now();
-    let result = poll_once(&shared, &endpoint, &cancel, &mut state.reported_duplicates).await;
+    let report = shared
+        .poller
+        .poll(&endpoint, &mut state, Mode::Commit, &cancel)
+        .await;
     shared
         .metrics
         .poll_duration
         .observe(started.elapsed().as_secs_f64());
+    announce(&shared, &endpoint, &report.events, report.queued);
     let now = Instant::now();
-    let next = match result {
-        Ok(Some(result)) => {
-            state.health.succeeded(&shared, &endpoint).await;
+    let next = match &report.outcome {
+        Outcome::Observed(observation) => {
+            let result = log_observation(observation, report.queued);
             set_status(&shared, &endpoint.name, |status| {
                 let at_ms = clock::now_ms();
                 status.counts.polled(result, at_ms);
@@ -635,20 +618,16 @@ async fn poll_task(
             }
         }
         // Cancelled while polling: whoever cancelled decides what is next.
-        Ok(None) => now,
-        Err(error) => {
-            let error_text = crate::error_chain(&error);
-            let (status, retry_after) = match &error {
+        Outcome::Cancelled => now,
+        Outcome::Failed(error) => {
+            let error_text = crate::error_chain(error);
+            let retry_after = match error {
                 poll::PollError::Fetch(crate::fetch::FetchError::Status {
-                    status,
-                    retry_after,
-                }) => (Some(*status), *retry_after),
-                _ => (None, None),
+                    retry_after, ..
+                }) => *retry_after,
+                _ => None,
             };
-            let failures = state
-                .health
-                .failed(&shared, &endpoint, &error_text, status)
-                .await;
+            let failures = report.failures;
             let retry_in = endpoint
                 .schedule
                 .failed_delay(failures, retry_after, clock::now());
@@ -671,108 +650,29 @@ async fn poll_task(
     Polled { state, next }
 }
 
-/// An endpoint's run of failed polls, and whether `endpoint.failing` was
-/// sent for it. The sent state is kept in the store, so a restart neither
-/// repeats the alert nor forgets to send `endpoint.recovered`.
-struct Health {
-    /// Boxed: most endpoints are not failing, and every slot holds one.
-    run: Option<Box<Failing>>,
-    alerted: bool,
-}
-
-impl Health {
-    fn load(shared: &Shared, endpoint: &Endpoint) -> Health {
-        match shared.store.failing(&endpoint.name) {
-            Ok(Some(failing)) => Health {
-                run: Some(Box::new(failing)),
-                alerted: true,
-            },
-            Ok(None) => Health {
-                run: None,
-                alerted: false,
-            },
-            Err(error) => {
-                warn!(error = %crate::error_chain(&error), "cannot read the health state");
-                Health {
-                    run: None,
-                    alerted: false,
-                }
+/// Logs what a successful poll found, and says what it came to.
+fn log_observation(observation: &Observation, queued: usize) -> PollResult {
+    match observation {
+        Observation::Unchanged { .. } => PollResult::Unchanged,
+        Observation::New {
+            reason, snapshot, ..
+        } => match reason {
+            NewReason::Baseline => {
+                info!(version = snapshot.version, queued, "baseline stored");
+                PollResult::Baseline
             }
-        }
-    }
-
-    /// Counts a failed poll; sends `endpoint.failing` once the run reaches
-    /// `fail_after`. Returns the failures in a row.
-    async fn failed(
-        &mut self,
-        shared: &Shared,
-        endpoint: &Endpoint,
-        error: &str,
-        status: Option<u16>,
-    ) -> u32 {
-        let run = self.run.get_or_insert_with(|| {
-            Box::new(Failing {
-                failures: 0,
-                since_ms: clock::now_ms(),
-                error: String::new(),
-                status: None,
-            })
-        });
-        run.failures = run.failures.saturating_add(1);
-        run.error = error.to_string();
-        run.status = status;
-        let failures = run.failures;
-        if !self.alerted && endpoint.fail_after > 0 && failures >= endpoint.fail_after {
-            let event = event::endpoint_failing(endpoint, run, clock::now_ms());
-            if send_health(shared, endpoint, Some(&**run), event).await {
-                error!(failures, since = %clock::rfc3339(run.since_ms), "endpoint is failing");
-                self.alerted = true;
+            NewReason::Rebaseline => {
+                info!(
+                    version = snapshot.version,
+                    "endpoint definition changed; re-baselined quietly"
+                );
+                PollResult::Baseline
             }
-        }
-        failures
-    }
-
-    /// Ends a run of failures; sends `endpoint.recovered` if it was alerted.
-    async fn succeeded(&mut self, shared: &Shared, endpoint: &Endpoint) {
-        let Some(run) = &self.run else {
-            return;
-        };
-        info!(failures = run.failures, "polling works again");
-        if self.alerted {
-            let event = event::endpoint_recovered(endpoint, run, clock::now_ms());
-            if !send_health(shared, endpoint, None, event).await {
-                // Kept: the next successful poll tries again.
-                return;
+            NewReason::Changed => {
+                info!(version = snapshot.version, queued, "changed");
+                PollResult::Changed
             }
-            self.alerted = false;
-        }
-        self.run = None;
-    }
-}
-
-/// Stores the health state and queues its event in one transaction, then
-/// announces it. False when the store failed (logged).
-async fn send_health(
-    shared: &Shared,
-    endpoint: &Endpoint,
-    failing: Option<&Failing>,
-    event: Event,
-) -> bool {
-    let events = [event];
-    let rows = poll::outbox_rows(endpoint, &events);
-    match shared
-        .store
-        .commit_health(&endpoint.name, failing, &rows)
-        .await
-    {
-        Ok(keys) => {
-            announce(shared, endpoint, &events, keys.len());
-            true
-        }
-        Err(error) => {
-            error!(error = %crate::error_chain(&error), "cannot queue a health event");
-            false
-        }
+        },
     }
 }
 
@@ -780,72 +680,6 @@ fn set_status(shared: &Shared, endpoint: &str, change: impl FnOnce(&mut Endpoint
     if let Some(status) = write(&shared.endpoints).get_mut(endpoint) {
         change(status);
     }
-}
-
-/// One poll: observe (abandoned if cancelled), then write and announce.
-/// Returns what the poll came to, or `None` when cancelled.
-async fn poll_once(
-    shared: &Shared,
-    endpoint: &Endpoint,
-    cancel: &CancellationToken,
-    reported_duplicates: &mut Vec<serde_json::Value>,
-) -> Result<Option<PollResult>, poll::PollError> {
-    let observe = async {
-        // The host's gate first: waiting for a busy host must not hold one
-        // of the global permits that other hosts could use.
-        let _host = shared.hosts.enter(endpoint.url.url()).await;
-        let _permit = shared
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        poll::observe(&shared.poll_client, &shared.store, endpoint).await
-    };
-    let observation = tokio::select! {
-        _ = cancel.cancelled() => return Ok(None),
-        observation = observe => observation?,
-    };
-    // Not raced with cancellation: a decided change is always written whole.
-    let queued = poll::apply(&shared.store, endpoint, &observation).await?;
-    let result = match &observation {
-        Observation::Unchanged { .. } => PollResult::Unchanged,
-        Observation::New {
-            reason,
-            snapshot,
-            document,
-            ..
-        } => {
-            // Reported once, not at every poll while the response has them.
-            if document.duplicate_keys != *reported_duplicates {
-                if !document.duplicate_keys.is_empty() {
-                    warn!(
-                        keys = %serde_json::Value::Array(document.duplicate_keys.clone()),
-                        "several items have the same key; of each, the one that sorts first is kept"
-                    );
-                }
-                reported_duplicates.clone_from(&document.duplicate_keys);
-            }
-            match reason {
-                NewReason::Baseline => {
-                    info!(version = snapshot.version, queued, "baseline stored");
-                    PollResult::Baseline
-                }
-                NewReason::Rebaseline => {
-                    info!(
-                        version = snapshot.version,
-                        "endpoint definition changed; re-baselined quietly"
-                    );
-                    PollResult::Baseline
-                }
-                NewReason::Changed => {
-                    info!(version = snapshot.version, queued, "changed");
-                    PollResult::Changed
-                }
-            }
-        }
-    };
-    announce(shared, endpoint, observation.events(), queued);
-    Ok(Some(result))
 }
 
 /// Shows queued events to live-stream clients and wakes their dispatchers.

@@ -4,12 +4,11 @@
 //! `item.removed`, `item.changed` and `items.changed` (item mode), and the
 //! health events `endpoint.failing` and `endpoint.recovered`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{Endpoint, ItemEvent};
 use crate::diff::Change;
-use crate::store::Failing;
 
 pub const ENDPOINT_CHANGED: &str = "endpoint.changed";
 pub const ITEM_ADDED: &str = "item.added";
@@ -124,6 +123,19 @@ pub fn for_change(
         .flat_map(|(kind, entries)| entries.into_iter().map(move |entry| (kind, entry)))
         .map(|(kind, entry)| event(kind, base(entry)))
         .collect()
+}
+
+/// A run of failed polls, as the health events describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failing {
+    /// Failed polls in a row.
+    pub failures: u32,
+    /// When the first of them happened.
+    pub since_ms: u64,
+    /// The latest error, as logged.
+    pub error: String,
+    /// The latest HTTP status, when the server answered.
+    pub status: Option<u16>,
 }
 
 /// `endpoint.failing`: sent once when an endpoint has failed `fail_after`

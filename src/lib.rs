@@ -37,6 +37,7 @@ pub mod jq;
 pub mod metrics;
 pub mod number;
 pub mod poll;
+pub mod poller;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

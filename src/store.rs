@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::event::Failing;
 use crate::extract::{Document, Kind};
 
 /// The on-disk format this build reads and writes. 1: documents in the
@@ -101,19 +102,6 @@ pub struct Snapshot {
     pub etag: Option<String>,
     pub last_modified: Option<String>,
     pub changed_at_ms: u64,
-}
-
-/// A run of failed polls, as the health events describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failing {
-    /// Failed polls in a row.
-    pub failures: u32,
-    /// When the first of them happened.
-    pub since_ms: u64,
-    /// The latest error, as logged.
-    pub error: String,
-    /// The latest HTTP status, when the server answered.
-    pub status: Option<u16>,
 }
 
 /// One webhook waiting to be delivered to one target. The default fields
