@@ -310,40 +310,24 @@ async fn run_daemon(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Resu
 /// baselines, then a pass in which `--change-rate` of them changed, whose
 /// webhooks are then delivered.
 async fn one_pass(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    use pollhook::poller::{Mode, Outcome, Poller};
+
     let store = Arc::new(pollhook::store::Store::open(&config.state_dir)?);
-    let client = pollhook::fetch::client()?;
+    // The poller `pollhook once --send` uses: the daemon's caps and gates.
+    let poller = Poller::new(store.clone(), &config)?;
     for pass in ["baseline", "changes"] {
         let cpu = Cpu::now();
         let started = Instant::now();
-        // Like the daemon, at most `max_concurrent_polls` polls at once, each
-        // a task only while it runs (a task spawned per endpoint up front
-        // peaked at 52 MiB).
-        let mut tasks = tokio::task::JoinSet::new();
         let (mut queued, mut failed) = (0, 0);
-        let mut tally = |result: Result<anyhow::Result<usize>, tokio::task::JoinError>| {
-            match result {
-                Ok(Ok(rows)) => queued += rows,
-                Ok(Err(_)) => failed += 1,
-                Err(error) => return Err(error),
-            }
-            Ok(())
-        };
-        for endpoint in &config.endpoints {
-            if tasks.len() == config.max_concurrent_polls
-                && let Some(result) = tasks.join_next().await
-            {
-                tally(result)?;
-            }
-            let (store, client, endpoint) = (store.clone(), client.clone(), endpoint.clone());
-            // What a poll task does.
-            tasks.spawn(async move {
-                let observation = pollhook::poll::observe(&client, &store, &endpoint).await?;
-                let queued = pollhook::poll::apply(&store, &endpoint, &observation).await?;
-                anyhow::Ok(queued)
-            });
-        }
-        while let Some(result) = tasks.join_next().await {
-            tally(result)?;
+        let mut polls = poller.poll_all(
+            config.endpoints.clone(),
+            Mode::Commit,
+            config.max_concurrent_polls,
+        );
+        while let Some((_, report)) = polls.next().await {
+            queued += report.queued;
+            failed += usize::from(matches!(report.outcome, Outcome::Failed(_)));
         }
         let wall = started.elapsed();
         let (process, daemon) = Cpu::now().since(&cpu);
@@ -355,16 +339,18 @@ async fn one_pass(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Result
         );
     }
     let started = Instant::now();
-    let metrics = pollhook::metrics::Metrics::default();
-    let delivered = pollhook::deliver::deliver_due(
-        &store,
-        &pollhook::deliver::client()?,
-        &metrics,
-        &config.targets[0],
-    )
-    .await?;
+    let dispatch = pollhook::deliver::Dispatch {
+        store: store.clone(),
+        client: pollhook::deliver::client()?,
+        metrics: Arc::new(pollhook::metrics::Metrics::default()),
+        grace: config.shutdown_grace,
+    };
+    let delivered: usize = pollhook::deliver::drain(&dispatch, &config.targets)
+        .await
+        .into_iter()
+        .sum();
     println!(
-        "delivery of the pass's webhooks, one by one: {delivered} in {:.3} s; {} changes made, {} received",
+        "delivery of the pass's webhooks, through the dispatcher: {delivered} in {:.3} s; {} changes made, {} received",
         started.elapsed().as_secs_f64(),
         api.changes_made.load(Ordering::Relaxed),
         api.delivered.load(Ordering::Relaxed),

@@ -438,14 +438,18 @@ impl Running {
         let cancel = self.shutdown.child_token();
         let wake = Arc::new(Notify::new());
         write(&self.shared.wakes).insert(target.name.clone(), wake.clone());
+        let dispatch = deliver::Dispatch {
+            store: self.shared.store.clone(),
+            client: self.delivery_client.clone(),
+            metrics: self.shared.metrics.clone(),
+            grace: self.config.shutdown_grace,
+        };
         let dispatcher = deliver::run_target(
-            self.shared.store.clone(),
-            self.delivery_client.clone(),
+            dispatch,
             target.clone(),
             wake,
-            self.shared.metrics.clone(),
             cancel.clone(),
-            self.config.shutdown_grace,
+            deliver::Until::Shutdown,
         );
         let span = info_span!("target", target = %target.name);
         let handle = self.tracker.spawn(
@@ -453,7 +457,7 @@ impl Running {
                 if let Some(previous) = previous {
                     let _ = previous.await;
                 }
-                dispatcher.await;
+                let _delivered = dispatcher.await;
             }
             .instrument(span),
         );

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -167,6 +168,54 @@ impl Poller {
             failures: 0,
         }
     }
+}
+
+impl Poller {
+    /// Polls each endpoint once, at most `limit` at a time, taking hosts in
+    /// turn so that one busy host does not hold the others back; yields
+    /// each endpoint's report as it comes. `pollhook once` and the load
+    /// benchmark's one pass.
+    pub fn poll_all(
+        &self,
+        endpoints: Vec<Arc<Endpoint>>,
+        mode: Mode,
+        limit: usize,
+    ) -> impl Stream<Item = (Arc<Endpoint>, Report)> + '_ {
+        futures_util::stream::iter(by_host_in_turn(endpoints))
+            .map(move |endpoint| async move {
+                let mut state = PollState::load(&self.store, &endpoint);
+                let never = CancellationToken::new();
+                let report = self.poll(&endpoint, &mut state, mode, &never).await;
+                (endpoint, report)
+            })
+            .buffer_unordered(limit.max(1))
+    }
+}
+
+/// Endpoints reordered so that consecutive ones are on different hosts as
+/// long as there are several: `a1 b1 c1 a2 b2 a3`.
+fn by_host_in_turn(endpoints: Vec<Arc<Endpoint>>) -> Vec<Arc<Endpoint>> {
+    let mut hosts: Vec<(String, std::collections::VecDeque<Arc<Endpoint>>)> = Vec::new();
+    for endpoint in endpoints {
+        let url = endpoint.url.url();
+        let host = format!(
+            "{}:{:?}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default()
+        );
+        match hosts.iter_mut().find(|(name, _)| *name == host) {
+            Some((_, queue)) => queue.push_back(endpoint),
+            None => hosts.push((host, [endpoint].into())),
+        }
+    }
+    let mut ordered = Vec::new();
+    while !hosts.is_empty() {
+        hosts.retain_mut(|(_, queue)| {
+            ordered.extend(queue.pop_front());
+            !queue.is_empty()
+        });
+    }
+    ordered
 }
 
 /// An endpoint's run of failed polls, and whether `endpoint.failing` was

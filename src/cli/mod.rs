@@ -1,17 +1,20 @@
 //! The command line: parses arguments, sets up logging, runs one command,
 //! and turns its result into an exit code (78 for a bad config).
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, HumanDuration};
-use crate::poll::{self, Observation};
+use crate::poll::Observation;
+use crate::poller::{Mode, Outcome, Poller};
 use crate::store::Store;
 
 /// `println!` that returns the write's error instead of panicking, so that
@@ -297,7 +300,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `pollhook once`: polls the chosen endpoints now and prints their events.
 /// A document as people read it: indented JSON, the text, or a hash.
 fn show_document(document: &crate::extract::Document) -> String {
     match (document.json(), document.kind) {
@@ -307,6 +309,10 @@ fn show_document(document: &crate::extract::Document) -> String {
     }
 }
 
+/// `pollhook once`: polls the chosen endpoints now, through the daemon's
+/// poller (so with its caps and politeness), and prints their events; with
+/// `--send` it stores what it found and delivers through the daemon's
+/// dispatcher until nothing is due.
 async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let endpoints = if names.is_empty() {
@@ -322,51 +328,43 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let store = Store::open(&config.state_dir)?;
-    let client = crate::fetch::client()?;
+    let store = Arc::new(Store::open(&config.state_dir)?);
+    let poller = Poller::new(store.clone(), &config)?;
+    let mode = if send { Mode::Commit } else { Mode::DryRun };
+    let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);
     let mut failed = false;
-    let mut stdout = std::io::stdout().lock();
-    for endpoint in &endpoints {
-        let observation = match poll::observe(&client, &store, endpoint).await {
-            Ok(observation) => observation,
-            Err(error) => {
+    while let Some((endpoint, report)) = polls.next().await {
+        let document = match &report.outcome {
+            Outcome::Failed(error) => {
                 errln!(
                     "{}: poll failed: {}",
                     endpoint.name,
-                    crate::error_chain(&error)
+                    crate::error_chain(error)
                 );
                 failed = true;
-                continue;
+                None
             }
-        };
-        let document = match &observation {
-            Observation::Unchanged { .. } => {
+            Outcome::Cancelled => None,
+            Outcome::Observed(Observation::Unchanged { .. }) => {
                 errln!("{}: unchanged", endpoint.name);
-                // The same as the stored version (or a 304 said so).
-                match store.snapshot(&endpoint.name)? {
-                    Some(snapshot) => store.document(&endpoint.name, snapshot.version)?,
-                    None => None,
+                // Only shown for named endpoints: read it only for them.
+                match (names.is_empty(), store.snapshot(&endpoint.name)?) {
+                    (false, Some(snapshot)) => store.document(&endpoint.name, snapshot.version)?,
+                    _ => None,
                 }
             }
-            Observation::New {
+            Outcome::Observed(Observation::New {
                 reason,
                 snapshot,
                 events,
                 document,
-            } => {
+            }) => {
                 errln!(
                     "{}: {reason:?}, version {}, {} event(s)",
                     endpoint.name,
                     snapshot.version,
                     events.len()
                 );
-                if !document.duplicate_keys.is_empty() {
-                    errln!(
-                        "{}: warning: several items have the key(s) {}; of each, the one that sorts first is kept",
-                        endpoint.name,
-                        serde_json::Value::Array(document.duplicate_keys.clone())
-                    );
-                }
                 Some(document.clone())
             }
         };
@@ -381,32 +379,40 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
                 show_document(&document)
             );
         }
-        for event in observation.events() {
-            writeln!(stdout, "{}", event.body())?;
-        }
-        if send {
-            poll::apply(&store, endpoint, &observation).await?;
+        for event in &report.events {
+            outln!("{}", event.body())?;
         }
     }
+    drop(polls);
     if send {
-        let delivery_client = crate::deliver::client()?;
-        let metrics = crate::metrics::Metrics::default();
-        for target in &config.targets {
-            let delivered =
-                crate::deliver::deliver_due(&store, &delivery_client, &metrics, target).await?;
-            let queued = store.outbox_rows(&target.name)?.len();
-            errln!(
-                "target {}: {delivered} delivered, {queued} still queued",
-                target.name
-            );
-        }
         store.flush().await?;
+        deliver_until_drained(&store, &config).await?;
     }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Delivers what is due through the daemon's dispatchers until nothing is.
+async fn deliver_until_drained(store: &Arc<Store>, config: &Config) -> anyhow::Result<()> {
+    let dispatch = crate::deliver::Dispatch {
+        store: store.clone(),
+        client: crate::deliver::client()?,
+        metrics: Arc::new(crate::metrics::Metrics::default()),
+        grace: config.shutdown_grace,
+    };
+    let delivered = crate::deliver::drain(&dispatch, &config.targets).await;
+    for (target, delivered) in config.targets.iter().zip(delivered) {
+        let queued = store.outbox_rows(&target.name)?.len();
+        errln!(
+            "target {}: {delivered} delivered, {queued} still queued",
+            target.name
+        );
+    }
+    store.flush().await?;
+    Ok(())
 }
 
 /// Whether writing to stdout failed because its reader went away.

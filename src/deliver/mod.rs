@@ -236,35 +236,6 @@ fn record(
     Ok(action)
 }
 
-/// Attempts every due row of `target` once, one after another. Used by
-/// `pollhook once --send`; the daemon runs [`run_target`] instead.
-/// Returns how many were delivered.
-pub async fn deliver_due(
-    store: &Store,
-    client: &reqwest::Client,
-    metrics: &Metrics,
-    target: &Target,
-) -> Result<usize, StoreError> {
-    if store.paused(&target.name)?.is_some() {
-        return Ok(0);
-    }
-    let now = clock::now_ms();
-    let mut delivered = 0;
-    for (key, row) in store.outbox_rows(&target.name)? {
-        if row.next_attempt_ms > now {
-            continue;
-        }
-        let result = attempt(client, target, &row).await;
-        match record(store, metrics, target, &key, row, &result)? {
-            RetryAction::Success => delivered += 1,
-            RetryAction::Pause => break,
-            RetryAction::Retry(_) | RetryAction::Dead if target.ordered => break,
-            RetryAction::Retry(_) | RetryAction::Dead => {}
-        }
-    }
-    Ok(delivered)
-}
-
 /// A running attempt's result: the row it was for, and what came back.
 type Finished = (OutboxKey, OutboxRow, Attempt);
 
@@ -280,20 +251,48 @@ struct TargetTask {
     /// When the last attempt started, for the `rate` cap.
     last_start: Option<Instant>,
     paused: bool,
+    /// Rows delivered since the dispatcher started.
+    delivered: usize,
 }
 
-/// Runs the dispatcher of one target until `shutdown`, then lets the
-/// attempts in flight finish for up to `grace`. Rows not delivered stay in
-/// the outbox for the next start.
+/// How long a dispatcher runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Until shutdown: the daemon's.
+    Shutdown,
+    /// Until no row is due any more and no attempt is in flight (rows whose
+    /// retry is not due yet stay queued): `pollhook once --send`.
+    Drained,
+}
+
+/// What every target's dispatcher works with.
+#[derive(Clone)]
+pub struct Dispatch {
+    pub store: Arc<Store>,
+    pub client: reqwest::Client,
+    pub metrics: Arc<Metrics>,
+    /// How long attempts in flight may finish once the dispatcher stops.
+    pub grace: Duration,
+}
+
+/// Runs the dispatcher of one target until `shutdown` (or, with
+/// [`Until::Drained`], until nothing is due), then lets the attempts in
+/// flight finish for up to `grace`. Rows not delivered stay in the outbox
+/// for the next start. `wake` says rows were queued or the target resumed.
+/// Returns how many rows were delivered.
 pub async fn run_target(
-    store: Arc<Store>,
-    client: reqwest::Client,
+    dispatch: Dispatch,
     target: Arc<Target>,
     wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    grace: Duration,
-) {
+    until: Until,
+) -> usize {
+    let Dispatch {
+        store,
+        client,
+        metrics,
+        grace,
+    } = dispatch;
     let paused = match store.paused(&target.name) {
         Ok(pause) => pause,
         Err(error) => {
@@ -319,6 +318,7 @@ pub async fn run_target(
         attempts: JoinSet::new(),
         last_start: None,
         paused: paused.is_some(),
+        delivered: 0,
     };
     loop {
         if task.paused {
@@ -328,17 +328,20 @@ pub async fn run_target(
                 info!(target = %task.target.name, "target resumed");
             }
         }
-        let wake_at = if task.paused {
-            None
+        let (wake_at, due_now) = if task.paused {
+            (None, false)
         } else {
             match task.start_due() {
-                Ok(wake_at) => wake_at,
+                Ok(next) => next,
                 Err(error) => {
                     warn!(target = %task.target.name, error = %crate::error_chain(&error), "cannot read the outbox");
-                    Some(Instant::now() + Duration::from_secs(1))
+                    (Some(Instant::now() + Duration::from_secs(1)), false)
                 }
             }
         };
+        if until == Until::Drained && !due_now && task.attempts.is_empty() {
+            break;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
@@ -357,6 +360,23 @@ pub async fn run_target(
     if tokio::time::timeout(grace, drain).await.is_err() {
         warn!(target = %task.target.name, "deliveries still in flight after the grace period; they stay queued");
     }
+    task.delivered
+}
+
+/// Runs a dispatcher for each target at once until nothing is due; returns
+/// how many rows each delivered.
+pub async fn drain(dispatch: &Dispatch, targets: &[Arc<Target>]) -> Vec<usize> {
+    let never = CancellationToken::new();
+    let dispatchers = targets.iter().map(|target| {
+        run_target(
+            dispatch.clone(),
+            target.clone(),
+            Arc::new(Notify::new()),
+            never.clone(),
+            Until::Drained,
+        )
+    });
+    futures_util::future::join_all(dispatchers).await
 }
 
 /// Moves `wake_at` earlier to `at` if `at` is sooner.
@@ -371,8 +391,9 @@ fn far_future() -> Instant {
 impl TargetTask {
     /// Starts attempts for due rows, within `parallel`, `rate` and, for
     /// ordered targets, only the head of the queue. Returns when to look
-    /// again if nothing else wakes the loop first.
-    fn start_due(&mut self) -> Result<Option<Instant>, StoreError> {
+    /// again if nothing else wakes the loop first, and whether a row was due
+    /// now (started, or held back by `parallel` or `rate`).
+    fn start_due(&mut self) -> Result<(Option<Instant>, bool), StoreError> {
         let now_ms = clock::now_ms();
         let now = Instant::now();
         let busy = |key: &OutboxKey| self.in_flight.values().any(|running| running == key);
@@ -391,6 +412,7 @@ impl TargetTask {
         };
         let mut wake_at =
             next_ms.map(|due_ms| now + Duration::from_millis(due_ms.saturating_sub(now_ms)));
+        let due_now = !due.is_empty();
         for (key, row) in due {
             if self.in_flight.len() >= self.target.parallel {
                 break; // a finishing attempt wakes the loop
@@ -412,7 +434,7 @@ impl TargetTask {
             });
             self.in_flight.insert(handle.id(), running);
         }
-        Ok(wake_at)
+        Ok((wake_at, due_now))
     }
 
     fn finish(&mut self, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
@@ -421,6 +443,7 @@ impl TargetTask {
                 self.in_flight.remove(&id);
                 match record(&self.store, &self.metrics, &self.target, &key, row, &result) {
                     Ok(RetryAction::Pause) => self.paused = true,
+                    Ok(RetryAction::Success) => self.delivered += 1,
                     Ok(_) => {}
                     Err(error) => {
                         warn!(target = %self.target.name, error = %crate::error_chain(&error), "cannot record a delivery attempt")

@@ -600,3 +600,62 @@ async fn commands_end_quietly_when_their_reader_goes_away() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `once` polls through the daemon's poller: concurrently, within
+/// `per_host`; `--send` delivers through the daemon's dispatcher, within
+/// `parallel`, and sends health events as the daemon does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_polls_and_delivers_as_the_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut slow = Reply::json(r#"{"a":1}"#);
+    slow.delay = Duration::from_millis(100);
+    let api = Api::start(slow).await;
+    let receiver = Receiver::start().await;
+    receiver.behave(|behaviour| behaviour.delay = Duration::from_millis(50));
+    let endpoints: String = (0..8)
+        .map(|n| {
+            format!(
+                "[[endpoint]]\nname = \"e{n}\"\nurl = \"{}?n={n}\"\nemit_initial = true\n",
+                api.url()
+            )
+        })
+        .collect();
+    let failing = "[[endpoint]]\nname = \"down\"\nurl = \"http://127.0.0.1:1/\"\nfail_after = 1\n";
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\nper_host = 3\n[defaults]\nevery = \"1h\"\n\
+             [[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nparallel = 2\n\
+             {endpoints}{failing}",
+            dir.path().join("state").display(),
+            receiver.url()
+        ),
+    )
+    .unwrap();
+
+    let output = run(&["once", "--send", "-c", config.to_str().unwrap()]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "`down` failed: {stderr}");
+    assert_eq!(api.requests(), 8);
+    assert_eq!(api.most_at_once(), 3, "per_host, and not one at a time");
+    assert_eq!(receiver.most_at_once(), 2, "the target's parallel");
+    let kinds: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|hook| hook.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.len(), 9, "{kinds:?}");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| *kind == "endpoint.failing")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        stderr.contains("target receiver: 9 delivered, 0 still queued"),
+        "{stderr}"
+    );
+}

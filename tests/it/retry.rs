@@ -59,16 +59,20 @@ impl Setup {
     }
 
     /// Runs the real dispatcher of the target until the token is cancelled.
-    fn dispatch(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    fn dispatch(&self) -> (CancellationToken, tokio::task::JoinHandle<usize>) {
         let shutdown = CancellationToken::new();
+        let dispatch = deliver::Dispatch {
+            store: self.store.clone(),
+            client: deliver::client().unwrap(),
+            metrics: Arc::new(pollhook::metrics::Metrics::default()),
+            grace: Duration::from_secs(10),
+        };
         let task = tokio::spawn(deliver::run_target(
-            self.store.clone(),
-            deliver::client().unwrap(),
+            dispatch,
             self.target(),
             Arc::new(Notify::new()),
-            Arc::new(pollhook::metrics::Metrics::default()),
             shutdown.clone(),
-            Duration::from_secs(10),
+            deliver::Until::Shutdown,
         ));
         (shutdown, task)
     }
