@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -27,20 +27,35 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AdminListen, Config};
-use crate::daemon::{Control, EndpointStatus, LiveEvent, Shared, read};
-use crate::store::{DeadFilter, OutboxRow, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::status::{Control, EndpointStatus, LiveEvent, Statuses, Wakes, read};
+use crate::store::{DeadFilter, OutboxRow, Store, StoreError, StoredVersion};
 
 /// The file in the state dir that holds a running daemon's API address.
 pub const ADDRESS_FILE: &str = "admin.addr";
 
+/// What the admin API reads, and asks of, the running daemon.
+pub struct Context {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub statuses: Statuses,
+    pub live: broadcast::Sender<Arc<LiveEvent>>,
+    /// True once every task is running, false again while stopping.
+    pub ready: Arc<AtomicBool>,
+    /// What every route but the health checks needs, when set.
+    pub token: Option<String>,
+    pub control: mpsc::Sender<Control>,
+    pub wakes: Arc<Wakes>,
+}
+
 #[derive(Clone)]
 struct AdminState {
-    shared: Arc<Shared>,
+    context: Arc<Context>,
     shutdown: CancellationToken,
 }
 
@@ -48,12 +63,12 @@ struct AdminState {
 /// it listens on (the real port when the config asked for port 0).
 pub async fn serve(
     listen: &crate::config::Admin,
-    shared: Arc<Shared>,
+    context: Context,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<String> {
     let state = AdminState {
-        shared,
+        context: Arc::new(context),
         shutdown: shutdown.clone(),
     };
     let mut protected = Router::new()
@@ -203,7 +218,7 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.shared.admin.token {
+    if let Some(token) = &state.context.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -230,7 +245,7 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.shared.ready.load(Ordering::SeqCst) {
+    if state.context.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -238,7 +253,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let pages = state.shared.metrics.scrape(&state.shared.store);
+    let store = &state.context.store;
+    let pages = state
+        .context
+        .metrics
+        .scrape(store.outbox_len(), store.dead_len());
     (
         [(
             header::CONTENT_TYPE,
@@ -271,7 +290,7 @@ fn view(
     pending: &HashMap<String, usize>,
 ) -> EndpointView {
     let endpoint = &status.endpoint;
-    let snapshot = state.shared.store.snapshot(&endpoint.name).ok().flatten();
+    let snapshot = state.context.store.snapshot(&endpoint.name).ok().flatten();
     EndpointView {
         name: endpoint.name.to_string(),
         url: endpoint.display_url().to_string(),
@@ -305,11 +324,11 @@ fn not_found(what: String) -> Response {
 }
 
 async fn endpoints(State(state): State<AdminState>) -> Response {
-    let pending = match state.shared.store.pending_by_endpoint() {
+    let pending = match state.context.store.pending_by_endpoint() {
         Ok(pending) => pending,
         Err(error) => return store_error(error),
     };
-    let statuses: Vec<EndpointStatus> = read(&state.shared.endpoints).values().cloned().collect();
+    let statuses: Vec<EndpointStatus> = read(&state.context.statuses).values().cloned().collect();
     let views: Vec<EndpointView> = statuses
         .iter()
         .map(|status| view(&state, status, &pending))
@@ -318,20 +337,20 @@ async fn endpoints(State(state): State<AdminState>) -> Response {
 }
 
 async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    let Some(status) = read(&state.shared.endpoints).get(name.as_str()).cloned() else {
+    let Some(status) = read(&state.context.statuses).get(name.as_str()).cloned() else {
         return not_found(format!("no endpoint named `{name}`"));
     };
-    match state.shared.store.pending_by_endpoint() {
+    match state.context.store.pending_by_endpoint() {
         Ok(pending) => Json(view(&state, &status, &pending)).into_response(),
         Err(error) => store_error(error),
     }
 }
 
 async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    if !read(&state.shared.endpoints).contains_key(name.as_str()) {
+    if !read(&state.context.statuses).contains_key(name.as_str()) {
         return not_found(format!("no endpoint named `{name}`"));
     }
-    let asked = (state.shared.control)
+    let asked = (state.context.control)
         .send(Control::PollNow(name.clone()))
         .await;
     if asked.is_err() {
@@ -344,6 +363,17 @@ async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String
         .into_response()
 }
 
+impl From<StoredVersion> for VersionView {
+    fn from(stored: StoredVersion) -> VersionView {
+        VersionView {
+            version: stored.version,
+            at_ms: stored.at_ms,
+            kind: stored.kind.name().to_string(),
+            bytes: stored.bytes,
+        }
+    }
+}
+
 /// One stored version, as `history` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionView {
@@ -354,8 +384,11 @@ pub struct VersionView {
 }
 
 async fn history(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    match state.shared.store.history(&name) {
-        Ok(entries) => Json(entries).into_response(),
+    match state.context.store.history(&name) {
+        Ok(versions) => {
+            let versions: Vec<VersionView> = versions.into_iter().map(VersionView::from).collect();
+            Json(versions).into_response()
+        }
         Err(error) => store_error(error),
     }
 }
@@ -364,7 +397,7 @@ async fn document(
     State(state): State<AdminState>,
     UrlPath((name, version)): UrlPath<(String, u64)>,
 ) -> Response {
-    match state.shared.store.document(&name, version) {
+    match state.context.store.document(&name, version) {
         Ok(Some(document)) => document.text().into_owned().into_response(),
         Ok(None) => not_found(format!("`{name}` has no stored version {version}")),
         Err(error) => store_error(error),
@@ -407,20 +440,20 @@ fn rows_response(store: &Store, rows: Result<Vec<(String, OutboxRow)>, StoreErro
 
 async fn deliveries(State(state): State<AdminState>, Query(query): Query<TargetQuery>) -> Response {
     rows_response(
-        &state.shared.store,
-        state.shared.store.queued_rows(query.target.as_deref()),
+        &state.context.store,
+        state.context.store.queued_rows(query.target.as_deref()),
     )
 }
 
 async fn dead(State(state): State<AdminState>, Query(query): Query<TargetQuery>) -> Response {
     rows_response(
-        &state.shared.store,
-        state.shared.store.dead_rows(query.target.as_deref()),
+        &state.context.store,
+        state.context.store.dead_rows(query.target.as_deref()),
     )
 }
 
 async fn replay(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -> Response {
-    let targets: Vec<String> = match state.shared.store.dead_rows(None) {
+    let targets: Vec<String> = match state.context.store.dead_rows(None) {
         Ok(rows) => rows
             .into_iter()
             .filter(|(_, row)| row.event_id == id)
@@ -432,13 +465,13 @@ async fn replay(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -
         return not_found(format!("no dead letter with id {id}"));
     }
     let ids = [id];
-    match state.shared.store.replay(&DeadFilter {
+    match state.context.store.replay(&DeadFilter {
         event_ids: &ids,
         ..DeadFilter::default()
     }) {
         Ok(replayed) => {
             for target in &targets {
-                state.shared.wake_target(target);
+                state.context.wakes.wake(target);
             }
             Json(serde_json::json!({"replayed": replayed})).into_response()
         }
@@ -447,9 +480,9 @@ async fn replay(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -
 }
 
 async fn resume(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    match state.shared.store.resume(&name) {
+    match state.context.store.resume(&name) {
         Ok(resumed) => {
-            state.shared.wake_target(&name);
+            state.context.wakes.wake(&name);
             Json(serde_json::json!({"resumed": resumed})).into_response()
         }
         Err(error) => store_error(error),
@@ -459,7 +492,7 @@ async fn resume(State(state): State<AdminState>, UrlPath(name): UrlPath<String>)
 async fn reload(State(state): State<AdminState>) -> Response {
     let (reply, answer) = tokio::sync::oneshot::channel();
     if state
-        .shared
+        .context
         .control
         .send(Control::Reload(reply))
         .await
@@ -510,7 +543,7 @@ async fn events(
     Query(filter): Query<EventFilter>,
     request: Request,
 ) -> Response {
-    let receiver = state.shared.live.subscribe();
+    let receiver = state.context.live.subscribe();
     let upgrade = request
         .headers()
         .get(header::UPGRADE)

@@ -9,15 +9,15 @@
 //! SIGHUP, requests from the admin API, the watchdog tick, polls falling due
 //! and polls ending.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::StreamExt as _;
 use sd_notify::NotifyState;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,14 +26,15 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::clock;
-use crate::config::{Admin, Config, ConfigDiff, Endpoint, Target};
+use crate::config::{Config, ConfigDiff, Endpoint, Target};
 use crate::deliver;
 use crate::event::Event;
-use crate::metrics::{EndpointCounts, Metrics, PollResult};
+use crate::metrics::Metrics;
 use crate::poll::{self, NewReason, Observation};
 use crate::poller::{Mode, Outcome, PollState, Poller};
 use crate::schedule::Schedule;
 use crate::scheduler::{Action, Scheduler};
+use crate::status::{Control, EndpointStatus, LiveEvent, PollResult, Statuses, Wakes, read, write};
 use crate::store::Store;
 
 /// Live events kept for slow stream clients before they are dropped.
@@ -47,40 +48,6 @@ const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// never fires again. Any wait over half of it is shown as never.
 const NEVER: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
 
-/// One event as it was produced, for `/api/v1/events` and `pollhook tail`.
-#[derive(Debug, Clone)]
-pub struct LiveEvent {
-    pub id: String,
-    pub kind: String,
-    pub endpoint: String,
-    /// The webhook body, exactly as queued.
-    pub body: String,
-}
-
-/// A running endpoint, as the admin API sees it: its config and what its
-/// polls did. Only what changes is kept here; the rest is read from the
-/// config when asked for.
-#[derive(Debug, Clone)]
-pub struct EndpointStatus {
-    pub endpoint: Arc<Endpoint>,
-    pub last_poll_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub next_poll_ms: Option<u64>,
-    pub counts: EndpointCounts,
-}
-
-/// Every endpoint's status, by name.
-pub type Statuses = Arc<RwLock<BTreeMap<Arc<str>, EndpointStatus>>>;
-
-/// Requests the admin API makes of the supervisor.
-pub enum Control {
-    /// Re-read the config; answers with a summary or the errors.
-    Reload(oneshot::Sender<Result<String, String>>),
-    /// Poll this endpoint now, or right after its running poll.
-    PollNow(String),
-}
-
 /// What the tasks and the admin API share.
 pub struct Shared {
     pub store: Arc<Store>,
@@ -89,22 +56,14 @@ pub struct Shared {
     /// Also read by the metrics when scraped.
     pub endpoints: Statuses,
     /// True once every task is running, false again while stopping.
-    pub ready: AtomicBool,
-    pub admin: Admin,
+    pub ready: Arc<AtomicBool>,
     pub control: mpsc::Sender<Control>,
-    /// Wakes a target's dispatcher: rows were queued, or it was resumed.
-    pub wakes: RwLock<HashMap<String, Arc<Notify>>>,
+    pub wakes: Arc<Wakes>,
     /// What every poll shares: the global and per-host caps, the client.
     poller: Poller,
 }
 
 impl Shared {
-    pub fn wake_target(&self, target: &str) {
-        if let Some(wake) = read(&self.wakes).get(target) {
-            wake.notify_one();
-        }
-    }
-
     /// `polling 42 endpoints, 0 failing, 3 queued`, for systemd's STATUS=.
     pub fn summary(&self) -> String {
         let endpoints = read(&self.endpoints);
@@ -118,17 +77,6 @@ impl Shared {
             self.store.outbox_len()
         )
     }
-}
-
-/// Reads a lock, also one a panicking task left behind: the maps in it are
-/// only ever replaced entry by entry.
-pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Tells systemd, when it is listening; a no-op otherwise.
@@ -181,15 +129,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: Arc::new(Metrics::new(statuses.clone())),
         live: broadcast::channel(LIVE_BUFFER).0,
         endpoints: statuses,
-        ready: AtomicBool::new(false),
-        admin: config.admin.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
         control,
-        wakes: RwLock::new(HashMap::new()),
+        wakes: Arc::default(),
         poller: Poller::new(store.clone(), &config)?,
     });
     let tracker = TaskTracker::new();
+    let context = crate::admin::Context {
+        store: store.clone(),
+        metrics: shared.metrics.clone(),
+        statuses: shared.endpoints.clone(),
+        live: shared.live.clone(),
+        ready: shared.ready.clone(),
+        token: config.admin.token.clone(),
+        control: shared.control.clone(),
+        wakes: shared.wakes.clone(),
+    };
     let admin_address =
-        crate::admin::serve(&config.admin, shared.clone(), shutdown.clone(), &tracker).await?;
+        crate::admin::serve(&config.admin, context, shutdown.clone(), &tracker).await?;
 
     let mut running = Running {
         shared: shared.clone(),
@@ -350,7 +307,7 @@ impl Running {
                 continue;
             };
             task.cancel.cancel();
-            write(&self.shared.wakes).remove(name);
+            self.shared.wakes.remove(name);
             let queued = self
                 .shared
                 .store
@@ -374,7 +331,7 @@ impl Running {
             }
         }
         for target in &targets.unchanged {
-            self.shared.wake_target(&target.name);
+            self.shared.wakes.wake(&target.name);
         }
         for target in targets.added.iter().chain(&targets.changed) {
             let previous = self.targets.remove(&target.name).map(|task| {
@@ -436,8 +393,7 @@ impl Running {
     /// row is never in two attempts at once.
     fn spawn_target(&self, target: Arc<Target>, previous: Option<JoinHandle<()>>) -> Dispatcher {
         let cancel = self.shutdown.child_token();
-        let wake = Arc::new(Notify::new());
-        write(&self.shared.wakes).insert(target.name.clone(), wake.clone());
+        let wake = self.shared.wakes.insert(&target.name);
         let dispatch = deliver::Dispatch {
             store: self.shared.store.clone(),
             client: self.delivery_client.clone(),
@@ -545,19 +501,6 @@ impl Running {
     fn poll_now(&mut self, name: &str) {
         let (_, actions) = self.polls.schedule.poll_now(name, Instant::now());
         self.act(actions);
-    }
-}
-
-impl EndpointStatus {
-    pub(crate) fn new(endpoint: Arc<Endpoint>) -> EndpointStatus {
-        EndpointStatus {
-            endpoint,
-            last_poll_ms: None,
-            last_error: None,
-            consecutive_failures: 0,
-            next_poll_ms: None,
-            counts: EndpointCounts::default(),
-        }
     }
 }
 
@@ -699,7 +642,7 @@ fn announce(shared: &Shared, endpoint: &Endpoint, events: &[Event], queued: usiz
     }
     if queued > 0 {
         for target in endpoint.targets.iter() {
-            shared.wake_target(target);
+            shared.wakes.wake(target);
         }
     }
 }

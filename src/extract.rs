@@ -21,9 +21,17 @@ use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::Format;
 use crate::jq::{self, Jq};
 use crate::number;
+
+/// How a response body is read (`format` in the config). Without it, the
+/// Content-Type decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Text,
+}
 
 /// What kind of document an endpoint produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

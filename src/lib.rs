@@ -40,6 +40,7 @@ pub mod poll;
 pub mod poller;
 pub mod schedule;
 pub mod scheduler;
+pub mod status;
 pub mod store;
 
 /// An error and its causes on one line: `outer: inner: root`.

@@ -1,7 +1,8 @@
 //! Prometheus metrics, rendered by the admin API's `/metrics`.
 //!
 //! Counters are bumped where things happen: dispatchers bump theirs here,
-//! poll tasks count in their endpoint's status (see [`EndpointCounts`]).
+//! poll tasks count in their endpoint's status (see
+//! [`EndpointCounts`](crate::status::EndpointCounts)).
 //! The queue gauges are read from the store when scraped, so they can never
 //! drift from what is really queued.
 
@@ -16,54 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::daemon::{Statuses, read};
-use crate::store::Store;
-
-/// What a poll came to, as the `result` label of `pollhook_polls_total`
-/// says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PollResult {
-    Baseline,
-    Changed,
-    Unchanged,
-    Failed,
-}
-
-impl PollResult {
-    const ALL: [PollResult; 4] = [
-        PollResult::Baseline,
-        PollResult::Changed,
-        PollResult::Unchanged,
-        PollResult::Failed,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            PollResult::Baseline => "baseline",
-            PollResult::Changed => "changed",
-            PollResult::Unchanged => "unchanged",
-            PollResult::Failed => "failed",
-        }
-    }
-}
-
-/// An endpoint's own metrics, kept with its status: one small record per
-/// endpoint instead of a label set (and its map entry) per metric and result.
-/// They are written when `/metrics` is scraped.
-#[derive(Debug, Clone, Default)]
-pub struct EndpointCounts {
-    polls: [u64; PollResult::ALL.len()],
-    last_success_ms: Option<u64>,
-}
-
-impl EndpointCounts {
-    pub fn polled(&mut self, result: PollResult, at_ms: u64) {
-        self.polls[result as usize] += 1;
-        if result != PollResult::Failed {
-            self.last_success_ms = Some(at_ms);
-        }
-    }
-}
+use crate::status::{EndpointCounts, PollResult, Statuses, read};
 
 /// The families with an `endpoint` label. They are written by hand, a page
 /// of endpoints at a time, so that a scrape never holds its whole text: at
@@ -259,10 +213,11 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics as `/metrics` sends them.
-    pub fn scrape(&self, store: &Store) -> Scrape {
-        self.outbox_depth.set(store.outbox_len() as i64);
-        self.dead_letters.set(store.dead_len() as i64);
+    /// The metrics as `/metrics` sends them, with the queue's and the dead
+    /// letters' sizes as the store counts them.
+    pub fn scrape(&self, queued: usize, dead: usize) -> Scrape {
+        self.outbox_depth.set(queued as i64);
+        self.dead_letters.set(dead as i64);
         let mut registry = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode_registry(&mut registry, &self.registry);
@@ -281,7 +236,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::daemon::{EndpointStatus, write};
+    use crate::status::{EndpointStatus, write};
 
     /// A config with one endpoint per name, every minute.
     fn config_of(names: &[&str]) -> Config {
@@ -296,11 +251,9 @@ mod tests {
         Config::compile(&text, Path::new("test.toml")).unwrap()
     }
 
-    /// The pages of a scrape of `statuses`, against an empty store.
+    /// The pages of a scrape of `statuses`, with nothing queued.
     fn scrape_pages(statuses: Statuses) -> Vec<String> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        Metrics::new(statuses).scrape(&store).collect()
+        Metrics::new(statuses).scrape(0, 0).collect()
     }
 
     fn parse(text: &str) -> prometheus_parse::Scrape {

@@ -150,6 +150,16 @@ pub struct Pause {
     pub reason: String,
 }
 
+/// One kept version of an endpoint's document, as its file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub version: u64,
+    pub at_ms: u64,
+    pub kind: Kind,
+    /// The document's size.
+    pub bytes: usize,
+}
+
 /// Which dead letters `replay` puts back.
 #[derive(Debug, Clone, Default)]
 pub struct DeadFilter<'a> {
@@ -497,7 +507,7 @@ impl Store {
     }
 
     /// The stored versions of an endpoint, oldest first.
-    pub fn history(&self, endpoint: &str) -> Result<Vec<crate::admin::VersionView>, StoreError> {
+    pub fn history(&self, endpoint: &str) -> Result<Vec<StoredVersion>, StoreError> {
         let Some(newest) = self.snapshot(endpoint)?.map(|snapshot| snapshot.version) else {
             return Ok(Vec::new());
         };
@@ -519,10 +529,10 @@ impl Store {
                     source,
                 })?
                 .len();
-            versions.push(crate::admin::VersionView {
+            versions.push(StoredVersion {
                 version,
                 at_ms: header.at_ms,
-                kind: header.kind.name().to_string(),
+                kind: header.kind,
                 bytes: size.saturating_sub(Header::LEN as u64) as usize,
             });
         }

@@ -134,7 +134,11 @@ pub async fn history(
                 .json("GET", &format!("/api/v1/endpoints/{name}/history"))
                 .await?
         }
-        Source::Store(store) => store.history(name)?,
+        Source::Store(store) => store
+            .history(name)?
+            .into_iter()
+            .map(VersionView::from)
+            .collect(),
     };
     let Some([from, to]) = diff.map(|versions| [versions[0], versions[1]]) else {
         let mut table = vec![header(["VERSION", "STORED", "KIND", "BYTES"])];

@@ -25,6 +25,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
 use crate::deliver::retry::RetryPolicy;
+pub use crate::extract::Format;
 use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
 pub use crate::schedule::CronExpr;
@@ -283,14 +284,6 @@ impl FromStr for ContentType {
             _ => Err(format!("invalid content type `{text}`")),
         }
     }
-}
-
-/// How a response body is read. Without it, the Content-Type decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Json,
-    Text,
 }
 
 /// An HTTP method, upper-cased.
