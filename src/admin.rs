@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,7 +34,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{AdminListen, Config};
 use crate::metrics::Metrics;
 use crate::status::{Control, EndpointStatus, LiveEvent, Statuses, Wakes, read};
-use crate::store::{DeadFilter, OutboxRow, Store, StoreError, StoredVersion};
+use crate::store::{DeadFilter, Store, StoreError};
+use crate::views::{self, EndpointView, Rows, TargetRow, VersionView};
 
 /// The file in the state dir that holds a running daemon's API address.
 pub const ADDRESS_FILE: &str = "admin.addr";
@@ -81,6 +82,7 @@ pub async fn serve(
         .route("/api/v1/events", get(events))
         .route("/api/v1/endpoints/{name}/poll", post(poll_now))
         .route("/api/v1/dead/{id}/replay", post(replay))
+        .route("/api/v1/replay", post(replay_matching))
         .route("/api/v1/targets/{name}/resume", post(resume))
         .route("/api/v1/reload", post(reload));
     let mut public = Router::new()
@@ -268,44 +270,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// An endpoint as the API shows it: runtime status plus what the store knows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EndpointView {
-    pub name: String,
-    pub url: String,
-    pub schedule: String,
-    pub targets: Vec<String>,
-    pub last_poll_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub next_poll_ms: Option<u64>,
-    pub version: Option<u64>,
-    pub last_change_ms: Option<u64>,
-    pub pending_deliveries: usize,
-}
-
-fn view(
-    state: &AdminState,
-    status: &EndpointStatus,
-    pending: &HashMap<String, usize>,
-) -> EndpointView {
-    let endpoint = &status.endpoint;
-    let snapshot = state.context.store.snapshot(&endpoint.name).ok().flatten();
-    EndpointView {
-        name: endpoint.name.to_string(),
-        url: endpoint.display_url().to_string(),
-        schedule: endpoint.schedule.to_string(),
-        targets: endpoint.targets.to_vec(),
-        last_poll_ms: status.last_poll_ms,
-        last_error: status.last_error.clone(),
-        consecutive_failures: status.consecutive_failures,
-        next_poll_ms: status.next_poll_ms,
-        version: snapshot.as_ref().map(|snapshot| snapshot.version),
-        last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
-        pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),
-    }
-}
-
 fn store_error(error: impl std::error::Error) -> Response {
     let message = crate::error_chain(&error);
     (
@@ -321,6 +285,21 @@ fn not_found(what: String) -> Response {
         Json(serde_json::json!({"error": what})),
     )
         .into_response()
+}
+
+/// The view of an endpoint of the running daemon.
+fn view(
+    state: &AdminState,
+    status: &EndpointStatus,
+    pending: &HashMap<String, usize>,
+) -> EndpointView {
+    let snapshot = state
+        .context
+        .store
+        .snapshot(&status.endpoint.name)
+        .ok()
+        .flatten();
+    EndpointView::new(&status.endpoint, Some(status), snapshot.as_ref(), pending)
 }
 
 async fn endpoints(State(state): State<AdminState>) -> Response {
@@ -363,26 +342,6 @@ async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String
         .into_response()
 }
 
-impl From<StoredVersion> for VersionView {
-    fn from(stored: StoredVersion) -> VersionView {
-        VersionView {
-            version: stored.version,
-            at_ms: stored.at_ms,
-            kind: stored.kind.name().to_string(),
-            bytes: stored.bytes,
-        }
-    }
-}
-
-/// One stored version, as `history` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionView {
-    pub version: u64,
-    pub at_ms: u64,
-    pub kind: String,
-    pub bytes: usize,
-}
-
 async fn history(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
     match state.context.store.history(&name) {
         Ok(versions) => {
@@ -404,76 +363,87 @@ async fn document(
     }
 }
 
-/// A queued or dead row with its target, as the API sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetRow {
-    pub target: String,
-    /// Whether the target is paused (410 Gone) and waits for `resume`.
-    #[serde(default)]
-    pub paused: bool,
-    #[serde(flatten)]
-    pub row: OutboxRow,
-}
-
 #[derive(Debug, Deserialize)]
 struct TargetQuery {
     target: Option<String>,
 }
 
-fn rows_response(store: &Store, rows: Result<Vec<(String, OutboxRow)>, StoreError>) -> Response {
-    let shown: Result<Vec<TargetRow>, StoreError> = rows.and_then(|rows| {
-        rows.into_iter()
-            .map(|(target, row)| {
-                Ok(TargetRow {
-                    paused: store.paused(&target)?.is_some(),
-                    target,
-                    row,
-                })
-            })
-            .collect()
-    });
-    match shown {
+fn rows_response(rows: Result<Vec<TargetRow>, StoreError>) -> Response {
+    match rows {
         Ok(rows) => Json(rows).into_response(),
         Err(error) => store_error(error),
     }
 }
 
 async fn deliveries(State(state): State<AdminState>, Query(query): Query<TargetQuery>) -> Response {
-    rows_response(
-        &state.context.store,
-        state.context.store.queued_rows(query.target.as_deref()),
-    )
+    let store = &state.context.store;
+    rows_response(views::target_rows(
+        store,
+        Rows::Queued,
+        query.target.as_deref(),
+    ))
 }
 
 async fn dead(State(state): State<AdminState>, Query(query): Query<TargetQuery>) -> Response {
-    rows_response(
-        &state.context.store,
-        state.context.store.dead_rows(query.target.as_deref()),
-    )
+    let store = &state.context.store;
+    rows_response(views::target_rows(
+        store,
+        Rows::Dead,
+        query.target.as_deref(),
+    ))
+}
+
+/// Which dead letters `POST /api/v1/replay` puts back: every one that
+/// passes each filter given.
+#[derive(Debug, Default, Deserialize)]
+struct ReplayQuery {
+    /// Event ids, comma-separated.
+    ids: Option<String>,
+    target: Option<String>,
+    /// Only letters that died at or after this time (Unix milliseconds).
+    since_ms: Option<u64>,
+}
+
+async fn replay_matching(
+    State(state): State<AdminState>,
+    Query(query): Query<ReplayQuery>,
+) -> Response {
+    let ids: Vec<String> = query
+        .ids
+        .iter()
+        .flat_map(|ids| ids.split(','))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    let filter = DeadFilter {
+        event_ids: &ids,
+        target: query.target.as_deref(),
+        since_ms: query.since_ms,
+    };
+    replay_response(&state, &filter)
 }
 
 async fn replay(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -> Response {
-    let targets: Vec<String> = match state.context.store.dead_rows(None) {
-        Ok(rows) => rows
-            .into_iter()
-            .filter(|(_, row)| row.event_id == id)
-            .map(|(target, _)| target)
-            .collect(),
-        Err(error) => return store_error(error),
-    };
-    if targets.is_empty() {
-        return not_found(format!("no dead letter with id {id}"));
-    }
     let ids = [id];
-    match state.context.store.replay(&DeadFilter {
-        event_ids: &ids,
-        ..DeadFilter::default()
-    }) {
+    replay_response(
+        &state,
+        &DeadFilter {
+            event_ids: &ids,
+            ..DeadFilter::default()
+        },
+    )
+}
+
+fn replay_response(state: &AdminState, filter: &DeadFilter<'_>) -> Response {
+    match views::replay(&state.context.store, filter) {
+        Ok(replayed) if replayed.replayed == 0 && !replayed.missing.is_empty() => not_found(
+            format!("no dead letter with id {}", replayed.missing.join(", ")),
+        ),
         Ok(replayed) => {
-            for target in &targets {
+            for target in &replayed.targets {
                 state.context.wakes.wake(target);
             }
-            Json(serde_json::json!({"replayed": replayed})).into_response()
+            Json(replayed).into_response()
         }
         Err(error) => store_error(error),
     }

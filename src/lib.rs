@@ -42,6 +42,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod status;
 pub mod store;
+pub mod views;
 
 /// An error and its causes on one line: `outer: inner: root`.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

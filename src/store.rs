@@ -977,10 +977,10 @@ impl Store {
     }
 
     /// Puts dead letters back in the outbox, due now, with their attempts
-    /// reset and the same event id. Returns how many.
-    pub fn replay(&self, filter: &DeadFilter<'_>) -> Result<usize, StoreError> {
+    /// reset and the same event id. Returns the target of each.
+    pub fn replay(&self, filter: &DeadFilter<'_>) -> Result<Vec<String>, StoreError> {
         let now = crate::clock::now_ms();
-        let mut replayed = 0;
+        let mut replayed = Vec::new();
         let candidates = match filter.target {
             Some(target) => self.dead.scan_prefix(prefix(target)),
             None => self.dead.iter(),
@@ -1011,7 +1011,7 @@ impl Store {
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
                 .map_err(transaction_error)?;
-            replayed += 1;
+            replayed.push(target);
             self.count_queued(1, 0);
         }
         Ok(replayed)
@@ -1394,7 +1394,7 @@ mod tests {
                 since_ms: None,
             })
             .unwrap();
-        assert_eq!(replayed, 1);
+        assert_eq!(replayed, ["sink"]);
         assert_eq!(
             due_ids(&store, u64::MAX, 10),
             (vec!["first".into(), "later".into()], None)

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http_body_util::BodyExt as _;
 
-use crate::admin::{AdminClient, AdminError, EndpointView, TargetRow, VersionView};
+use crate::admin::{AdminClient, AdminError};
 use crate::clock;
 use crate::config::Config;
 use crate::extract::{Document, Kind};
-use crate::store::{DeadFilter, OutboxRow, Store};
+use crate::store::{DeadFilter, Store};
+use crate::views::{self, DeliveryView, EndpointView, Replayed, Rows, TargetRow, VersionView};
 
 /// Exit code of `status` when the daemon is not running (as `systemctl status`).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -62,19 +63,12 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             let mut views = Vec::new();
             for endpoint in &config.endpoints {
                 let snapshot = store.snapshot(&endpoint.name)?;
-                views.push(EndpointView {
-                    name: endpoint.name.to_string(),
-                    url: endpoint.display_url().to_string(),
-                    schedule: endpoint.schedule.to_string(),
-                    targets: endpoint.targets.to_vec(),
-                    last_poll_ms: None,
-                    last_error: None,
-                    consecutive_failures: 0,
-                    next_poll_ms: None,
-                    version: snapshot.as_ref().map(|snapshot| snapshot.version),
-                    last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
-                    pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),
-                });
+                views.push(EndpointView::new(
+                    endpoint,
+                    None,
+                    snapshot.as_ref(),
+                    &pending,
+                ));
             }
             (views, false)
         }
@@ -267,37 +261,25 @@ pub async fn reload(config: &Config) -> anyhow::Result<ExitCode> {
 /// Queued or dead rows, from whichever source holds them.
 async fn rows(
     source: &Source,
-    route: &str,
+    which: Rows,
     target: Option<&str>,
 ) -> anyhow::Result<Vec<TargetRow>> {
     Ok(match source {
         Source::Daemon(client) => {
+            let route = match which {
+                Rows::Queued => "/api/v1/deliveries",
+                Rows::Dead => "/api/v1/dead",
+            };
             client
                 .json("GET", &format!("{route}{}", query(target)))
                 .await?
         }
-        Source::Store(store) => {
-            let rows = if route.ends_with("dead") {
-                store.dead_rows(target)?
-            } else {
-                store.queued_rows(target)?
-            };
-            let mut shown = Vec::new();
-            for (target, row) in rows {
-                let paused = store.paused(&target)?.is_some();
-                shown.push(TargetRow {
-                    target,
-                    paused,
-                    row,
-                });
-            }
-            shown
-        }
+        Source::Store(store) => views::target_rows(store, which, target)?,
     })
 }
 
 pub async fn deliveries(config: &Config, target: Option<&str>) -> anyhow::Result<ExitCode> {
-    let rows = rows(&source(config).await?, "/api/v1/deliveries", target).await?;
+    let rows = rows(&source(config).await?, Rows::Queued, target).await?;
     let now = clock::now_ms();
     let mut table = vec![header([
         "TARGET",
@@ -334,7 +316,7 @@ pub async fn dead(
     target: Option<&str>,
     attempts: bool,
 ) -> anyhow::Result<ExitCode> {
-    let rows = rows(&source(config).await?, "/api/v1/dead", target).await?;
+    let rows = rows(&source(config).await?, Rows::Dead, target).await?;
     let mut table = vec![header([
         "TARGET", "EVENT", "ENDPOINT", "TYPE", "ATTEMPTS", "LAST", "DIED",
     ])];
@@ -376,54 +358,40 @@ pub async fn replay(
     target: Option<&str>,
     since_ms: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let source = source(config).await?;
-    let dead = rows(&source, "/api/v1/dead", None).await?;
-    let missing: Vec<&str> = ids
-        .iter()
-        .filter(|id| !dead.iter().any(|dead| dead.row.event_id == **id))
-        .map(String::as_str)
-        .collect();
-    match &source {
+    let replayed = match source(config).await? {
         Source::Daemon(client) => {
-            let mut replayed = 0;
-            // Without ids: every dead letter that passes the filters.
-            let chosen: Vec<&str> = if ids.is_empty() {
-                dead.iter()
-                    .filter(|dead| target.is_none_or(|target| dead.target == target))
-                    .filter(|dead| {
-                        since_ms.is_none_or(|since| dead.row.dead_at_ms.unwrap_or(0) >= since)
-                    })
-                    .map(|dead| dead.row.event_id.as_str())
-                    .collect()
-            } else {
-                ids.iter()
-                    .map(String::as_str)
-                    .filter(|id| !missing.contains(id))
-                    .collect()
-            };
-            for id in chosen
-                .into_iter()
-                .collect::<std::collections::BTreeSet<_>>()
-            {
-                let answer: serde_json::Value = client
-                    .json("POST", &format!("/api/v1/dead/{id}/replay"))
-                    .await?;
-                replayed += answer["replayed"].as_u64().unwrap_or(0) as usize;
+            let mut route = format!("/api/v1/replay?ids={}", ids.join(","));
+            if let Some(target) = target {
+                route.push_str(&format!("&target={target}"));
             }
-            outln!("re-queued {replayed} webhook(s)")?;
+            if let Some(since_ms) = since_ms {
+                route.push_str(&format!("&since_ms={since_ms}"));
+            }
+            match client.json::<Replayed>("POST", &route).await {
+                Err(AdminError::Status { status: 404, .. }) => Replayed {
+                    missing: ids.to_vec(),
+                    ..Replayed::default()
+                },
+                answer => answer?,
+            }
         }
         Source::Store(store) => {
-            let replayed = store.replay(&DeadFilter {
+            let filter = DeadFilter {
                 event_ids: ids,
                 target,
                 since_ms,
-            })?;
+            };
+            let replayed = views::replay(&store, &filter)?;
             store.flush().await?;
-            outln!("re-queued {replayed} webhook(s); the daemon delivers them at its next start")?;
+            replayed
         }
-    }
-    if !missing.is_empty() {
-        errln!("error: no dead letter with id {}", missing.join(", "));
+    };
+    outln!("re-queued {} webhook(s)", replayed.replayed)?;
+    if !replayed.missing.is_empty() {
+        errln!(
+            "error: no dead letter with id {}",
+            replayed.missing.join(", ")
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -462,7 +430,7 @@ pub fn parse_since(text: &str) -> anyhow::Result<u64> {
     Ok(clock::now_ms().saturating_sub(ago.as_millis() as u64))
 }
 
-fn row_cells(target: &str, row: &OutboxRow, last_column: String) -> Vec<String> {
+fn row_cells(target: &str, row: &DeliveryView, last_column: String) -> Vec<String> {
     let last = match (row.last_status, &row.last_error) {
         (Some(status), _) => status.to_string(),
         (None, Some(error)) => error.clone(),

@@ -831,3 +831,37 @@ async fn a_cron_years_ahead_or_in_the_past_just_waits() {
     assert_eq!((leap_api.requests(), past_api.requests()), (0, 1));
     daemon.stop().await;
 }
+
+/// Replay by filter is one call, whoever makes it: the CLI's `replay --dead`
+/// and the API's `POST /api/v1/replay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_by_filter_is_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    let endpoints: String = ["one", "two", "three"]
+        .iter()
+        .map(|name| endpoint(name, &api, "emit_initial = true"))
+        .collect();
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
+    eventually("three dead letters", || receiver.all().len() == 6).await;
+    for _ in 0..500 {
+        let dead = get_json(format!("{admin}/api/v1/dead")).await;
+        if dead.as_array().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    receiver.answer(204);
+    let (status, answer) = post(format!("{admin}/api/v1/replay?target=receiver"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["replayed"], 3, "{answer}");
+    eventually("the replays are delivered", || {
+        receiver.accepted().len() == 3
+    })
+    .await;
+    let (status, answer) = post(format!("{admin}/api/v1/replay?ids=msg_nope"), None).await;
+    assert_eq!(status, 404, "{answer}");
+    daemon.stop().await;
+}

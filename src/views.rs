@@ -1,0 +1,222 @@
+//! What the admin API sends and the CLI shows, and the commands both run,
+//! in one place: the admin API builds these from the running daemon, the
+//! CLI from the store when the daemon does not run, and the CLI reads them
+//! back from the API. They are wire types, converted from the store's
+//! records at the boundary, so either can change without the other.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Endpoint;
+use crate::status::EndpointStatus;
+use crate::store::{
+    AttemptRecord, DeadFilter, OutboxRow, Snapshot, Store, StoreError, StoredVersion,
+};
+
+/// An endpoint as the API shows it: runtime status plus what the store knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub name: String,
+    pub url: String,
+    pub schedule: String,
+    pub targets: Vec<String>,
+    pub last_poll_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub next_poll_ms: Option<u64>,
+    pub version: Option<u64>,
+    pub last_change_ms: Option<u64>,
+    pub pending_deliveries: usize,
+}
+
+impl EndpointView {
+    /// `status` is the running daemon's; without it (the daemon does not
+    /// run) only the config and the store speak.
+    pub fn new(
+        endpoint: &Endpoint,
+        status: Option<&EndpointStatus>,
+        snapshot: Option<&Snapshot>,
+        pending: &HashMap<String, usize>,
+    ) -> EndpointView {
+        EndpointView {
+            name: endpoint.name.to_string(),
+            url: endpoint.display_url().to_string(),
+            schedule: endpoint.schedule.to_string(),
+            targets: endpoint.targets.to_vec(),
+            last_poll_ms: status.and_then(|status| status.last_poll_ms),
+            last_error: status.and_then(|status| status.last_error.clone()),
+            consecutive_failures: status.map_or(0, |status| status.consecutive_failures),
+            next_poll_ms: status.and_then(|status| status.next_poll_ms),
+            version: snapshot.map(|snapshot| snapshot.version),
+            last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
+            pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// One stored version, as `history` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    pub version: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub bytes: usize,
+}
+
+impl From<StoredVersion> for VersionView {
+    fn from(stored: StoredVersion) -> VersionView {
+        VersionView {
+            version: stored.version,
+            at_ms: stored.at_ms,
+            kind: stored.kind.name().to_string(),
+            bytes: stored.bytes,
+        }
+    }
+}
+
+/// A queued or dead webhook and its target, as the API sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub target: String,
+    /// Whether the target is paused (410 Gone) and waits for `resume`.
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(flatten)]
+    pub row: DeliveryView,
+}
+
+/// A webhook waiting for (or given up on by) its target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint: String,
+    /// The exact bytes that are signed and sent.
+    pub body: String,
+    pub created_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub attempt_log: Vec<AttemptView>,
+    /// When it was dead-lettered, for dead letters.
+    #[serde(default)]
+    pub dead_at_ms: Option<u64>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub at_ms: u64,
+    /// None when no response came (timeout, refused connection).
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    /// The start of the receiver's answer.
+    pub response: String,
+    pub error: Option<String>,
+    pub next_attempt_ms: Option<u64>,
+}
+
+impl From<OutboxRow> for DeliveryView {
+    fn from(row: OutboxRow) -> DeliveryView {
+        DeliveryView {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            endpoint: row.endpoint,
+            body: row.body,
+            created_ms: row.created_ms,
+            attempts: row.attempts,
+            next_attempt_ms: row.next_attempt_ms,
+            last_status: row.last_status,
+            last_error: row.last_error,
+            attempt_log: row.attempt_log.into_iter().map(AttemptView::from).collect(),
+            dead_at_ms: row.dead_at_ms,
+        }
+    }
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(record: AttemptRecord) -> AttemptView {
+        AttemptView {
+            attempt: record.attempt,
+            at_ms: record.at_ms,
+            status: record.status,
+            duration_ms: record.duration_ms,
+            response: record.response,
+            error: record.error,
+            next_attempt_ms: record.next_attempt_ms,
+        }
+    }
+}
+
+/// Which rows `deliveries` and `dead` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    Queued,
+    Dead,
+}
+
+/// The queued or dead rows of one target or all, each with whether its
+/// target is paused.
+pub fn target_rows(
+    store: &Store,
+    which: Rows,
+    target: Option<&str>,
+) -> Result<Vec<TargetRow>, StoreError> {
+    let rows = match which {
+        Rows::Queued => store.queued_rows(target)?,
+        Rows::Dead => store.dead_rows(target)?,
+    };
+    let mut paused: HashMap<String, bool> = HashMap::new();
+    let mut shown = Vec::with_capacity(rows.len());
+    for (target, row) in rows {
+        let is_paused = match paused.get(&target) {
+            Some(is_paused) => *is_paused,
+            None => {
+                let is_paused = store.paused(&target)?.is_some();
+                paused.insert(target.clone(), is_paused);
+                is_paused
+            }
+        };
+        shown.push(TargetRow {
+            target,
+            paused: is_paused,
+            row: row.into(),
+        });
+    }
+    Ok(shown)
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    pub replayed: usize,
+    /// The targets whose rows were put back, to wake.
+    pub targets: Vec<String>,
+    /// Asked-for ids that are not dead letters.
+    pub missing: Vec<String>,
+}
+
+/// Puts the dead letters that `filter` picks back in the queue (same id,
+/// attempts reset), and says which asked-for ids were not dead letters.
+pub fn replay(store: &Store, filter: &DeadFilter<'_>) -> Result<Replayed, StoreError> {
+    let dead = store.dead_rows(filter.target)?;
+    let missing = filter
+        .event_ids
+        .iter()
+        .filter(|id| !dead.iter().any(|(_, row)| row.event_id == **id))
+        .cloned()
+        .collect();
+    let mut targets = store.replay(filter)?;
+    let replayed = targets.len();
+    targets.sort();
+    targets.dedup();
+    Ok(Replayed {
+        replayed,
+        targets,
+        missing,
+    })
+}
