@@ -74,6 +74,11 @@ pub enum StoreError {
         path.display()
     )]
     TooNew { path: PathBuf, found: u64 },
+    #[error(
+        "the database in `{}` is damaged ({detail}): restore it from a backup, or move it away to start afresh (the queued webhooks in it would be lost)",
+        path.display()
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error("store error")]
     Sled(#[from] sled::Error),
     #[error("corrupt {what} record in the store: {detail}")]
@@ -227,7 +232,27 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`, migrating an older schema.
+    ///
+    /// A damaged database is an error that says so, also when sled panics
+    /// over it (a log cut short leaves its snapshot pointing past the end
+    /// of the file, and sled indexes past its segments): the panic is
+    /// caught, and its message kept out of the user's terminal.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: dir.join("db"),
+            detail,
+        };
+        match quietly(|| Store::open_unguarded(dir)) {
+            Err(message) => Err(damaged(format!("sled gave up reading it: {message}"))),
+            Ok(Err(error)) => match corruption(&error) {
+                Some(detail) => Err(damaged(detail)),
+                None => Err(error),
+            },
+            Ok(Ok(store)) => Ok(store),
+        }
+    }
+
+    fn open_unguarded(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Open {
             path: dir.to_path_buf(),
             source: source.into(),
@@ -1318,6 +1343,56 @@ fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// What a sled error says about a damaged database, if it is one.
+fn corruption(error: &StoreError) -> Option<String> {
+    let (StoreError::Open { source, .. } | StoreError::Sled(source)) = error else {
+        return None;
+    };
+    match source {
+        sled::Error::Corruption { .. } => Some("sled found corrupt data in it".to_string()),
+        sled::Error::ReportableBug(bug) => Some(format!("sled found it inconsistent: {bug}")),
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// Set while [`quietly`] runs on this thread.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work`, turning a panic in it into an error with the panic's
+/// message, and keeping the panic hook from printing it (and its hint to
+/// set `RUST_BACKTRACE`). Only panics on this thread, within `work`, are
+/// kept quiet: the hook is replaced once, by one that asks a thread-local
+/// flag, so other threads panicking meanwhile are reported as usual.
+fn quietly<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was_quiet = QUIET.with(|quiet| quiet.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    QUIET.with(|quiet| quiet.set(was_quiet));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|message| message.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "an internal error".to_string());
+        // The first line: assertion messages go on with their operands.
+        let line = message.lines().next().unwrap_or_default();
+        match line.char_indices().nth(200) {
+            Some((end, _)) => format!("{}...", &line[..end]),
+            None => line.to_string(),
+        }
+    })
+}
+
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -1326,6 +1401,14 @@ fn read_pid(path: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::extract::{Rules, extract};
+
+    #[test]
+    fn a_panic_in_quiet_work_is_its_first_line_and_the_hook_is_back_after() {
+        let message = quietly::<()>(|| panic!("index out of bounds\n  left: 1"));
+        assert_eq!(message, Err("index out of bounds".to_string()));
+        assert_eq!(quietly(|| 7), Ok(7));
+        assert!(!QUIET.with(std::cell::Cell::get));
+    }
 
     fn version_key(endpoint: &str, version: u64) -> Vec<u8> {
         let mut key = prefix(endpoint);
