@@ -968,6 +968,13 @@ async fn poll_once(
                     info!(version = snapshot.version, queued, "changed");
                     PollResult::Changed
                 }
+                NewReason::Repaired => {
+                    info!(
+                        version = snapshot.version,
+                        "the stored document was damaged; re-baselined quietly"
+                    );
+                    PollResult::Baseline
+                }
             }
         }
     };
