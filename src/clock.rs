@@ -33,7 +33,26 @@ pub fn to_ms(time: SystemTime) -> u64 {
 }
 
 /// RFC 3339 text of a Unix-millisecond time, as event bodies carry it.
+/// Total: a time past what the calendar reaches (a garbage record) is
+/// shown as the latest time chrono knows, never a panic.
 pub fn rfc3339(ms: u64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(ms);
-    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let time = i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_time_is_written_without_a_panic() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
+        for garbage in [u64::MAX, i64::MAX as u64, 1 << 62, 253_402_300_800_000] {
+            assert!(!rfc3339(garbage).is_empty(), "{garbage}");
+        }
+    }
 }

@@ -619,6 +619,13 @@ fn log_observation(observation: &Observation, queued: usize) -> PollResult {
                 info!(version = snapshot.version, queued, "changed");
                 PollResult::Changed
             }
+            NewReason::Repaired => {
+                info!(
+                    version = snapshot.version,
+                    "the stored document was damaged; re-baselined quietly"
+                );
+                PollResult::Baseline
+            }
         },
     }
 }

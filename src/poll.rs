@@ -12,7 +12,7 @@ use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError, Kind};
 use crate::fetch::{self, FetchError, Fetched, Validators};
-use crate::store::{Commit, OutboxRow, Snapshot, Store, StoreError};
+use crate::store::{Commit, OutboxRow, Snapshot, Store, StoreError, Stored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -33,6 +33,10 @@ pub enum NewReason {
     Rebaseline,
     /// The document changed.
     Changed,
+    /// The stored document it would be compared with is damaged: the new
+    /// one replaces it, quietly, since a diff against garbage would report
+    /// changes that never happened.
+    Repaired,
 }
 
 /// What one poll found.
@@ -138,10 +142,20 @@ pub async fn observe(
         });
         return Ok(Observation::Unchanged { refreshed });
     }
-    // A file lost to a power cut: the change is reported by hash.
-    let previous_document = store
-        .document(&endpoint.name, previous.version)?
-        .unwrap_or_else(|| Document::with_hash(Kind::Bytes, previous.hash, Vec::new()));
+    let previous_document = match store.read_document(&endpoint.name, previous.version)? {
+        Stored::Kept(document) => document,
+        // A file lost to a power cut: the change is reported by hash.
+        Stored::Missing => Document::with_hash(Kind::Bytes, previous.hash, Vec::new()),
+        // Logged by the store, once: from now on the new document is compared.
+        Stored::Damaged { .. } => {
+            return Ok(Observation::New {
+                reason: NewReason::Repaired,
+                snapshot: new_snapshot(version),
+                document,
+                events: Vec::new(),
+            });
+        }
+    };
     let events = events(
         endpoint,
         Some(&previous_document),

@@ -75,6 +75,11 @@ pub enum StoreError {
         path.display()
     )]
     TooNew { path: PathBuf, found: u64 },
+    #[error(
+        "the database in `{}` is damaged ({detail}): restore it from a backup, or move it away to start afresh (the queued webhooks in it would be lost)",
+        path.display()
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error("store error")]
     Sled(#[from] sled::Error),
     #[error("corrupt {what} record in the store: {detail}")]
@@ -155,7 +160,8 @@ pub struct Pause {
 pub struct StoredVersion {
     pub version: u64,
     pub at_ms: u64,
-    pub kind: Kind,
+    /// `None`: the file is damaged (see [`Stored::Damaged`]).
+    pub kind: Option<Kind>,
     /// The document's size.
     pub bytes: usize,
 }
@@ -225,7 +231,27 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`, migrating an older schema.
+    ///
+    /// A damaged database is an error that says so, also when sled panics
+    /// over it (a log cut short leaves its snapshot pointing past the end
+    /// of the file, and sled indexes past its segments): the panic is
+    /// caught, and its message kept out of the user's terminal.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: dir.join("db"),
+            detail,
+        };
+        match quietly(|| Store::open_unguarded(dir)) {
+            Err(message) => Err(damaged(format!("sled gave up reading it: {message}"))),
+            Ok(Err(error)) => match corruption(&error) {
+                Some(detail) => Err(damaged(detail)),
+                None => Err(error),
+            },
+            Ok(Ok(store)) => Ok(store),
+        }
+    }
+
+    fn open_unguarded(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Open {
             path: dir.to_path_buf(),
             source: source.into(),
@@ -484,29 +510,79 @@ impl Store {
             .transpose()
     }
 
-    /// The stored document of one version of an endpoint, with the hash
-    /// recorded for it (hashing megabytes again would only repeat it).
-    /// `None` for a version not kept, and for a file lost to a power cut
-    /// between writing it and its snapshot (logged).
+    /// The stored document of one version of an endpoint, or `None` for a
+    /// version not kept, a file lost to a power cut between writing it and
+    /// its snapshot, and a damaged file (logged): see [`Store::read_document`].
     pub fn document(&self, endpoint: &str, version: u64) -> Result<Option<Document>, StoreError> {
-        let Some((header, mut file, path)) = self.open_document(endpoint, version)? else {
-            return Ok(None);
+        Ok(match self.read_document(endpoint, version)? {
+            Stored::Kept(document) => Some(document),
+            Stored::Missing | Stored::Damaged { .. } => None,
+        })
+    }
+
+    /// The stored document of one version of an endpoint, checked against
+    /// the hash its header holds: bytes changed on disk would otherwise be
+    /// diffed as if they had come from the endpoint. A damaged file is
+    /// logged (a WARN naming it) each time it is read; the poller reads it
+    /// once, and re-baselines.
+    pub fn read_document(&self, endpoint: &str, version: u64) -> Result<Stored, StoreError> {
+        Ok(match self.check_document(endpoint, version)? {
+            Checked::Missing => Stored::Missing,
+            Checked::Sound { document, .. } => Stored::Kept(document),
+            Checked::Damaged { path, why, .. } => {
+                tracing::warn!(
+                    file = %path.display(), version, why = %why,
+                    "a stored document is damaged: it is not compared with"
+                );
+                Stored::Damaged { path, why }
+            }
+        })
+    }
+
+    /// Reads a document file whole and checks it.
+    fn check_document(&self, endpoint: &str, version: u64) -> Result<Checked, StoreError> {
+        let (header, mut file, path) = match self.open_document(endpoint, version)? {
+            Opened::Missing => return Ok(Checked::Missing),
+            Opened::File { header, file, path } => (header, file, path),
         };
         let mut canonical = Vec::new();
         file.read_to_end(&mut canonical)
             .map_err(|source| StoreError::DocumentFile {
                 action: "read",
-                path,
+                path: path.clone(),
                 source,
             })?;
-        Ok(Some(Document::with_hash(
-            header.kind,
-            header.hash,
-            canonical,
-        )))
+        let bytes = canonical.len();
+        let header = match header {
+            Ok(header) => header,
+            Err(why) => {
+                return Ok(Checked::Damaged {
+                    path,
+                    why,
+                    at_ms: None,
+                    bytes,
+                });
+            }
+        };
+        // Hashing it again costs a pass over the document, once per change:
+        // little beside the diff, and what makes a flipped byte visible.
+        let document = Document::from_canonical(header.kind, canonical);
+        if document.hash != header.hash {
+            return Ok(Checked::Damaged {
+                path,
+                why: "its contents do not match the SHA-256 stored with them".to_string(),
+                at_ms: Some(header.at_ms),
+                bytes,
+            });
+        }
+        Ok(Checked::Sound {
+            document,
+            at_ms: header.at_ms,
+        })
     }
 
-    /// The stored versions of an endpoint, oldest first.
+    /// The stored versions of an endpoint, oldest first. Each file is read
+    /// and checked: a damaged one is listed without a kind.
     pub fn history(&self, endpoint: &str) -> Result<Vec<StoredVersion>, StoreError> {
         let Some(newest) = self.snapshot(endpoint)?.map(|snapshot| snapshot.version) else {
             return Ok(Vec::new());
@@ -515,25 +591,19 @@ impl Store {
         // The kept versions are the newest ones, without gaps, except that
         // a power cut may have lost the newest file.
         for version in (1..=newest).rev() {
-            let Some((header, file, path)) = self.open_document(endpoint, version)? else {
-                if version == newest {
-                    continue;
+            let (kind, at_ms, bytes) = match self.check_document(endpoint, version)? {
+                Checked::Missing if version == newest => continue,
+                Checked::Missing => break,
+                Checked::Sound { document, at_ms } => {
+                    (Some(document.kind), at_ms, document.canonical.len())
                 }
-                break;
+                Checked::Damaged { at_ms, bytes, .. } => (None, at_ms.unwrap_or(0), bytes),
             };
-            let size = file
-                .metadata()
-                .map_err(|source| StoreError::DocumentFile {
-                    action: "read",
-                    path,
-                    source,
-                })?
-                .len();
             versions.push(StoredVersion {
                 version,
-                at_ms: header.at_ms,
-                kind: header.kind,
-                bytes: size.saturating_sub(Header::LEN as u64) as usize,
+                at_ms,
+                kind,
+                bytes,
             });
         }
         versions.reverse();
@@ -549,14 +619,10 @@ impl Store {
             .join(format!("{stem}.{version}"))
     }
 
-    /// A document file's header, and the file positioned after it. `None`
-    /// when there is no such file, or only the start of one (written but
-    /// never synced when the power went).
-    fn open_document(
-        &self,
-        endpoint: &str,
-        version: u64,
-    ) -> Result<Option<(Header, std::fs::File, PathBuf)>, StoreError> {
+    /// A document file's header (or why it is garbage), and the file
+    /// positioned after it. Missing when there is no such file, or only
+    /// the start of one (written but never synced when the power went).
+    fn open_document(&self, endpoint: &str, version: u64) -> Result<Opened, StoreError> {
         let path = self.document_path(endpoint, version);
         let mut header = [0; Header::LEN];
         let opened = std::fs::File::open(&path).and_then(|mut file| {
@@ -565,10 +631,12 @@ impl Store {
         });
         let file = match opened {
             Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Opened::Missing);
+            }
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
                 tracing::warn!(file = %path.display(), "a stored document was cut short: it is ignored");
-                return Ok(None);
+                return Ok(Opened::Missing);
             }
             Err(source) => {
                 return Err(StoreError::DocumentFile {
@@ -578,7 +646,11 @@ impl Store {
                 });
             }
         };
-        Ok(Some((Header::decode(&header, &path)?, file, path)))
+        Ok(Opened::File {
+            header: Header::decode(&header),
+            file,
+            path,
+        })
     }
 
     /// Writes a document file, not yet durable: see [`DocumentFile::sync`].
@@ -1181,6 +1253,50 @@ impl DocumentFile {
     }
 }
 
+/// 9999-12-31T23:59:59.999Z: no document file was written later.
+const LATEST_TIME_MS: u64 = 253_402_300_799_999;
+
+/// A stored version of a document, as read back from its file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Kept(Document),
+    /// Never kept or trimmed since, or a file lost to a power cut.
+    Missing,
+    /// The file is there but does not hold what was written: its bytes do
+    /// not hash to the hash in its header, or the header is garbage.
+    Damaged {
+        path: PathBuf,
+        why: String,
+    },
+}
+
+/// A document file opened, its header read.
+enum Opened {
+    Missing,
+    File {
+        header: Result<Header, String>,
+        file: std::fs::File,
+        path: PathBuf,
+    },
+}
+
+/// A document file read whole and checked against its header.
+enum Checked {
+    Missing,
+    Sound {
+        document: Document,
+        at_ms: u64,
+    },
+    Damaged {
+        path: PathBuf,
+        why: String,
+        /// The header's time, when the header is sound.
+        at_ms: Option<u64>,
+        /// The file's size past the header.
+        bytes: usize,
+    },
+}
+
 /// What a document file starts with: kind (1 byte), time (8 bytes,
 /// big-endian) and hash, so that neither listing nor diffing needs sled.
 struct Header {
@@ -1200,18 +1316,20 @@ impl Header {
         bytes
     }
 
-    fn decode(bytes: &[u8; Header::LEN], path: &Path) -> Result<Header, StoreError> {
-        let kind = Kind::from_u8(bytes[0]).ok_or_else(|| StoreError::Corrupt {
-            what: "document file",
-            detail: format!("{}: unknown document kind {}", path.display(), bytes[0]),
-        })?;
+    /// The header in `bytes`, or why they cannot be one: a kind no
+    /// pollhook writes, or a time past the year 9999.
+    fn decode(bytes: &[u8; Header::LEN]) -> Result<Header, String> {
+        let kind = Kind::from_u8(bytes[0])
+            .ok_or_else(|| format!("its header is garbage (document kind {})", bytes[0]))?;
+        let mut at_ms = [0; 8];
+        at_ms.copy_from_slice(&bytes[1..9]);
+        let at_ms = u64::from_be_bytes(at_ms);
+        if at_ms > LATEST_TIME_MS {
+            return Err(format!("its header is garbage (time {at_ms} ms)"));
+        }
         let mut hash = [0; 32];
         hash.copy_from_slice(&bytes[9..]);
-        Ok(Header {
-            kind,
-            at_ms: decode_u64(&bytes[1..9], "document time")?,
-            hash,
-        })
+        Ok(Header { kind, at_ms, hash })
     }
 }
 
@@ -1316,6 +1434,56 @@ fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// What a sled error says about a damaged database, if it is one.
+fn corruption(error: &StoreError) -> Option<String> {
+    let (StoreError::Open { source, .. } | StoreError::Sled(source)) = error else {
+        return None;
+    };
+    match source {
+        sled::Error::Corruption { .. } => Some("sled found corrupt data in it".to_string()),
+        sled::Error::ReportableBug(bug) => Some(format!("sled found it inconsistent: {bug}")),
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// Set while [`quietly`] runs on this thread.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work`, turning a panic in it into an error with the panic's
+/// message, and keeping the panic hook from printing it (and its hint to
+/// set `RUST_BACKTRACE`). Only panics on this thread, within `work`, are
+/// kept quiet: the hook is replaced once, by one that asks a thread-local
+/// flag, so other threads panicking meanwhile are reported as usual.
+fn quietly<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was_quiet = QUIET.with(|quiet| quiet.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    QUIET.with(|quiet| quiet.set(was_quiet));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|message| message.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "an internal error".to_string());
+        // The first line: assertion messages go on with their operands.
+        let line = message.lines().next().unwrap_or_default();
+        match line.char_indices().nth(200) {
+            Some((end, _)) => format!("{}...", &line[..end]),
+            None => line.to_string(),
+        }
+    })
+}
+
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -1324,6 +1492,14 @@ fn read_pid(path: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::extract::{Rules, extract};
+
+    #[test]
+    fn a_panic_in_quiet_work_is_its_first_line_and_the_hook_is_back_after() {
+        let message = quietly::<()>(|| panic!("index out of bounds\n  left: 1"));
+        assert_eq!(message, Err("index out of bounds".to_string()));
+        assert_eq!(quietly(|| 7), Ok(7));
+        assert!(!QUIET.with(std::cell::Cell::get));
+    }
 
     fn version_key(endpoint: &str, version: u64) -> Vec<u8> {
         let mut key = prefix(endpoint);
@@ -1544,6 +1720,67 @@ mod tests {
             .map(|version| version.version)
             .collect();
         assert_eq!(listed, [5]);
+    }
+
+    #[tokio::test]
+    async fn a_document_file_that_does_not_match_its_hash_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = json(r#"{"a":1,"b":[1,2]}"#);
+        commit(&store, 1, &first, 5).await;
+        assert_eq!(
+            store.read_document("api.v1", 1).unwrap(),
+            Stored::Kept(first.clone())
+        );
+
+        // A byte flipped in the document: `a` would seem to have been 7.
+        let path = store.document_path("api.v1", 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = Header::LEN + br#"{"a":"#.len();
+        assert_eq!(bytes[at], b'1');
+        bytes[at] = b'7';
+        std::fs::write(&path, &bytes).unwrap();
+        let Stored::Damaged { path: named, why } = store.read_document("api.v1", 1).unwrap() else {
+            panic!("a flipped byte went unnoticed");
+        };
+        assert_eq!(named, path);
+        assert!(why.contains("SHA-256"), "{why}");
+        assert_eq!(store.document("api.v1", 1).unwrap(), None);
+
+        // A header overwritten: an unknown kind, or a valid one with a
+        // time past any calendar.
+        commit(&store, 2, &json(r#"{"a":2}"#), 5).await;
+        commit(&store, 3, &json(r#"{"a":3}"#), 5).await;
+        for (version, kind) in [(2, 156), (3, Kind::Json as u8)] {
+            let path = store.document_path("api.v1", version);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[0] = kind;
+            bytes[1..Header::LEN].fill(0xff);
+            std::fs::write(&path, &bytes).unwrap();
+            let stored = store.read_document("api.v1", version).unwrap();
+            assert!(
+                matches!(&stored, Stored::Damaged { why, .. } if why.contains("header is garbage")),
+                "{stored:?}"
+            );
+        }
+        let fourth = json(r#"{"a":4}"#);
+        commit(&store, 4, &fourth, 5).await;
+        let listed: Vec<(u64, u64, Option<Kind>)> = store
+            .history("api.v1")
+            .unwrap()
+            .into_iter()
+            .map(|version| (version.version, version.at_ms, version.kind))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (1, 1001, None),
+                (2, 0, None),
+                (3, 0, None),
+                (4, 1004, Some(Kind::Json)),
+            ]
+        );
+        assert_eq!(store.document("api.v1", 4).unwrap(), Some(fourth));
     }
 
     /// sled deadlocked when many `flush_async` calls filled its thread pool

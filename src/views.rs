@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Endpoint;
+use crate::extract::Kind;
 use crate::status::EndpointStatus;
 use crate::store::{
     AttemptRecord, DeadFilter, OutboxRow, Snapshot, Store, StoreError, StoredVersion,
@@ -55,6 +56,9 @@ impl EndpointView {
     }
 }
 
+/// The kind `history` lists for a damaged version.
+pub const DAMAGED: &str = "damaged";
+
 /// One stored version, as `history` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionView {
@@ -69,7 +73,7 @@ impl From<StoredVersion> for VersionView {
         VersionView {
             version: stored.version,
             at_ms: stored.at_ms,
-            kind: stored.kind.name().to_string(),
+            kind: stored.kind.map_or(DAMAGED, Kind::name).to_string(),
             bytes: stored.bytes,
         }
     }

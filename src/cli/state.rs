@@ -12,8 +12,10 @@ use crate::admin::{AdminClient, AdminError};
 use crate::clock;
 use crate::config::Config;
 use crate::extract::{Document, Kind};
-use crate::store::{DeadFilter, Store};
-use crate::views::{self, DeliveryView, EndpointView, Replayed, Rows, TargetRow, VersionView};
+use crate::store::{DeadFilter, Store, Stored};
+use crate::views::{
+    self, DAMAGED, DeliveryView, EndpointView, Replayed, Rows, TargetRow, VersionView,
+};
 
 /// Exit code of `status` when the daemon is not running (as `systemctl status`).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -137,9 +139,14 @@ pub async fn history(
     let Some([from, to]) = diff.map(|versions| [versions[0], versions[1]]) else {
         let mut table = vec![header(["VERSION", "STORED", "KIND", "BYTES"])];
         for version in &versions {
+            // A garbage header has no time to show.
+            let stored = match (version.kind == DAMAGED, version.at_ms) {
+                (true, 0) => "-".to_string(),
+                (_, at_ms) => clock::rfc3339(at_ms),
+            };
             table.push(vec![
                 version.version.to_string(),
-                clock::rfc3339(version.at_ms),
+                stored,
                 version.kind.clone(),
                 version.bytes.to_string(),
             ]);
@@ -147,6 +154,12 @@ pub async fn history(
         print_table(&table)?;
         if versions.is_empty() {
             errln!("`{name}` has no stored versions");
+        }
+        for version in versions.iter().filter(|version| version.kind == DAMAGED) {
+            eprintln!(
+                "warning: version {} of `{name}` is damaged: its file no longer holds what was stored, so it cannot be compared",
+                version.version
+            );
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -165,6 +178,14 @@ pub async fn history(
                     kept.join(", ")
                 )
             })?;
+        let damaged = || {
+            anyhow::anyhow!(
+                "version {wanted} of `{name}` is damaged: its file no longer holds what was stored, so it cannot be compared"
+            )
+        };
+        if kept.kind == DAMAGED {
+            return Err(damaged());
+        }
         let document = match &source {
             Source::Daemon(client) => {
                 let bytes = client
@@ -173,9 +194,11 @@ pub async fn history(
                 let kind = Kind::from_name(&kept.kind).unwrap_or(Kind::Bytes);
                 Document::from_canonical(kind, bytes.to_vec())
             }
-            Source::Store(store) => store
-                .document(name, wanted)?
-                .context("the version vanished")?,
+            Source::Store(store) => match store.read_document(name, wanted)? {
+                Stored::Kept(document) => document,
+                Stored::Missing => anyhow::bail!("version {wanted} of `{name}` vanished"),
+                Stored::Damaged { .. } => return Err(damaged()),
+            },
         };
         documents.push(document);
     }

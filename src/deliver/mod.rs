@@ -384,8 +384,11 @@ fn no_later(wake_at: &mut Option<Instant>, at: Instant) {
     *wake_at = Some(wake_at.map_or(at, |current| current.min(at)));
 }
 
+/// The longest a dispatcher sleeps without looking again.
+const FAR_AHEAD: Duration = Duration::from_secs(86400 * 365);
+
 fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
+    Instant::now() + FAR_AHEAD
 }
 
 impl TargetTask {
@@ -410,8 +413,10 @@ impl TargetTask {
             let free = self.target.parallel.saturating_sub(self.in_flight.len());
             self.store.due_rows(&self.target.name, now_ms, free, busy)?
         };
-        let mut wake_at =
-            next_ms.map(|due_ms| now + Duration::from_millis(due_ms.saturating_sub(now_ms)));
+        // Capped: a garbage due time must not overflow the clock.
+        let mut wake_at = next_ms.map(|due_ms| {
+            now + Duration::from_millis(due_ms.saturating_sub(now_ms)).min(FAR_AHEAD)
+        });
         let due_now = !due.is_empty();
         for (key, row) in due {
             if self.in_flight.len() >= self.target.parallel {

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod crash;
+mod damage;
 mod delivery;
 mod formats;
 mod numbers;
