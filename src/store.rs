@@ -230,6 +230,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// Whether `dir` holds a store (an [`open`](Store::open) would not make one).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").exists()
+    }
+
     /// Opens (or creates) the store in `dir`, migrating an older schema.
     ///
     /// A damaged database is an error that says so, also when sled panics

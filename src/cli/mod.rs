@@ -328,7 +328,17 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let store = Arc::new(Store::open(&config.state_dir)?);
+    // A dry run writes nothing, not even a fresh state dir: without a store
+    // it compares with an empty one made aside.
+    let scratch;
+    let state_dir = match send || Store::exists(&config.state_dir) {
+        true => config.state_dir.as_path(),
+        false => {
+            scratch = tempfile::tempdir()?;
+            scratch.path()
+        }
+    };
+    let store = Arc::new(Store::open(state_dir)?);
     let poller = Poller::new(store.clone(), &config)?;
     let mode = if send { Mode::Commit } else { Mode::DryRun };
     let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);

@@ -26,10 +26,38 @@ enum Source {
     Store(Box<Store>),
 }
 
+/// The running daemon's API, else the store, which must exist: a command
+/// that only reads never makes a fresh store (a wrong `state_dir` would
+/// then look like an empty one).
 async fn source(config: &Config) -> anyhow::Result<Source> {
     match AdminClient::discover(config).await {
         Some(client) => Ok(Source::Daemon(client)),
-        None => Ok(Source::Store(Box::new(Store::open(&config.state_dir)?))),
+        None => Ok(Source::Store(Box::new(existing_store(config)?))),
+    }
+}
+
+/// Opens the store of `config`, which must be there already.
+fn existing_store(config: &Config) -> anyhow::Result<Store> {
+    let dir = &config.state_dir;
+    if !Store::exists(dir) {
+        anyhow::bail!(
+            "pollhook is not running, and there is no store in `{}` (the config's `state_dir`{}); is it the config the daemon runs with?",
+            dir.display(),
+            if std::env::var_os("STATE_DIRECTORY").is_none() {
+                ", here without systemd's `$STATE_DIRECTORY`"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Store::open(dir)?)
+}
+
+/// Refuses a name the config does not have.
+fn known_endpoint(config: &Config, name: &str) -> anyhow::Result<()> {
+    match config.endpoint(name) {
+        Some(_) => Ok(()),
+        None => anyhow::bail!("no endpoint named `{name}` in the config"),
     }
 }
 
@@ -59,12 +87,21 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             true,
         ),
         None => {
-            // Not running: what the config and the store still say.
-            let store = Store::open(&config.state_dir)?;
-            let pending = store.pending_by_endpoint()?;
+            // Not running: what the config and the store (if any) still say.
+            let store = match Store::exists(&config.state_dir) {
+                true => Some(Store::open(&config.state_dir)?),
+                false => None,
+            };
+            let pending = match &store {
+                Some(store) => store.pending_by_endpoint()?,
+                None => Default::default(),
+            };
             let mut views = Vec::new();
             for endpoint in &config.endpoints {
-                let snapshot = store.snapshot(&endpoint.name)?;
+                let snapshot = match &store {
+                    Some(store) => store.snapshot(&endpoint.name)?,
+                    None => None,
+                };
                 views.push(EndpointView::new(
                     endpoint,
                     None,
@@ -79,30 +116,37 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
         "ENDPOINT",
         "SCHEDULE",
         "LAST POLL",
+        "NEXT POLL",
         "LAST CHANGE",
         "VERSION",
         "FAILURES",
         "PENDING",
+        "LAST ERROR",
     ])];
     for view in &views {
         table.push(vec![
             view.name.clone(),
             view.schedule.clone(),
             time(view.last_poll_ms),
+            time(view.next_poll_ms),
             time(view.last_change_ms),
             view.version
                 .map_or("-".to_string(), |version| version.to_string()),
             view.consecutive_failures.to_string(),
             view.pending_deliveries.to_string(),
+            view.last_error.clone().unwrap_or_else(|| "-".to_string()),
         ]);
     }
     print_table(&table)?;
     if running {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        errln!("pollhook is not running (shown: what the store holds)");
-        Ok(ExitCode::from(EXIT_NOT_RUNNING))
+        return Ok(ExitCode::SUCCESS);
     }
+    let dir = config.state_dir.display();
+    match Store::exists(&config.state_dir) {
+        true => errln!("pollhook is not running (shown: what the store in `{dir}` holds)"),
+        false => errln!("pollhook is not running, and there is no store in `{dir}` yet"),
+    }
+    Ok(ExitCode::from(EXIT_NOT_RUNNING))
 }
 
 pub async fn poll(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
@@ -123,6 +167,7 @@ pub async fn history(
     name: &str,
     diff: Option<&[u64]>,
 ) -> anyhow::Result<ExitCode> {
+    known_endpoint(config, name)?;
     let source = source(config).await?;
     let versions: Vec<VersionView> = match &source {
         Source::Daemon(client) => {
@@ -223,6 +268,9 @@ pub async fn history(
 }
 
 pub async fn tail(config: &Config, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    if let Some(name) = name {
+        known_endpoint(config, name)?;
+    }
     let client = daemon(config, "").await?;
     let path = match name {
         Some(name) => format!("/api/v1/events?endpoint={name}"),

@@ -590,7 +590,7 @@ async fn commands_end_quietly_when_their_reader_goes_away() {
     for args in [
         vec!["check", "-c", good.to_str().unwrap()],
         vec!["status", "-c", config],
-        vec!["once", "-c", config],
+        vec!["once", "--send", "-c", config],
         vec!["deliveries", "-c", config],
         vec!["demo", "--duration", "20s"],
     ] {
@@ -657,5 +657,88 @@ async fn once_polls_and_delivers_as_the_daemon_does() {
     assert!(
         stderr.contains("target receiver: 9 delivered, 0 still queued"),
         "{stderr}"
+    );
+}
+
+/// A command that only reads never makes a store, says which state dir it
+/// looked in, and refuses names the config does not have.
+#[tokio::test]
+async fn read_commands_never_create_a_store_and_refuse_unknown_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = write_config(dir.path(), &api, &receiver);
+    let config = config.to_str().unwrap();
+    let state = dir.path().join("state");
+    assert!(!state.exists());
+
+    for args in [
+        ["history", "data"],
+        ["deliveries", "--target=receiver"],
+        ["dead", "--attempts"],
+    ] {
+        let output = run(&[args[0], "-c", config, args[1]]).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("there is no store in `{}`", state.display())),
+            "{args:?}: {stderr}"
+        );
+    }
+    let status = run(&["status", "-c", config]).await;
+    assert_eq!(status.status.code(), Some(3));
+    assert!(text(&status.stdout).contains("data"));
+    assert!(
+        text(&status.stderr).contains("there is no store in"),
+        "{}",
+        text(&status.stderr)
+    );
+    let once = run(&["once", "-c", config, "data"]).await;
+    assert!(once.status.success(), "{}", text(&once.stderr));
+    assert!(!state.exists(), "a dry run made the state dir");
+
+    for args in [["history", "nosuch"], ["tail", "nosuch"]] {
+        let output = run(&[args[0], "-c", config, args[1]]).await;
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&output.stderr).contains("no endpoint named `nosuch` in the config"),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+/// `status` shows what the admin API knows: the next poll and the last
+/// error in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_next_poll_and_the_last_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply {
+        status: 503,
+        ..Reply::json("{}")
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let path = write_config(dir.path(), &api, &receiver);
+    let daemon = crate::support::Daemon::start(pollhook::config::Config::load(&path).unwrap());
+    api.wait_for_requests(1).await;
+    crate::support::eventually("the address is written", || {
+        dir.path().join("state/admin.addr").exists()
+    })
+    .await;
+    let output = run(&["status", "-c", path.to_str().unwrap()]).await;
+    daemon.stop().await;
+    let table = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("NEXT POLL") && header.contains("LAST ERROR"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains("HTTP status 503"), "{table}");
+    assert!(
+        row.matches("T").count() >= 2,
+        "a last and a next poll time: {table}"
     );
 }
