@@ -247,6 +247,13 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
+    if let Some(failure) = state.context.store.write_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {failure}\n"),
+        )
+            .into_response();
+    }
     if state.context.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -39,6 +39,8 @@ use crate::store::Store;
 
 /// Live events kept for slow stream clients before they are dropped.
 const LIVE_BUFFER: usize = 1024;
+/// How often a store that cannot write is checked for whether it can again.
+const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 /// How often `STATUS=` is refreshed when systemd asks for no watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// The longest single wait in the timer wheel, which reaches only about two
@@ -159,6 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         reloads: 0,
     };
     running.apply(config);
+    tracker.spawn(recover_store(shared.clone(), shutdown.clone()));
     shared.ready.store(true, Ordering::SeqCst);
     // The CLI finds a running daemon's API here, even on a port chosen by the
     // OS, once it is ready. Written aside and renamed, so that no reader ever
@@ -215,6 +218,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = std::fs::remove_file(&address_file);
     info!(queued = store.outbox_len(), "stopped");
     Ok(())
+}
+
+/// While the store cannot write (a full disk), asks it every second to
+/// check whether it can again ([`Store::recover`], which opens sled again
+/// when needed and backs off between tries); once it can, wakes every
+/// dispatcher, whose rows held back since their results could not be
+/// written are due again.
+async fn recover_store(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RECOVERY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if shared.store.write_failure().is_none() {
+            continue;
+        }
+        let store = shared.store.clone();
+        match task::spawn_blocking(move || store.recover()).await {
+            Ok(Ok(())) => {
+                shared.wakes.wake_all();
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(error = %crate::error_chain(&error), "the store cannot write yet");
+            }
+            Err(error) => warn!(error = %error, "checking whether the store writes again failed"),
+        }
+    }
 }
 
 /// A target's running dispatcher.

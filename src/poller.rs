@@ -320,7 +320,13 @@ async fn commit_health(
     match store.commit_health(&endpoint.name, failing, &rows).await {
         Ok(_) => true,
         Err(error) => {
-            error!(error = %crate::error_chain(&error), "cannot queue a health event");
+            let error = crate::error_chain(&error);
+            // A store that cannot write said so at ERROR, once.
+            if store.write_failure().is_some() {
+                warn!(error = %error, "cannot queue a health event");
+            } else {
+                error!(error = %error, "cannot queue a health event");
+            }
             false
         }
     }

@@ -65,6 +65,13 @@ impl Wakes {
     pub fn remove(&self, target: &str) {
         write(&self.0).remove(target);
     }
+
+    /// Wakes every dispatcher.
+    pub fn wake_all(&self) {
+        for wake in read(&self.0).values() {
+            wake.notify_one();
+        }
+    }
 }
 
 /// What a poll came to, as the `result` label of `pollhook_polls_total`

@@ -24,10 +24,18 @@
 //! A change is written by [`Store::commit`]: its document file first, then
 //! in ONE transaction the snapshot and one outbox row per target. A crash
 //! can repeat a delivery, never lose one.
+//!
+//! sled fails every write after an IO error (a full disk) until it is
+//! opened again, so the store holds its sled handles behind a lock that
+//! [`Store::recover`] swaps: a failed write marks the store failed (see
+//! [`Store::write_failure`]), and recovering drops every handle and opens
+//! the database again once the disk takes writes.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use hex::FromHex as _;
 use serde::{Deserialize, Serialize};
@@ -50,6 +58,8 @@ pub const SCHEMA_VERSION: u64 = 6;
 const CACHE_BYTES: u64 = 4 << 20;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Written by [`Store::recover`] to see whether sled takes writes again.
+const PROBE_KEY: &[u8] = b"write_probe";
 
 /// Attempt records kept per target in the `attempts` log.
 const ATTEMPT_LOG_CAP: usize = 1000;
@@ -80,6 +90,10 @@ pub enum StoreError {
         path.display()
     )]
     Damaged { path: PathBuf, detail: String },
+    #[error("the database in `{}` is closed until it can be opened again", path.display())]
+    Closed { path: PathBuf },
+    #[error("the database was opened again before this write was flushed; it may be lost")]
+    Reopened,
     #[error("store error")]
     Sled(#[from] sled::Error),
     #[error("corrupt {what} record in the store: {detail}")]
@@ -204,30 +218,118 @@ pub struct Commit<'a> {
 }
 
 pub struct Store {
-    db: sled::Db,
-    snapshots: sled::Tree,
+    /// The state dir: sled's database is `db` in it.
+    dir: PathBuf,
+    /// sled's handles, behind a lock so that [`Store::recover`] can drop
+    /// them all and open the database again: after an IO error (a full
+    /// disk) sled fails every write until it is reopened. `None` only
+    /// while that reopening has not succeeded yet.
+    trees: std::sync::RwLock<Option<Arc<Trees>>>,
+    /// How many times the database was opened again.
+    generation: AtomicU64,
     /// One file per stored version: see [`Store::document_path`].
     documents: PathBuf,
-    outbox: sled::Tree,
-    /// The outbox by due time: see [`due_key`].
-    due: sled::Tree,
     /// How many rows the outbox holds: counting them is a scan in sled,
     /// and the status line and every `/metrics` scrape ask.
     queued: std::sync::atomic::AtomicUsize,
+    /// Outbox rows committed but not yet flushed: not handed out yet.
+    unflushed: std::sync::Mutex<HashSet<OutboxKey>>,
+    /// Rows of commits whose flush failed, kept hidden: they are sent only
+    /// once a later flush covers them (see [`Store::recover`]).
+    unflushable: std::sync::Mutex<Vec<OutboxKey>>,
+    /// Entries in each target's attempt log, counted once per process.
+    attempt_counts: std::sync::Mutex<HashMap<String, usize>>,
+    /// Group commit: see [`Store::flush`].
+    flushing: tokio::sync::Mutex<()>,
+    flush_requests: AtomicU64,
+    flushed_requests: AtomicU64,
+    /// Why the store cannot write, while it cannot: see [`Store::write_failure`].
+    failure: std::sync::Mutex<Option<Failure>>,
+    /// How many times writing failed and then worked again.
+    recoveries: AtomicU64,
+    /// When [`Store::recover`] may reopen the database next, and the wait
+    /// after that.
+    next_reopen: std::sync::Mutex<(tokio::time::Instant, std::time::Duration)>,
+}
+
+/// The handles of one opening of the sled database.
+struct Trees {
+    /// Which opening: a flush answers only for writes made to its own.
+    generation: u64,
+    db: sled::Db,
+    meta: sled::Tree,
+    snapshots: sled::Tree,
+    outbox: sled::Tree,
+    /// The outbox by due time: see [`due_key`].
+    due: sled::Tree,
     dead: sled::Tree,
     attempts: sled::Tree,
     paused: sled::Tree,
     /// Endpoints whose `endpoint.failing` was sent, until they recover.
     health: sled::Tree,
-    /// Outbox rows committed but not yet flushed: not handed out yet.
-    unflushed: std::sync::Mutex<HashSet<OutboxKey>>,
-    /// Entries in each target's attempt log, counted once per process.
-    attempt_counts: std::sync::Mutex<HashMap<String, usize>>,
-    /// Group commit: see [`Store::flush`].
-    flushing: tokio::sync::Mutex<()>,
-    flush_requests: std::sync::atomic::AtomicU64,
-    flushed_requests: std::sync::atomic::AtomicU64,
 }
+
+impl Trees {
+    /// Opens the database in `dir` and its trees. sled finishes a closed
+    /// database's last writes on its own threads, so a store this process
+    /// has just closed can keep its lock for a moment: that is waited for
+    /// (up to a second), never another process.
+    fn open(dir: &Path, generation: u64) -> Result<Trees, StoreError> {
+        let pid_file = dir.join("pollhook.pid");
+        let config = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES);
+        let is_lock = |error: &sled::Error| matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        let mut opened = config.open();
+        for _ in 0..100 {
+            match &opened {
+                Err(error) if is_lock(error) && read_pid(&pid_file) == Some(std::process::id()) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    opened = config.open();
+                }
+                _ => break,
+            }
+        }
+        let db = opened.map_err(|error| match error {
+            error if is_lock(&error) => match read_pid(&pid_file) {
+                Some(pid) => StoreError::Running { pid },
+                None => StoreError::Locked {
+                    path: dir.to_path_buf(),
+                },
+            },
+            source => StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            },
+        })?;
+        // Best effort: the pid only improves the message another process prints.
+        let _ = std::fs::write(&pid_file, std::process::id().to_string());
+        Ok(Trees {
+            generation,
+            meta: db.open_tree("meta")?,
+            snapshots: db.open_tree("snapshots")?,
+            outbox: db.open_tree("outbox")?,
+            due: db.open_tree("due")?,
+            dead: db.open_tree("dead")?,
+            attempts: db.open_tree("attempts")?,
+            paused: db.open_tree("paused")?,
+            health: db.open_tree("health")?,
+            db,
+        })
+    }
+}
+
+/// Why the store cannot write, and since when.
+#[derive(Debug, Clone)]
+struct Failure {
+    since: tokio::time::Instant,
+    error: String,
+}
+
+/// The first wait before the database is reopened after a failed write,
+/// and the longest (the wait doubles while reopening does not help).
+const REOPEN_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const REOPEN_LONGEST: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Store {
     /// Whether `dir` holds a store (an [`open`](Store::open) would not make one).
@@ -261,41 +363,8 @@ impl Store {
             path: dir.to_path_buf(),
             source: source.into(),
         })?;
-        let pid_file = dir.join("pollhook.pid");
-        let config = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES);
-        let is_lock = |error: &sled::Error| matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
-        // sled finishes a closed database's last writes on its own threads,
-        // so a store this process has just closed can keep its lock for a
-        // moment: wait for that (up to a second), never for another process.
-        let mut opened = config.open();
-        for _ in 0..100 {
-            match &opened {
-                Err(error) if is_lock(error) && read_pid(&pid_file) == Some(std::process::id()) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    opened = config.open();
-                }
-                _ => break,
-            }
-        }
-        let db = opened.map_err(|error| match error {
-            error if is_lock(&error) => match read_pid(&pid_file) {
-                Some(pid) => StoreError::Running { pid },
-                None => StoreError::Locked {
-                    path: dir.to_path_buf(),
-                },
-            },
-            source => StoreError::Open {
-                path: dir.to_path_buf(),
-                source,
-            },
-        })?;
-        // Best effort: the pid only improves the message another process prints.
-        let _ = std::fs::write(&pid_file, std::process::id().to_string());
-
-        let meta = db.open_tree("meta")?;
-        let found = match meta.get(SCHEMA_KEY)? {
+        let trees = Trees::open(dir, 0)?;
+        let found = match trees.meta.get(SCHEMA_KEY)? {
             Some(bytes) => decode_u64(&bytes, "schema version")?,
             None => 0,
         };
@@ -311,21 +380,20 @@ impl Store {
             source: source.into(),
         })?;
         let store = Store {
-            snapshots: db.open_tree("snapshots")?,
+            dir: dir.to_path_buf(),
+            trees: std::sync::RwLock::new(Some(Arc::new(trees))),
+            generation: AtomicU64::new(0),
             documents,
-            outbox: db.open_tree("outbox")?,
-            due: db.open_tree("due")?,
             queued: Default::default(),
-            dead: db.open_tree("dead")?,
-            attempts: db.open_tree("attempts")?,
-            paused: db.open_tree("paused")?,
-            health: db.open_tree("health")?,
             unflushed: Default::default(),
+            unflushable: Default::default(),
             attempt_counts: Default::default(),
             flushing: Default::default(),
             flush_requests: Default::default(),
             flushed_requests: Default::default(),
-            db,
+            failure: Default::default(),
+            recoveries: Default::default(),
+            next_reopen: std::sync::Mutex::new((tokio::time::Instant::now(), REOPEN_FIRST)),
         };
         // Version 0 is an empty store. Each step takes the store one schema
         // further and can be run again if a crash interrupts it.
@@ -343,31 +411,204 @@ impl Store {
         if (1..6).contains(&found) {
             store.documents_into_shards()?;
         }
+        let trees = store.trees()?;
         if found < SCHEMA_VERSION {
-            meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            store.db.flush()?;
+            trees
+                .meta
+                .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            trees.db.flush()?;
         }
         store
             .queued
-            .store(store.outbox.len(), std::sync::atomic::Ordering::Relaxed);
+            .store(trees.outbox.len(), std::sync::atomic::Ordering::Relaxed);
         // The old trees go once the new schema number is stored, also when
         // a migration stopped right after storing it (dropping a tree that
         // does not exist does nothing).
         for old in ["history", "versions"] {
-            store.db.drop_tree(old)?;
+            trees.db.drop_tree(old)?;
         }
+        drop(trees);
         Ok(store)
+    }
+
+    /// sled's handles, for one call.
+    fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        read(&self.trees).clone().ok_or_else(|| StoreError::Closed {
+            path: self.dir.join("db"),
+        })
+    }
+
+    /// Runs `op` on sled's handles, noting a failure to write.
+    fn watched<T>(
+        &self,
+        op: impl FnOnce(&Trees) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = self.trees().and_then(|trees| op(&trees));
+        self.watch(result)
+    }
+
+    /// Notes `result`'s error if it says the store cannot write: logged at
+    /// ERROR once, when writes start failing, not at every write.
+    fn watch<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let Err(error) = &result else {
+            return result;
+        };
+        let cannot_write = matches!(
+            error,
+            StoreError::Sled(sled::Error::Io(_))
+                | StoreError::Closed { .. }
+                | StoreError::DocumentFile {
+                    action: "write" | "sync",
+                    ..
+                }
+        );
+        if cannot_write {
+            let mut failure = lock(&self.failure);
+            if failure.is_none() {
+                let error = crate::error_chain(error);
+                tracing::error!(
+                    state_dir = %self.dir.display(), error = %error,
+                    "the store cannot write (is the disk full?): polls and deliveries wait, and go on by themselves once it can"
+                );
+                let now = tokio::time::Instant::now();
+                *failure = Some(Failure { since: now, error });
+                *lock(&self.next_reopen) = (now + REOPEN_FIRST, REOPEN_FIRST);
+            }
+        }
+        result
+    }
+
+    /// Why the store cannot write, while it cannot (for `/readyz`).
+    pub fn write_failure(&self) -> Option<String> {
+        lock(&self.failure).as_ref().map(|failure| {
+            format!(
+                "the store cannot write (for {} s): {}",
+                failure.since.elapsed().as_secs(),
+                failure.error
+            )
+        })
+    }
+
+    /// How many times writing failed and then worked again: a dispatcher
+    /// that held rows back because their results could not be written
+    /// lets them go when this changes.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// While writes fail, checks whether they work again: the file system
+    /// first (a small file written, synced and removed), then sled (a write
+    /// and a flush). sled fails every write after an IO error until it is
+    /// opened again, so if it still fails, every handle is dropped and the
+    /// database opened again, at most once per [`REOPEN_FIRST`], doubling
+    /// to [`REOPEN_LONGEST`] while that does not help. What was flushed is
+    /// on disk and comes back; what was not, no caller was told was stored
+    /// (a commit's rows are sent only once flushed).
+    ///
+    /// Blocks (it opens sled): call it from a blocking thread. `Ok` when
+    /// the store writes (again), else why not.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        if lock(&self.failure).is_none() {
+            return Ok(());
+        }
+        let probe = self.dir.join(".write-probe");
+        let probed = std::fs::write(&probe, [0u8; 4096])
+            .and_then(|()| std::fs::File::open(&probe)?.sync_all())
+            .and_then(|()| std::fs::remove_file(&probe));
+        if let Err(source) = probed {
+            let _ = std::fs::remove_file(&probe);
+            return Err(StoreError::DocumentFile {
+                action: "write",
+                path: probe,
+                source,
+            });
+        }
+        if self.probe_sled().is_err() {
+            let now = tokio::time::Instant::now();
+            {
+                let mut next_reopen = lock(&self.next_reopen);
+                if now < next_reopen.0 {
+                    return Err(StoreError::Closed {
+                        path: self.dir.join("db"),
+                    });
+                }
+                let wait = (next_reopen.1 * 2).min(REOPEN_LONGEST);
+                *next_reopen = (now + next_reopen.1, wait);
+            }
+            self.reopen()?;
+            self.probe_sled()?;
+        }
+        // The probe's flush covered every write before it.
+        let kept = std::mem::take(&mut *lock(&self.unflushable));
+        {
+            let mut unflushed = lock(&self.unflushed);
+            for key in &kept {
+                unflushed.remove(key);
+            }
+        }
+        if let Some(failure) = lock(&self.failure).take() {
+            tracing::info!(
+                failed_for = %humantime::format_duration(std::time::Duration::from_secs(failure.since.elapsed().as_secs())),
+                "the store writes again"
+            );
+        }
+        self.recoveries
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A write and a flush, to see whether sled takes writes.
+    fn probe_sled(&self) -> Result<(), StoreError> {
+        let trees = self.trees()?;
+        trees
+            .meta
+            .insert(PROBE_KEY, &crate::clock::now_ms().to_be_bytes())?;
+        trees.db.flush()?;
+        Ok(())
+    }
+
+    /// Drops every sled handle and opens the database again. Flushes wait
+    /// meanwhile, and other calls fail (the store is `Closed`) instead of
+    /// waiting for the open.
+    fn reopen(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _flushing = self.flushing.blocking_lock();
+        // Calls in flight hold their own handle until they return; opening
+        // waits (up to a second) for them to let go of sled's lock.
+        drop(write(&self.trees).take());
+        let generation = self.generation.load(SeqCst) + 1;
+        let trees = match quietly(|| Trees::open(&self.dir, generation)) {
+            Ok(opened) => opened?,
+            Err(message) => {
+                return Err(StoreError::Damaged {
+                    path: self.dir.join("db"),
+                    detail: format!("sled gave up reading it: {message}"),
+                });
+            }
+        };
+        // All it holds was read from disk: nothing waits for a flush.
+        lock(&self.unflushed).clear();
+        lock(&self.unflushable).clear();
+        lock(&self.attempt_counts).clear();
+        self.queued.store(trees.outbox.len(), SeqCst);
+        self.generation.store(generation, SeqCst);
+        *write(&self.trees) = Some(Arc::new(trees));
+        tracing::info!(generation, "the database was opened again");
+        Ok(())
     }
 
     /// Schema 4 → 5: every outbox row gets its entry in the `due` index.
     fn index_outbox(&self) -> Result<(), StoreError> {
-        for entry in self.outbox.iter() {
-            let (key, value) = entry?;
-            let row: OutboxRow = decode_json(&value, "outbox")?;
-            self.due
-                .insert(due_key(&OutboxKey(key.to_vec()), row.next_attempt_ms), &[])?;
-        }
-        Ok(())
+        self.watched(|trees| {
+            for entry in trees.outbox.iter() {
+                let (key, value) = entry?;
+                let row: OutboxRow = decode_json(&value, "outbox")?;
+                trees
+                    .due
+                    .insert(due_key(&OutboxKey(key.to_vec()), row.next_attempt_ms), &[])?;
+            }
+            Ok(())
+        })
     }
 
     /// Schema 5 → 6: each document file moves into the directory of its
@@ -407,112 +648,121 @@ impl Store {
 
     /// Schema 1 → 3: every document of the `history` tree becomes a file.
     fn documents_from_history(&self) -> Result<(), StoreError> {
-        for entry in self.db.open_tree("history")?.iter() {
-            let (key, value) = entry?;
-            let corrupt = |detail: &str| StoreError::Corrupt {
-                what: "history",
-                detail: detail.to_string(),
-            };
-            let (&kind, rest) = value.split_first().ok_or_else(|| corrupt("empty"))?;
-            let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
-            let at_ms = decode_u64(rest.get(..8).ok_or_else(|| corrupt("truncated"))?, "time")?;
-            let (endpoint, version) = split_version_key(&key)?;
-            let document = Document::from_canonical(kind, rest[8..].to_vec());
-            self.write_document(endpoint, version, &document, at_ms)?
-                .sync()?;
-        }
-        Ok(())
+        self.watched(|trees| {
+            for entry in trees.db.open_tree("history")?.iter() {
+                let (key, value) = entry?;
+                let corrupt = |detail: &str| StoreError::Corrupt {
+                    what: "history",
+                    detail: detail.to_string(),
+                };
+                let (&kind, rest) = value.split_first().ok_or_else(|| corrupt("empty"))?;
+                let kind = Kind::from_u8(kind).ok_or_else(|| corrupt("unknown document kind"))?;
+                let at_ms = decode_u64(rest.get(..8).ok_or_else(|| corrupt("truncated"))?, "time")?;
+                let (endpoint, version) = split_version_key(&key)?;
+                let document = Document::from_canonical(kind, rest[8..].to_vec());
+                self.write_document(endpoint, version, &document, at_ms)?
+                    .sync()?;
+            }
+            Ok(())
+        })
     }
 
     /// Schema 3 → 4: every snapshot from JSON with hex hashes to postcard,
     /// in one atomic batch, so that a second run finds all or none done.
     fn snapshots_to_postcard(&self) -> Result<(), StoreError> {
-        #[derive(Deserialize)]
-        struct JsonSnapshot {
-            version: u64,
-            hash: String,
-            definition: String,
-            etag: Option<String>,
-            last_modified: Option<String>,
-            changed_at_ms: u64,
-        }
-        let sha256 = |hex: &str| {
-            <[u8; 32]>::from_hex(hex).map_err(|error| StoreError::Corrupt {
-                what: "snapshot",
-                detail: format!("`{hex}` is not a hex SHA-256: {error}"),
-            })
-        };
-        let mut batch = sled::Batch::default();
-        for entry in self.snapshots.iter() {
-            let (key, value) = entry?;
-            let Ok(json) = serde_json::from_slice::<JsonSnapshot>(&value) else {
-                // Converted by a run that stopped before storing the schema.
-                decode_snapshot(&value)?;
-                continue;
+        self.watched(|trees| {
+            #[derive(Deserialize)]
+            struct JsonSnapshot {
+                version: u64,
+                hash: String,
+                definition: String,
+                etag: Option<String>,
+                last_modified: Option<String>,
+                changed_at_ms: u64,
+            }
+            let sha256 = |hex: &str| {
+                <[u8; 32]>::from_hex(hex).map_err(|error| StoreError::Corrupt {
+                    what: "snapshot",
+                    detail: format!("`{hex}` is not a hex SHA-256: {error}"),
+                })
             };
-            let snapshot = Snapshot {
-                version: json.version,
-                hash: sha256(&json.hash)?,
-                definition: sha256(&json.definition)?,
-                etag: json.etag,
-                last_modified: json.last_modified,
-                changed_at_ms: json.changed_at_ms,
-            };
-            batch.insert(key, encode_snapshot(&snapshot));
-        }
-        self.snapshots.apply_batch(batch)?;
-        Ok(())
+            let mut batch = sled::Batch::default();
+            for entry in trees.snapshots.iter() {
+                let (key, value) = entry?;
+                let Ok(json) = serde_json::from_slice::<JsonSnapshot>(&value) else {
+                    // Converted by a run that stopped before storing the schema.
+                    decode_snapshot(&value)?;
+                    continue;
+                };
+                let snapshot = Snapshot {
+                    version: json.version,
+                    hash: sha256(&json.hash)?,
+                    definition: sha256(&json.definition)?,
+                    etag: json.etag,
+                    last_modified: json.last_modified,
+                    changed_at_ms: json.changed_at_ms,
+                };
+                batch.insert(key, encode_snapshot(&snapshot));
+            }
+            trees.snapshots.apply_batch(batch)?;
+            Ok(())
+        })
     }
 
     /// Schema 2 → 3: each document file described by a `versions` entry
     /// (kind, time, size and hash, 49 bytes) is written again with that
     /// description in front, under its new name; then the old file goes.
     fn documents_from_versions(&self) -> Result<(), StoreError> {
-        for entry in self.db.open_tree("versions")?.iter() {
-            let (key, value) = entry?;
-            let (endpoint, version) = split_version_key(&key)?;
-            let corrupt = || StoreError::Corrupt {
-                what: "version",
-                detail: format!("{} bytes, kind {:?}", value.len(), value.first()),
-            };
-            if value.len() != 49 {
-                return Err(corrupt());
-            }
-            let kind = Kind::from_u8(value[0]).ok_or_else(corrupt)?;
-            let hash: [u8; 32] = value[17..].try_into().map_err(|_| corrupt())?;
-            let at_ms = decode_u64(&value[1..9], "version time")?;
-            let old = self
-                .documents
-                .join(format!("{}-{version}", file_stem(endpoint)));
-            let canonical = match std::fs::read(&old) {
-                Ok(bytes) => bytes,
-                // Moved before an interruption, or lost: nothing to move.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(StoreError::DocumentFile {
-                        action: "read",
-                        path: old,
-                        source,
-                    });
+        self.watched(|trees| {
+            for entry in trees.db.open_tree("versions")?.iter() {
+                let (key, value) = entry?;
+                let (endpoint, version) = split_version_key(&key)?;
+                let corrupt = || StoreError::Corrupt {
+                    what: "version",
+                    detail: format!("{} bytes, kind {:?}", value.len(), value.first()),
+                };
+                if value.len() != 49 {
+                    return Err(corrupt());
                 }
-            };
-            let document = Document::with_hash(kind, hash, canonical);
-            self.write_document(endpoint, version, &document, at_ms)?
-                .sync()?;
-            std::fs::remove_file(&old).map_err(|source| StoreError::DocumentFile {
-                action: "remove",
-                path: old,
-                source,
-            })?;
-        }
-        Ok(())
+                let kind = Kind::from_u8(value[0]).ok_or_else(corrupt)?;
+                let hash: [u8; 32] = value[17..].try_into().map_err(|_| corrupt())?;
+                let at_ms = decode_u64(&value[1..9], "version time")?;
+                let old = self
+                    .documents
+                    .join(format!("{}-{version}", file_stem(endpoint)));
+                let canonical = match std::fs::read(&old) {
+                    Ok(bytes) => bytes,
+                    // Moved before an interruption, or lost: nothing to move.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(StoreError::DocumentFile {
+                            action: "read",
+                            path: old,
+                            source,
+                        });
+                    }
+                };
+                let document = Document::with_hash(kind, hash, canonical);
+                self.write_document(endpoint, version, &document, at_ms)?
+                    .sync()?;
+                std::fs::remove_file(&old).map_err(|source| StoreError::DocumentFile {
+                    action: "remove",
+                    path: old,
+                    source,
+                })?;
+            }
+            Ok(())
+        })
     }
 
     pub fn snapshot(&self, endpoint: &str) -> Result<Option<Snapshot>, StoreError> {
-        self.snapshots
-            .get(endpoint)?
-            .map(|bytes| decode_snapshot(&bytes))
-            .transpose()
+        self.watched(|trees| {
+            trees
+                .snapshots
+                .get(endpoint)?
+                .map(|bytes| decode_snapshot(&bytes))
+                .transpose()
+        })
     }
 
     /// The stored document of one version of an endpoint, or `None` for a
@@ -703,6 +953,11 @@ impl Store {
     /// [`Store::outbox_rows`]: nothing reaches a receiver that a crash could
     /// make the store forget (it would come back as a new event, new id).
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
+        let result = self.commit_unwatched(commit).await;
+        self.watch(result)
+    }
+
+    async fn commit_unwatched(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
         let snapshot = encode_snapshot(commit.snapshot);
         let version = commit.snapshot.version;
         // Before the snapshot refers to it. A crash before the snapshot is
@@ -718,7 +973,7 @@ impl Store {
             // there is nothing to make atomic, and a plain write shares
             // sled's log buffers where each transaction seals one of its own
             // (the first pass over 10,000 endpoints took 2.5 times as long).
-            self.snapshots.insert(commit.endpoint, snapshot)?;
+            self.trees()?.snapshots.insert(commit.endpoint, snapshot)?;
             self.trim_history(commit.endpoint, version, commit.keep_history);
             return Ok(Vec::new());
         }
@@ -738,13 +993,17 @@ impl Store {
             store: self,
             keys: std::sync::Mutex::new(Vec::new()),
         };
-        let result = (&self.snapshots, &self.outbox, &self.due)
+        let trees = self.trees()?;
+        let result = (&trees.snapshots, &trees.outbox, &trees.due)
             .transaction(|(snapshots, outbox, due)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
                 self.insert_rows(outbox, due, &rows, &generated)
             })
             .map_err(transaction_error);
-        let keys = self.flushed(result, generated).await?;
+        let generation = trees.generation;
+        // Not held over the flush: a reopening waits for every handle.
+        drop(trees);
+        let keys = self.flushed(result, generated, generation).await?;
         self.trim_history(commit.endpoint, version, commit.keep_history);
         Ok(keys)
     }
@@ -765,7 +1024,11 @@ impl Store {
             store: self,
             keys: std::sync::Mutex::new(Vec::new()),
         };
-        let result = (&self.health, &self.outbox, &self.due)
+        let trees = match self.trees() {
+            Ok(trees) => trees,
+            Err(error) => return self.watch(Err(error)),
+        };
+        let result = (&trees.health, &trees.outbox, &trees.due)
             .transaction(|(health, outbox, due)| {
                 match &state {
                     Some(state) => health.insert(endpoint.as_bytes(), state.as_slice())?,
@@ -774,16 +1037,22 @@ impl Store {
                 self.insert_rows(outbox, due, &rows, &generated)
             })
             .map_err(transaction_error);
-        self.flushed(result, generated).await
+        let generation = trees.generation;
+        drop(trees);
+        let result = self.flushed(result, generated, generation).await;
+        self.watch(result)
     }
 
     /// The failure run an `endpoint.failing` was sent for, if it has not
     /// recovered since.
     pub fn failing(&self, endpoint: &str) -> Result<Option<Failing>, StoreError> {
-        self.health
-            .get(endpoint)?
-            .map(|bytes| decode_json(&bytes, "health"))
-            .transpose()
+        self.watched(|trees| {
+            trees
+                .health
+                .get(endpoint)?
+                .map(|bytes| decode_json(&bytes, "health"))
+                .transpose()
+        })
     }
 
     /// Inserts outbox rows and their `due` entries inside a transaction,
@@ -808,20 +1077,28 @@ impl Store {
         Ok(keys)
     }
 
-    /// Flushes a transaction that queued rows, then shows them.
+    /// Flushes a transaction that queued rows in the database's opening
+    /// `generation`, then shows them. Rows whose flush failed stay hidden
+    /// until a later flush covers them (or the database is opened again,
+    /// and they are in it only if they were written to disk).
     async fn flushed(
         &self,
         result: Result<Vec<OutboxKey>, StoreError>,
         generated: Unhide<'_>,
+        generation: u64,
     ) -> Result<Vec<OutboxKey>, StoreError> {
         let flushed = match &result {
             Ok(keys) if !keys.is_empty() => {
                 self.count_queued(keys.len(), 0);
-                self.flush().await
+                self.flush_generation(generation).await
             }
             _ => Ok(()),
         };
-        drop(generated);
+        match &flushed {
+            // Written to a database since dropped: those keys are nowhere now.
+            Err(StoreError::Reopened) | Ok(()) => drop(generated),
+            Err(_) => generated.keep_hidden(),
+        }
         let keys = result?;
         flushed?;
         Ok(keys)
@@ -852,8 +1129,12 @@ impl Store {
     /// Updates only the conditional-request validators of a snapshot (a
     /// server may send a new ETag for identical content).
     pub fn update_snapshot(&self, endpoint: &str, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.snapshots.insert(endpoint, encode_snapshot(snapshot))?;
-        Ok(())
+        self.watched(|trees| {
+            trees
+                .snapshots
+                .insert(endpoint, encode_snapshot(snapshot))?;
+            Ok(())
+        })
     }
 
     /// Makes every write so far durable. Called after a commit and before its
@@ -867,22 +1148,41 @@ impl Store {
     /// queued behind a transaction, none was left to write the log buffer
     /// the first flush waited for (seen with 1,000 changes committed at once).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let result = match self.trees() {
+            Ok(trees) => {
+                let generation = trees.generation;
+                drop(trees);
+                self.flush_generation(generation).await
+            }
+            Err(error) => Err(error),
+        };
+        self.watch(result)
+    }
+
+    /// [`Store::flush`] for writes made to the database's opening
+    /// `generation`: if it was opened again since, they are not covered by
+    /// flushing the new one, and may be lost.
+    async fn flush_generation(&self, generation: u64) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         // Taken after this caller's writes: a flush that starts later covers them.
         let ticket = self.flush_requests.fetch_add(1, SeqCst) + 1;
         let _flushing = self.flushing.lock().await;
+        let trees = self.trees()?;
+        if trees.generation != generation {
+            return Err(StoreError::Reopened);
+        }
         if self.flushed_requests.load(SeqCst) >= ticket {
             return Ok(());
         }
         let covered = self.flush_requests.load(SeqCst);
-        self.db.flush_async().await?;
+        trees.db.flush_async().await?;
         self.flushed_requests.store(covered, SeqCst);
         Ok(())
     }
 
     /// The rows queued for a target that are safe to send, oldest first.
     pub fn outbox_rows(&self, target: &str) -> Result<Vec<QueuedRow>, StoreError> {
-        self.visible_rows(target).collect()
+        self.watch(self.visible_rows(target).collect())
     }
 
     /// The rows queued for a target that are safe to send, oldest first,
@@ -891,16 +1191,21 @@ impl Store {
         &self,
         target: &str,
     ) -> impl Iterator<Item = Result<QueuedRow, StoreError>> + '_ {
-        self.outbox
-            .scan_prefix(prefix(target))
-            .filter_map(move |entry| {
+        // sled's iterator holds its tree: no handle is borrowed past this call.
+        let (scan, closed) = match self.trees() {
+            Ok(trees) => (Some(trees.outbox.scan_prefix(prefix(target))), None),
+            Err(error) => (None, Some(Err(error))),
+        };
+        closed
+            .into_iter()
+            .chain(scan.into_iter().flatten().filter_map(move |entry| {
                 let (key, value) = match entry {
                     Ok(entry) => entry,
                     Err(error) => return Some(Err(error.into())),
                 };
                 let key = OutboxKey(key.to_vec());
                 (!self.is_hidden(&key)).then(|| Ok((key, decode_json(&value, "outbox")?)))
-            })
+            }))
     }
 
     /// Whether a row is committed but not yet flushed, so not to be sent.
@@ -921,33 +1226,35 @@ impl Store {
         limit: usize,
         busy: impl Fn(&OutboxKey) -> bool,
     ) -> Result<(Vec<QueuedRow>, Option<u64>), StoreError> {
-        let mut rows = Vec::new();
-        if limit == 0 {
-            return Ok((rows, None));
-        }
-        for entry in self.due.scan_prefix(prefix(target)).keys() {
-            let (key, due_ms) = from_due_key(&entry?)?;
-            if due_ms > now_ms {
-                return Ok((rows, Some(due_ms)));
+        self.watched(|trees| {
+            let mut rows = Vec::new();
+            if limit == 0 {
+                return Ok((rows, None));
             }
-            if busy(&key) || self.is_hidden(&key) {
-                continue;
+            for entry in trees.due.scan_prefix(prefix(target)).keys() {
+                let (key, due_ms) = from_due_key(&entry?)?;
+                if due_ms > now_ms {
+                    return Ok((rows, Some(due_ms)));
+                }
+                if busy(&key) || self.is_hidden(&key) {
+                    continue;
+                }
+                let Some(value) = trees.outbox.get(&key.0)? else {
+                    continue;
+                };
+                rows.push((key, decode_json(&value, "outbox")?));
+                if rows.len() == limit {
+                    break;
+                }
             }
-            let Some(value) = self.outbox.get(&key.0)? else {
-                continue;
-            };
-            rows.push((key, decode_json(&value, "outbox")?));
-            if rows.len() == limit {
-                break;
-            }
-        }
-        Ok((rows, None))
+            Ok((rows, None))
+        })
     }
 
     /// The oldest row of `target` that is safe to send: the only one an
     /// ordered target looks at.
     pub fn head_row(&self, target: &str) -> Result<Option<QueuedRow>, StoreError> {
-        self.visible_rows(target).next().transpose()
+        self.watch(self.visible_rows(target).next().transpose())
     }
 
     /// Queued rows, oldest first, of one target or all, for `pollhook deliveries`.
@@ -955,7 +1262,7 @@ impl Store {
         &self,
         target: Option<&str>,
     ) -> Result<Vec<(String, OutboxRow)>, StoreError> {
-        rows_of(&self.outbox, target)
+        self.watched(|trees| rows_of(&trees.outbox, target))
     }
 
     /// How many rows each endpoint has queued, over all targets. Decodes
@@ -963,20 +1270,22 @@ impl Store {
     /// endpoint, and matching each against every decoded row cost
     /// endpoints × rows.
     pub fn pending_by_endpoint(&self) -> Result<HashMap<String, usize>, StoreError> {
-        #[derive(Deserialize)]
-        struct RowEndpoint {
-            endpoint: String,
-        }
-        let mut counts = HashMap::new();
-        for value in self.outbox.iter().values() {
-            let row: RowEndpoint = decode_json(&value?, "outbox")?;
-            *counts.entry(row.endpoint).or_default() += 1;
-        }
-        Ok(counts)
+        self.watched(|trees| {
+            #[derive(Deserialize)]
+            struct RowEndpoint {
+                endpoint: String,
+            }
+            let mut counts = HashMap::new();
+            for value in trees.outbox.iter().values() {
+                let row: RowEndpoint = decode_json(&value?, "outbox")?;
+                *counts.entry(row.endpoint).or_default() += 1;
+            }
+            Ok(counts)
+        })
     }
 
     pub fn dead_len(&self) -> usize {
-        self.dead.len()
+        self.trees().map_or(0, |trees| trees.dead.len())
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -993,16 +1302,18 @@ impl Store {
     /// Removes a delivered row, which was due at `due_ms`. Only the
     /// dispatcher calls this, after a 2xx.
     pub fn complete(&self, key: &OutboxKey, due_ms: u64) -> Result<(), StoreError> {
-        let removed = (&self.outbox, &self.due)
-            .transaction(|(outbox, due)| {
-                due.remove(due_key(key, due_ms))?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(
-                    outbox.remove(key.0.as_slice())?.is_some(),
-                )
-            })
-            .map_err(transaction_error)?;
-        self.count_queued(0, usize::from(removed));
-        Ok(())
+        self.watched(|trees| {
+            let removed = (&trees.outbox, &trees.due)
+                .transaction(|(outbox, due)| {
+                    due.remove(due_key(key, due_ms))?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(
+                        outbox.remove(key.0.as_slice())?.is_some(),
+                    )
+                })
+                .map_err(transaction_error)?;
+            self.count_queued(0, usize::from(removed));
+            Ok(())
+        })
     }
 
     /// Records a failed attempt of a row that was due at `due_ms`, and
@@ -1013,15 +1324,17 @@ impl Store {
         due_ms: u64,
         row: &OutboxRow,
     ) -> Result<(), StoreError> {
-        let bytes = encode_json(row);
-        (&self.outbox, &self.due)
-            .transaction(|(outbox, due)| {
-                outbox.insert(key.0.as_slice(), bytes.as_slice())?;
-                due.remove(due_key(key, due_ms))?;
-                due.insert(due_key(key, row.next_attempt_ms), &[])?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(transaction_error)
+        self.watched(|trees| {
+            let bytes = encode_json(row);
+            (&trees.outbox, &trees.due)
+                .transaction(|(outbox, due)| {
+                    outbox.insert(key.0.as_slice(), bytes.as_slice())?;
+                    due.remove(due_key(key, due_ms))?;
+                    due.insert(due_key(key, row.next_attempt_ms), &[])?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(transaction_error)
+        })
     }
 
     /// Moves a row that was due at `due_ms` and whose schedule ran out to
@@ -1033,117 +1346,133 @@ impl Store {
         due_ms: u64,
         row: &OutboxRow,
     ) -> Result<(), StoreError> {
-        let bytes = encode_json(row);
-        let removed = (&self.outbox, &self.due, &self.dead)
-            .transaction(|(outbox, due, dead)| {
-                due.remove(due_key(key, due_ms))?;
-                dead.insert(key.0.as_slice(), bytes.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(
-                    outbox.remove(key.0.as_slice())?.is_some(),
-                )
-            })
-            .map_err(transaction_error)?;
-        self.count_queued(0, usize::from(removed));
-        let target_prefix = &key.0[..key.0.len() - 8];
-        trim_prefix(&self.dead, target_prefix, DEAD_LETTER_CAP)
+        self.watched(|trees| {
+            let bytes = encode_json(row);
+            let removed = (&trees.outbox, &trees.due, &trees.dead)
+                .transaction(|(outbox, due, dead)| {
+                    due.remove(due_key(key, due_ms))?;
+                    dead.insert(key.0.as_slice(), bytes.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(
+                        outbox.remove(key.0.as_slice())?.is_some(),
+                    )
+                })
+                .map_err(transaction_error)?;
+            self.count_queued(0, usize::from(removed));
+            let target_prefix = &key.0[..key.0.len() - 8];
+            trim_prefix(&trees.dead, target_prefix, DEAD_LETTER_CAP)
+        })
     }
 
     /// Dead letters, oldest first, of one target or all.
     pub fn dead_rows(&self, target: Option<&str>) -> Result<Vec<(String, OutboxRow)>, StoreError> {
-        rows_of(&self.dead, target)
+        self.watched(|trees| rows_of(&trees.dead, target))
     }
 
     /// Puts dead letters back in the outbox, due now, with their attempts
     /// reset and the same event id. Returns the target of each.
     pub fn replay(&self, filter: &DeadFilter<'_>) -> Result<Vec<String>, StoreError> {
-        let now = crate::clock::now_ms();
-        let mut replayed = Vec::new();
-        let candidates = match filter.target {
-            Some(target) => self.dead.scan_prefix(prefix(target)),
-            None => self.dead.iter(),
-        };
-        for entry in candidates {
-            let (key, value) = entry?;
-            let mut row: OutboxRow = decode_json(&value, "dead letter")?;
-            let wanted = (filter.event_ids.is_empty() || filter.event_ids.contains(&row.event_id))
-                && filter
-                    .since_ms
-                    .is_none_or(|since| row.dead_at_ms.unwrap_or(0) >= since);
-            if !wanted {
-                continue;
+        self.watched(|trees| {
+            let now = crate::clock::now_ms();
+            let mut replayed = Vec::new();
+            let candidates = match filter.target {
+                Some(target) => trees.dead.scan_prefix(prefix(target)),
+                None => trees.dead.iter(),
+            };
+            for entry in candidates {
+                let (key, value) = entry?;
+                let mut row: OutboxRow = decode_json(&value, "dead letter")?;
+                let wanted = (filter.event_ids.is_empty()
+                    || filter.event_ids.contains(&row.event_id))
+                    && filter
+                        .since_ms
+                        .is_none_or(|since| row.dead_at_ms.unwrap_or(0) >= since);
+                if !wanted {
+                    continue;
+                }
+                let target = target_of(&key);
+                row.attempts = 0;
+                row.attempt_log.clear();
+                row.next_attempt_ms = now;
+                row.dead_at_ms = None;
+                let bytes = encode_json(&row);
+                (&trees.outbox, &trees.due, &trees.dead)
+                    .transaction(|(outbox, due, dead)| {
+                        // A new sequence: a replayed row joins the end of the queue.
+                        let fresh = OutboxKey::new(&target, outbox.generate_id()?);
+                        outbox.insert(fresh.0.as_slice(), bytes.as_slice())?;
+                        due.insert(due_key(&fresh, now), &[])?;
+                        dead.remove(&key)?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(transaction_error)?;
+                replayed.push(target);
+                self.count_queued(1, 0);
             }
-            let target = target_of(&key);
-            row.attempts = 0;
-            row.attempt_log.clear();
-            row.next_attempt_ms = now;
-            row.dead_at_ms = None;
-            let bytes = encode_json(&row);
-            (&self.outbox, &self.due, &self.dead)
-                .transaction(|(outbox, due, dead)| {
-                    // A new sequence: a replayed row joins the end of the queue.
-                    let fresh = OutboxKey::new(&target, outbox.generate_id()?);
-                    outbox.insert(fresh.0.as_slice(), bytes.as_slice())?;
-                    due.insert(due_key(&fresh, now), &[])?;
-                    dead.remove(&key)?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(transaction_error)?;
-            replayed.push(target);
-            self.count_queued(1, 0);
-        }
-        Ok(replayed)
+            Ok(replayed)
+        })
     }
 
     /// Appends to a target's attempt log, dropping the oldest beyond the cap.
     pub fn log_attempt(&self, target: &str, record: &AttemptRecord) -> Result<(), StoreError> {
-        let key = OutboxKey::new(target, self.db.generate_id()?);
-        self.attempts.insert(&key.0, encode_json(record))?;
-        // Counting a target's log on every attempt would cost a scan per
-        // delivery: count once, then trim in batches past the cap.
-        let mut counts = lock(&self.attempt_counts);
-        let count = counts.entry(target.to_string()).or_insert_with(|| {
-            self.attempts
-                .scan_prefix(prefix(target))
-                .keys()
-                .count()
-                .saturating_sub(1)
-        });
-        *count += 1;
-        if *count > ATTEMPT_LOG_CAP + ATTEMPT_LOG_CAP / 10 {
-            trim_prefix(&self.attempts, &prefix(target), ATTEMPT_LOG_CAP)?;
-            *count = ATTEMPT_LOG_CAP;
-        }
-        Ok(())
+        self.watched(|trees| {
+            let key = OutboxKey::new(target, trees.db.generate_id()?);
+            trees.attempts.insert(&key.0, encode_json(record))?;
+            // Counting a target's log on every attempt would cost a scan per
+            // delivery: count once, then trim in batches past the cap.
+            let mut counts = lock(&self.attempt_counts);
+            let count = counts.entry(target.to_string()).or_insert_with(|| {
+                trees
+                    .attempts
+                    .scan_prefix(prefix(target))
+                    .keys()
+                    .count()
+                    .saturating_sub(1)
+            });
+            *count += 1;
+            if *count > ATTEMPT_LOG_CAP + ATTEMPT_LOG_CAP / 10 {
+                trim_prefix(&trees.attempts, &prefix(target), ATTEMPT_LOG_CAP)?;
+                *count = ATTEMPT_LOG_CAP;
+            }
+            Ok(())
+        })
     }
 
     /// A target's attempt log, oldest first.
     pub fn attempt_log(&self, target: &str) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.attempts
-            .scan_prefix(prefix(target))
-            .values()
-            .map(|value| decode_json(&value?, "attempt"))
-            .collect()
+        self.watched(|trees| {
+            trees
+                .attempts
+                .scan_prefix(prefix(target))
+                .values()
+                .map(|value| decode_json(&value?, "attempt"))
+                .collect()
+        })
     }
 
     pub fn pause(&self, target: &str, pause: &Pause) -> Result<(), StoreError> {
-        self.paused.insert(target, encode_json(pause))?;
-        Ok(())
+        self.watched(|trees| {
+            trees.paused.insert(target, encode_json(pause))?;
+            Ok(())
+        })
     }
 
     /// Un-pauses a target; false when it was not paused.
     pub fn resume(&self, target: &str) -> Result<bool, StoreError> {
-        Ok(self.paused.remove(target)?.is_some())
+        self.watched(|trees| Ok(trees.paused.remove(target)?.is_some()))
     }
 
     pub fn paused(&self, target: &str) -> Result<Option<Pause>, StoreError> {
-        self.paused
-            .get(target)?
-            .map(|bytes| decode_json(&bytes, "pause"))
-            .transpose()
+        self.watched(|trees| {
+            trees
+                .paused
+                .get(target)?
+                .map(|bytes| decode_json(&bytes, "pause"))
+                .transpose()
+        })
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        self.watched(|trees| Ok(trees.db.size_on_disk()?))
     }
 }
 
@@ -1344,6 +1673,14 @@ struct Unhide<'a> {
     keys: std::sync::Mutex<Vec<OutboxKey>>,
 }
 
+impl Unhide<'_> {
+    /// Leaves the keys hidden: their flush failed.
+    fn keep_hidden(self) {
+        let keys = std::mem::take(&mut *lock(&self.keys));
+        lock(&self.store.unflushable).extend(keys);
+    }
+}
+
 impl Drop for Unhide<'_> {
     fn drop(&mut self) {
         let mut unflushed = lock(&self.store.unflushed);
@@ -1351,6 +1688,17 @@ impl Drop for Unhide<'_> {
             unflushed.remove(key);
         }
     }
+}
+
+/// Reads a lock, also one a panicking thread left behind (it only ever
+/// holds a complete value).
+fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Locks a mutex, also one a panicking thread left behind (the data are
@@ -1580,7 +1928,10 @@ mod tests {
             due_ids(&store, u64::MAX, 10),
             (vec!["first".into(), "later".into()], None)
         );
-        assert_eq!(store.due.len(), store.outbox.len());
+        assert_eq!(
+            store.trees().unwrap().due.len(),
+            store.trees().unwrap().outbox.len()
+        );
         assert_eq!(store.outbox_len(), 3);
         drop(store);
         write_pid(dir.path());
@@ -1853,7 +2204,7 @@ mod tests {
     }
 
     fn schema(store: &Store) -> u64 {
-        let meta = store.db.open_tree("meta").unwrap();
+        let meta = store.trees().unwrap().db.open_tree("meta").unwrap();
         decode_u64(&meta.get(SCHEMA_KEY).unwrap().unwrap(), "schema").unwrap()
     }
 
@@ -1887,7 +2238,15 @@ mod tests {
         assert_eq!(store.document("api.v1", 7).unwrap(), Some(document.clone()));
         assert_eq!(store.history("api.v1").unwrap()[0].at_ms, 1007);
         assert_eq!(files(dir.path()), 1);
-        assert!(!store.db.tree_names().iter().any(|name| name == b"history"));
+        assert!(
+            !store
+                .trees()
+                .unwrap()
+                .db
+                .tree_names()
+                .iter()
+                .any(|name| name == b"history")
+        );
         drop(store);
 
         // Opened again, the store is at the current schema and has nothing
@@ -1932,7 +2291,15 @@ mod tests {
             store.snapshot("api.v1").unwrap(),
             Some(snapshot(2, &documents[1]))
         );
-        assert!(!store.db.tree_names().iter().any(|name| name == b"versions"));
+        assert!(
+            !store
+                .trees()
+                .unwrap()
+                .db
+                .tree_names()
+                .iter()
+                .any(|name| name == b"versions")
+        );
         assert_eq!(files(dir.path()), 2);
         for (version, document) in (1u64..).zip(&documents) {
             assert_eq!(
@@ -1975,7 +2342,14 @@ mod tests {
         for (endpoint, snapshot) in &snapshots {
             assert_eq!(store.snapshot(endpoint).unwrap().as_ref(), Some(snapshot));
         }
-        let stored = store.snapshots.get("b").unwrap().unwrap().len();
+        let stored = store
+            .trees()
+            .unwrap()
+            .snapshots
+            .get("b")
+            .unwrap()
+            .unwrap()
+            .len();
         assert!(
             stored * 2 < json_bytes,
             "{stored} bytes, {json_bytes} as JSON"
@@ -1983,7 +2357,7 @@ mod tests {
 
         // A migration that stopped after converting, before storing the
         // schema, is run again over snapshots already converted.
-        set_schema(&store.db, 3);
+        set_schema(&store.trees().unwrap().db, 3);
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(schema(&store), SCHEMA_VERSION);
@@ -2003,8 +2377,8 @@ mod tests {
             ];
             store.commit_health("api", None, &rows).await.unwrap();
             // What schema 4 had: the rows, no index.
-            store.db.drop_tree("due").unwrap();
-            set_schema(&store.db, 4);
+            store.trees().unwrap().db.drop_tree("due").unwrap();
+            set_schema(&store.trees().unwrap().db, 4);
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(schema(&store), SCHEMA_VERSION);
@@ -2034,7 +2408,7 @@ mod tests {
                 std::fs::rename(&sharded, &root).unwrap();
                 flat.push(root);
             }
-            set_schema(&store.db, 5);
+            set_schema(&store.trees().unwrap().db, 5);
             flat
         };
         let store = Store::open(dir.path()).unwrap();

@@ -6,6 +6,8 @@
 //! letters, a 410 pauses the target. A row is never in two attempts at once.
 //! A row is written in its target's format ([`format`](mod@format)) just
 //! before it is sent; one that cannot be is dead-lettered at once.
+//! A row whose attempt's result cannot be written (a full disk) is held
+//! back in memory for a while, since the store still says it is due.
 
 pub mod format;
 pub mod retry;
@@ -253,6 +255,28 @@ struct TargetTask {
     paused: bool,
     /// Rows delivered since the dispatcher started.
     delivered: usize,
+    /// Rows whose attempt's result could not be written (a full disk):
+    /// the store still says they are due, and without this they would be
+    /// sent again at once, over and over. Released when the store writes
+    /// again, or when their record is written.
+    held: HashMap<OutboxKey, Held>,
+}
+
+/// A row held back, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    until: Instant,
+    /// Results not written in a row.
+    failures: u32,
+    /// [`Store::recoveries`] when it was held.
+    recoveries: u64,
+}
+
+/// How long a row waits after its result could not be written for the
+/// `failures`th time in a row: 1 s, doubling, at most a minute.
+fn hold_for(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    (Duration::from_secs(1) * 2u32.pow(doublings)).min(Duration::from_secs(60))
 }
 
 /// How long a dispatcher runs.
@@ -319,6 +343,7 @@ pub async fn run_target(
         last_start: None,
         paused: paused.is_some(),
         delivered: 0,
+        held: HashMap::new(),
     };
     loop {
         if task.paused {
@@ -399,7 +424,19 @@ impl TargetTask {
     fn start_due(&mut self) -> Result<(Option<Instant>, bool), StoreError> {
         let now_ms = clock::now_ms();
         let now = Instant::now();
-        let busy = |key: &OutboxKey| self.in_flight.values().any(|running| running == key);
+        // Once the store writes again, what it could not write is retried.
+        let recoveries = self.store.recoveries();
+        self.held.retain(|_, held| held.recoveries == recoveries);
+        let held_until = self
+            .held
+            .values()
+            .map(|held| held.until)
+            .filter(|until| *until > now)
+            .min();
+        let busy = |key: &OutboxKey| {
+            self.in_flight.values().any(|running| running == key)
+                || self.held.get(key).is_some_and(|held| held.until > now)
+        };
         let (due, next_ms) = if self.target.ordered {
             // Strict FIFO: nothing behind the head is looked at.
             match self.store.head_row(&self.target.name)? {
@@ -417,6 +454,9 @@ impl TargetTask {
         let mut wake_at = next_ms.map(|due_ms| {
             now + Duration::from_millis(due_ms.saturating_sub(now_ms)).min(FAR_AHEAD)
         });
+        if let Some(until) = held_until {
+            no_later(&mut wake_at, until);
+        }
         let due_now = !due.is_empty();
         for (key, row) in due {
             if self.in_flight.len() >= self.target.parallel {
@@ -447,19 +487,70 @@ impl TargetTask {
             Ok((id, (key, row, result))) => {
                 self.in_flight.remove(&id);
                 match record(&self.store, &self.metrics, &self.target, &key, row, &result) {
-                    Ok(RetryAction::Pause) => self.paused = true,
-                    Ok(RetryAction::Success) => self.delivered += 1,
-                    Ok(_) => {}
+                    Ok(action) => {
+                        self.held.remove(&key);
+                        match action {
+                            RetryAction::Pause => self.paused = true,
+                            RetryAction::Success => self.delivered += 1,
+                            RetryAction::Retry(_) | RetryAction::Dead => {}
+                        }
+                    }
                     Err(error) => {
-                        warn!(target = %self.target.name, error = %crate::error_chain(&error), "cannot record a delivery attempt")
+                        let wait = self.hold(key);
+                        warn!(
+                            target = %self.target.name, error = %crate::error_chain(&error),
+                            retry_in = %humantime::format_duration(wait),
+                            "cannot record a delivery attempt"
+                        );
                     }
                 }
             }
             Err(error) => {
                 // The row stays queued as it was and is tried again.
-                self.in_flight.remove(&error.id());
-                warn!(target = %self.target.name, "a delivery attempt did not finish");
+                let key = self.in_flight.remove(&error.id());
+                let wait = key.map(|key| self.hold(key)).unwrap_or_default();
+                warn!(
+                    target = %self.target.name, retry_in = %humantime::format_duration(wait),
+                    "a delivery attempt did not finish"
+                );
             }
         }
+    }
+
+    /// Holds a row back from its next attempt, longer each time in a row;
+    /// returns for how long.
+    fn hold(&mut self, key: OutboxKey) -> Duration {
+        let recoveries = self.store.recoveries();
+        let failures = self
+            .held
+            .get(&key)
+            .filter(|held| held.recoveries == recoveries)
+            .map_or(0, |held| held.failures)
+            .saturating_add(1);
+        let wait = hold_for(failures);
+        self.held.insert(
+            key,
+            Held {
+                until: Instant::now() + wait,
+                failures,
+                recoveries,
+            },
+        );
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_whose_result_cannot_be_written_waits_longer_each_time() {
+        let waits: Vec<u64> = (1..=9)
+            .map(|failures| hold_for(failures).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(hold_for(0), Duration::from_secs(1));
+        assert_eq!(hold_for(u32::MAX), Duration::from_secs(60));
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod damage;
 mod delivery;
+mod disk;
 mod formats;
 mod numbers;
 mod pipeline;
