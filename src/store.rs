@@ -418,9 +418,10 @@ impl Store {
                 .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             trees.db.flush()?;
         }
-        store
-            .queued
-            .store(trees.outbox.len(), std::sync::atomic::Ordering::Relaxed);
+        store.queued.store(
+            count(trees.outbox.iter().keys())?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // The old trees go once the new schema number is stored, also when
         // a migration stopped right after storing it (dropping a tree that
         // does not exist does nothing).
@@ -438,7 +439,8 @@ impl Store {
         })
     }
 
-    /// Runs `op` on sled's handles, noting a failure to write.
+    /// Runs `op` on sled's handles, noting a failure to write (see
+    /// [`Store::watch`]).
     fn watched<T>(
         &self,
         op: impl FnOnce(&Trees) -> Result<T, StoreError>,
@@ -449,7 +451,16 @@ impl Store {
 
     /// Notes `result`'s error if it says the store cannot write: logged at
     /// ERROR once, when writes start failing, not at every write.
+    /// A sled corruption error becomes [`StoreError::Damaged`], which says
+    /// what to do.
     fn watch<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = result.map_err(|error| match corruption(&error) {
+            Some(detail) => StoreError::Damaged {
+                path: self.dir.join("db"),
+                detail,
+            },
+            None => error,
+        });
         let Err(error) = &result else {
             return result;
         };
@@ -590,7 +601,8 @@ impl Store {
         lock(&self.unflushed).clear();
         lock(&self.unflushable).clear();
         lock(&self.attempt_counts).clear();
-        self.queued.store(trees.outbox.len(), SeqCst);
+        self.queued
+            .store(count(trees.outbox.iter().keys())?, SeqCst);
         self.generation.store(generation, SeqCst);
         *write(&self.trees) = Some(Arc::new(trees));
         tracing::info!(generation, "the database was opened again");
@@ -1285,7 +1297,10 @@ impl Store {
     }
 
     pub fn dead_len(&self) -> usize {
-        self.trees().map_or(0, |trees| trees.dead.len())
+        // For the gauges: a store that cannot be read shows none.
+        self.trees()
+            .and_then(|trees| count(trees.dead.iter().keys()))
+            .unwrap_or(0)
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -1420,14 +1435,13 @@ impl Store {
             // Counting a target's log on every attempt would cost a scan per
             // delivery: count once, then trim in batches past the cap.
             let mut counts = lock(&self.attempt_counts);
-            let count = counts.entry(target.to_string()).or_insert_with(|| {
-                trees
-                    .attempts
-                    .scan_prefix(prefix(target))
-                    .keys()
-                    .count()
-                    .saturating_sub(1)
-            });
+            let count = match counts.entry(target.to_string()) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let logged = count(trees.attempts.scan_prefix(prefix(target)).keys())?;
+                    entry.insert(logged.saturating_sub(1))
+                }
+            };
             *count += 1;
             if *count > ATTEMPT_LOG_CAP + ATTEMPT_LOG_CAP / 10 {
                 trim_prefix(&trees.attempts, &prefix(target), ATTEMPT_LOG_CAP)?;
@@ -1731,14 +1745,27 @@ fn target_of(key: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
+/// Counts the entries of a sled iterator, stopping at the first error.
+/// sled's own `len` (and `Iterator::count`) counts the errors too, and an
+/// iterator over a damaged page returns the same error for ever: counting
+/// a damaged outbox at open never returned.
+fn count<T>(entries: impl Iterator<Item = sled::Result<T>>) -> Result<usize, StoreError> {
+    let mut counted = 0;
+    for entry in entries {
+        entry?;
+        counted += 1;
+    }
+    Ok(counted)
+}
+
 /// Keeps only the newest `cap` entries under `prefix` (keys end in a
 /// sequence, so the first ones are the oldest).
 fn trim_prefix(tree: &sled::Tree, prefix: &[u8], cap: usize) -> Result<(), StoreError> {
-    let count = tree.scan_prefix(prefix).keys().count();
+    let entries = count(tree.scan_prefix(prefix).keys())?;
     for key in tree
         .scan_prefix(prefix)
         .keys()
-        .take(count.saturating_sub(cap))
+        .take(entries.saturating_sub(cap))
     {
         tree.remove(key?)?;
     }
@@ -1852,6 +1879,15 @@ mod tests {
         assert_eq!(message, Err("index out of bounds".to_string()));
         assert_eq!(quietly(|| 7), Ok(7));
         assert!(!QUIET.with(std::cell::Cell::get));
+    }
+
+    #[test]
+    fn counting_stops_at_the_first_error_of_an_endless_one() {
+        let endless = std::iter::once(Ok(1)).chain(std::iter::repeat_with(|| {
+            Err(sled::Error::Unsupported("damaged".into()))
+        }));
+        assert!(count(endless).is_err());
+        assert_eq!(count([Ok(1), Ok(2)].into_iter()).unwrap(), 2);
     }
 
     fn version_key(endpoint: &str, version: u64) -> Vec<u8> {

@@ -233,30 +233,53 @@ async fn a_database_cut_short_is_reported_not_panicked_over() {
     let config = config.to_str().unwrap();
     let state = dir.path().join("state");
     churned_store(&state).await;
-    let log = state.join("db").join("db");
-    let length = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(length / 2)
-        .unwrap();
+    let db = state.join("db");
+    let pristine = dir.path().join("db.pristine");
+    copy_dir(&db, &pristine);
+    let length = std::fs::metadata(db.join("db")).unwrap().len();
+    let expected = format!("error: the database in `{}` is damaged", db.display());
 
-    for command in ["status", "run"] {
+    // Cut at several lengths (where sled's segments fall decides whether
+    // it panics or finds the damage itself); each time a fresh copy, since
+    // an open that fails may already have written a new sled snapshot.
+    let mut panicked = 0;
+    for (command, cut) in [("status", 2), ("status", 3), ("status", 4), ("run", 2)] {
+        std::fs::remove_dir_all(&db).unwrap();
+        copy_dir(&pristine, &db);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(db.join("db"))
+            .unwrap()
+            .set_len(length / cut)
+            .unwrap();
         let output = run(&[command, "-c", config]).await;
         no_panic(&output);
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
         // The last line says it all (sled may have logged what it found).
         let last = stderr.lines().last().unwrap_or_default();
-        let expected = format!(
-            "error: the database in `{}` is damaged",
-            state.join("db").display()
-        );
         assert!(last.starts_with(&expected), "{command}: {stderr}");
         assert!(
             last.contains("restore it from a backup"),
             "{command}: {stderr}"
         );
+        panicked += usize::from(last.contains("sled gave up reading it"));
+    }
+    assert!(
+        panicked > 0,
+        "no cut made sled panic: the test proves nothing"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
     }
 }
