@@ -13,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use pollhook::config::{Format, WebhookSecret};
 use pollhook::diff::diff;
 use pollhook::extract::{Document, Rules, extract};
-use pollhook::store::{Commit, OutboxRow, Snapshot, Store};
+use pollhook::store::{Commit, Fate, OutboxRow, Snapshot, Store};
 
 fn json_rules() -> Rules {
     Rules {
@@ -167,7 +167,9 @@ fn outbox(criterion: &mut Criterion) {
                 });
                 let (due, _) = store.due_rows("sink", 0, 1, |_| false).expect("rows");
                 for (key, row) in due {
-                    store.complete(&key, row.next_attempt_ms).expect("complete");
+                    store
+                        .settle(&key, row.next_attempt_ms, Fate::Delivered, None)
+                        .expect("complete");
                 }
             },
             BatchSize::SmallInput,

@@ -180,6 +180,21 @@ pub struct StoredVersion {
     pub bytes: usize,
 }
 
+/// What becomes of a row after an attempt (see [`Store::settle`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Fate<'a> {
+    /// Delivered: the row leaves the outbox.
+    Delivered,
+    /// Tried again at the row's `next_attempt_ms`.
+    Rescheduled(&'a OutboxRow),
+    /// Its schedule ran out: into the dead letters (the oldest beyond the
+    /// cap are dropped).
+    Dead(&'a OutboxRow),
+    /// The target answered 410 Gone: the row waits, rescheduled, and the
+    /// target is paused.
+    Paused(&'a OutboxRow, &'a Pause),
+}
+
 /// Which dead letters `replay` puts back.
 #[derive(Debug, Clone, Default)]
 pub struct DeadFilter<'a> {
@@ -1314,67 +1329,72 @@ impl Store {
         });
     }
 
-    /// Removes a delivered row, which was due at `due_ms`. Only the
-    /// dispatcher calls this, after a 2xx.
-    pub fn complete(&self, key: &OutboxKey, due_ms: u64) -> Result<(), StoreError> {
+    /// Settles an attempt of the row at `key`, which was due at `due_ms`:
+    /// its `fate` and the attempt's entry in the attempt log are written in
+    /// ONE transaction, so a crash never leaves a row rescheduled without
+    /// its attempt logged, or paused without its target paused. Only the
+    /// dispatcher calls this (and tests, without an attempt).
+    pub fn settle(
+        &self,
+        key: &OutboxKey,
+        due_ms: u64,
+        fate: Fate<'_>,
+        attempt: Option<&AttemptRecord>,
+    ) -> Result<(), StoreError> {
+        let target = target_of(&key.0);
+        let logged = attempt.map(encode_json);
+        let row = match &fate {
+            Fate::Delivered => None,
+            Fate::Rescheduled(row) | Fate::Dead(row) | Fate::Paused(row, _) => {
+                Some(encode_json(row))
+            }
+        };
+        let pause = match &fate {
+            Fate::Paused(_, pause) => Some(encode_json(pause)),
+            _ => None,
+        };
         self.watched(|trees| {
-            let removed = (&trees.outbox, &trees.due)
-                .transaction(|(outbox, due)| {
+            let removed = (
+                &trees.outbox,
+                &trees.due,
+                &trees.dead,
+                &trees.attempts,
+                &trees.paused,
+            )
+                .transaction(|(outbox, due, dead, attempts, paused)| {
+                    if let Some(logged) = &logged {
+                        let log_key = OutboxKey::new(&target, attempts.generate_id()?);
+                        attempts.insert(log_key.0.as_slice(), logged.as_slice())?;
+                    }
                     due.remove(due_key(key, due_ms))?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(
-                        outbox.remove(key.0.as_slice())?.is_some(),
-                    )
+                    let row = row.as_deref().unwrap_or_default();
+                    let removed = match &fate {
+                        Fate::Delivered => outbox.remove(key.0.as_slice())?.is_some(),
+                        Fate::Dead(_) => {
+                            dead.insert(key.0.as_slice(), row)?;
+                            outbox.remove(key.0.as_slice())?.is_some()
+                        }
+                        Fate::Rescheduled(next) | Fate::Paused(next, _) => {
+                            outbox.insert(key.0.as_slice(), row)?;
+                            due.insert(due_key(key, next.next_attempt_ms), &[])?;
+                            false
+                        }
+                    };
+                    if let Some(pause) = &pause {
+                        paused.insert(target.as_bytes(), pause.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(removed)
                 })
                 .map_err(transaction_error)?;
             self.count_queued(0, usize::from(removed));
+            if attempt.is_some() {
+                self.count_logged_attempt(trees, &target)?;
+            }
+            if matches!(fate, Fate::Dead(_)) {
+                let target_prefix = &key.0[..key.0.len() - 8];
+                trim_prefix(&trees.dead, target_prefix, DEAD_LETTER_CAP)?;
+            }
             Ok(())
-        })
-    }
-
-    /// Records a failed attempt of a row that was due at `due_ms`, and
-    /// when to try again (`row.next_attempt_ms`).
-    pub fn reschedule(
-        &self,
-        key: &OutboxKey,
-        due_ms: u64,
-        row: &OutboxRow,
-    ) -> Result<(), StoreError> {
-        self.watched(|trees| {
-            let bytes = encode_json(row);
-            (&trees.outbox, &trees.due)
-                .transaction(|(outbox, due)| {
-                    outbox.insert(key.0.as_slice(), bytes.as_slice())?;
-                    due.remove(due_key(key, due_ms))?;
-                    due.insert(due_key(key, row.next_attempt_ms), &[])?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(transaction_error)
-        })
-    }
-
-    /// Moves a row that was due at `due_ms` and whose schedule ran out to
-    /// the dead letters, in one transaction, and drops the oldest dead
-    /// letters beyond the cap.
-    pub fn dead_letter(
-        &self,
-        key: &OutboxKey,
-        due_ms: u64,
-        row: &OutboxRow,
-    ) -> Result<(), StoreError> {
-        self.watched(|trees| {
-            let bytes = encode_json(row);
-            let removed = (&trees.outbox, &trees.due, &trees.dead)
-                .transaction(|(outbox, due, dead)| {
-                    due.remove(due_key(key, due_ms))?;
-                    dead.insert(key.0.as_slice(), bytes.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(
-                        outbox.remove(key.0.as_slice())?.is_some(),
-                    )
-                })
-                .map_err(transaction_error)?;
-            self.count_queued(0, usize::from(removed));
-            let target_prefix = &key.0[..key.0.len() - 8];
-            trim_prefix(&trees.dead, target_prefix, DEAD_LETTER_CAP)
         })
     }
 
@@ -1427,28 +1447,24 @@ impl Store {
         })
     }
 
-    /// Appends to a target's attempt log, dropping the oldest beyond the cap.
-    pub fn log_attempt(&self, target: &str, record: &AttemptRecord) -> Result<(), StoreError> {
-        self.watched(|trees| {
-            let key = OutboxKey::new(target, trees.db.generate_id()?);
-            trees.attempts.insert(&key.0, encode_json(record))?;
-            // Counting a target's log on every attempt would cost a scan per
-            // delivery: count once, then trim in batches past the cap.
-            let mut counts = lock(&self.attempt_counts);
-            let count = match counts.entry(target.to_string()) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    let logged = count(trees.attempts.scan_prefix(prefix(target)).keys())?;
-                    entry.insert(logged.saturating_sub(1))
-                }
-            };
-            *count += 1;
-            if *count > ATTEMPT_LOG_CAP + ATTEMPT_LOG_CAP / 10 {
-                trim_prefix(&trees.attempts, &prefix(target), ATTEMPT_LOG_CAP)?;
-                *count = ATTEMPT_LOG_CAP;
+    /// Counts an entry just added to a target's attempt log, and drops the
+    /// oldest beyond the cap. Counting the log at every attempt would cost
+    /// a scan per delivery: it is counted once, then trimmed in batches.
+    fn count_logged_attempt(&self, trees: &Trees, target: &str) -> Result<(), StoreError> {
+        let mut counts = lock(&self.attempt_counts);
+        let count = match counts.entry(target.to_string()) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let logged = count(trees.attempts.scan_prefix(prefix(target)).keys())?;
+                entry.insert(logged.saturating_sub(1))
             }
-            Ok(())
-        })
+        };
+        *count += 1;
+        if *count > ATTEMPT_LOG_CAP + ATTEMPT_LOG_CAP / 10 {
+            trim_prefix(&trees.attempts, &prefix(target), ATTEMPT_LOG_CAP)?;
+            *count = ATTEMPT_LOG_CAP;
+        }
+        Ok(())
     }
 
     /// A target's attempt log, oldest first.
@@ -1460,13 +1476,6 @@ impl Store {
                 .values()
                 .map(|value| decode_json(&value?, "attempt"))
                 .collect()
-        })
-    }
-
-    pub fn pause(&self, target: &str, pause: &Pause) -> Result<(), StoreError> {
-        self.watched(|trees| {
-            trees.paused.insert(target, encode_json(pause))?;
-            Ok(())
         })
     }
 
@@ -1916,6 +1925,57 @@ mod tests {
         )
     }
 
+    /// An attempt's record and its row's fate are one write: after it,
+    /// both are there.
+    #[tokio::test]
+    async fn an_attempt_is_settled_in_one_transaction_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rows = [
+            ("sink", queued_row("gone", 100)),
+            ("sink", queued_row("dead", 100)),
+        ];
+        let keys = store.commit_health("api", None, &rows).await.unwrap();
+        let record = |event_id: &str| AttemptRecord {
+            event_id: event_id.into(),
+            attempt: 1,
+            at_ms: 100,
+            status: Some(410),
+            duration_ms: 3,
+            response: "gone".into(),
+            error: None,
+            next_attempt_ms: None,
+        };
+        let mut waiting = rows[0].1.clone();
+        waiting.next_attempt_ms = 150;
+        let pause = Pause {
+            since_ms: 100,
+            reason: "410".into(),
+        };
+        store
+            .settle(
+                &keys[0],
+                100,
+                Fate::Paused(&waiting, &pause),
+                Some(&record("gone")),
+            )
+            .unwrap();
+        assert_eq!(store.paused("sink").unwrap(), Some(pause));
+        store
+            .settle(&keys[1], 100, Fate::Dead(&rows[1].1), Some(&record("dead")))
+            .unwrap();
+        let logged: Vec<String> = store
+            .attempt_log("sink")
+            .unwrap()
+            .into_iter()
+            .map(|attempt| attempt.event_id)
+            .collect();
+        assert_eq!(logged, ["gone", "dead"]);
+        assert_eq!(store.dead_rows(Some("sink")).unwrap().len(), 1);
+        assert_eq!(store.outbox_len(), 1);
+        assert_eq!(due_ids(&store, 149, 10), (vec![], Some(150)));
+    }
+
     #[tokio::test]
     async fn due_rows_come_in_due_order_and_follow_every_move_of_their_row() {
         let dir = tempfile::tempdir().unwrap();
@@ -1945,9 +2005,13 @@ mod tests {
         // `first` fails and waits; `second` is delivered; `later` runs out.
         let mut first = rows[1].1.clone();
         first.next_attempt_ms = 700;
-        store.reschedule(&keys[1], 100, &first).unwrap();
-        store.complete(&keys[2], 100).unwrap();
-        store.dead_letter(&keys[0], 500, &rows[0].1).unwrap();
+        store
+            .settle(&keys[1], 100, Fate::Rescheduled(&first), None)
+            .unwrap();
+        store.settle(&keys[2], 100, Fate::Delivered, None).unwrap();
+        store
+            .settle(&keys[0], 500, Fate::Dead(&rows[0].1), None)
+            .unwrap();
         assert_eq!(due_ids(&store, 600, 10), (vec![], Some(700)));
         assert_eq!(due_ids(&store, 700, 10), (vec!["first".into()], None));
 
@@ -2016,8 +2080,8 @@ mod tests {
         };
         assert_eq!(counts(&store), [("api".into(), 2), ("feed".into(), 1)]);
 
-        store.complete(&keys[0], 0).unwrap();
-        store.dead_letter(&keys[2], 0, &feed).unwrap();
+        store.settle(&keys[0], 0, Fate::Delivered, None).unwrap();
+        store.settle(&keys[2], 0, Fate::Dead(&feed), None).unwrap();
         assert_eq!(counts(&store), [("api".into(), 1)]);
     }
 

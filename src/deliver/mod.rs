@@ -27,7 +27,9 @@ use tracing::{debug, error, info, warn};
 use crate::clock;
 use crate::config::Target;
 use crate::metrics::Metrics;
-use crate::store::{AttemptRecord, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError};
+use crate::store::{
+    AttemptRecord, Fate, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError,
+};
 use retry::RetryAction;
 
 /// The client every delivery shares. Redirects are not followed: a 3xx
@@ -173,10 +175,9 @@ fn record(
         error: attempt.error.clone(),
         next_attempt_ms,
     };
-    store.log_attempt(&target.name, &record)?;
     row.last_status = attempt.status;
     row.last_error = attempt.error.clone();
-    row.attempt_log.push(record);
+    row.attempt_log.push(record.clone());
     let error_text = attempt.error.as_deref().unwrap_or("unknown");
     let result = match action {
         RetryAction::Success => "delivered",
@@ -185,26 +186,40 @@ fn record(
         RetryAction::Pause => "paused",
     };
     metrics.delivery(&target.name, result);
-    match action {
-        RetryAction::Success => {
-            store.complete(key, was_due_ms)?;
-            info!(
-                target = %target.name, event_id = %row.event_id, endpoint = %row.endpoint,
-                status = attempt.status, attempts = row.attempts, "delivered"
-            );
-        }
-        RetryAction::Retry(wait) => {
+    // Decided first, then written in one transaction with the attempt.
+    let pause;
+    let fate = match action {
+        RetryAction::Success => Fate::Delivered,
+        RetryAction::Retry(_) => {
             row.next_attempt_ms = next_attempt_ms.unwrap_or_default();
-            store.reschedule(key, was_due_ms, &row)?;
-            warn!(
-                target = %target.name, event_id = %row.event_id, attempts = row.attempts, error = error_text,
-                retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
-                "delivery failed"
-            );
+            Fate::Rescheduled(&row)
         }
         RetryAction::Dead => {
             row.dead_at_ms = Some(clock::now_ms());
-            store.dead_letter(key, was_due_ms, &row)?;
+            Fate::Dead(&row)
+        }
+        RetryAction::Pause => {
+            // The row waits, due at once, for the target to be resumed.
+            row.next_attempt_ms = clock::now_ms();
+            pause = Pause {
+                since_ms: clock::now_ms(),
+                reason: format!("answered 410 Gone to event {}", row.event_id),
+            };
+            Fate::Paused(&row, &pause)
+        }
+    };
+    store.settle(key, was_due_ms, fate, Some(&record))?;
+    match action {
+        RetryAction::Success => info!(
+            target = %target.name, event_id = %row.event_id, endpoint = %row.endpoint,
+            status = attempt.status, attempts = row.attempts, "delivered"
+        ),
+        RetryAction::Retry(wait) => warn!(
+            target = %target.name, event_id = %row.event_id, attempts = row.attempts, error = error_text,
+            retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+            "delivery failed"
+        ),
+        RetryAction::Dead => {
             let why = if attempt.unsendable {
                 "it cannot be written in the target's format"
             } else {
@@ -216,24 +231,11 @@ fn record(
                 "event.dead: {why}; kept as a dead letter (`pollhook replay {}`)", row.event_id
             );
         }
-        RetryAction::Pause => {
-            // The row waits, due at once, for the target to be resumed.
-            row.next_attempt_ms = clock::now_ms();
-            store.reschedule(key, was_due_ms, &row)?;
-            let reason = format!("answered 410 Gone to event {}", row.event_id);
-            store.pause(
-                &target.name,
-                &Pause {
-                    since_ms: clock::now_ms(),
-                    reason,
-                },
-            )?;
-            error!(
-                target = %target.name, event_id = %row.event_id,
-                "target answered 410 Gone: paused, its events stay queued; run `pollhook resume {}` to deliver again",
-                target.name
-            );
-        }
+        RetryAction::Pause => error!(
+            target = %target.name, event_id = %row.event_id,
+            "target answered 410 Gone: paused, its events stay queued; run `pollhook resume {}` to deliver again",
+            target.name
+        ),
     }
     Ok(action)
 }
