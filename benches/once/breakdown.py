@@ -73,9 +73,9 @@ def main():
     phases = [
         ("process start-up (exec to reading the config)", start, config_at or first_get),
         ("config parse, store open (sled), HTTP client", config_at or start, first_get),
-        (f"polls: {len(gets)} GETs, sequential, with commits", first_get, last_get),
+        (f"polls: {len(gets)} GETs (concurrent), with commits", first_get, last_get),
         ("polls done to first delivery (outbox read)", last_get, first_post),
-        (f"deliveries: {len(posts)} POSTs, sequential", first_post, last_post),
+        (f"deliveries: {len(posts)} POSTs (concurrent, per `parallel`)", first_post, last_post),
         ("last delivery to exit (final flush, teardown)", last_post, end),
     ]
 
@@ -138,8 +138,8 @@ def from_log(path, start, end):
     phases = [
         ("exec to the first log line (process start-up, config parse; sled open begins)", start, first_log),
         ("store open (sled recovery) and HTTP client, to the first connect", first_log, first_poll),
-        ("polls: sequential GETs, diffs, commits (each change: document file + fsyncs, sled flush)", first_poll, polls_done),
-        (f"deliveries: {len(delivered)} sequential POSTs, each recorded in sled", polls_done, last_delivery),
+        ("polls: concurrent GETs, diffs, commits (each change: document file + fsyncs, sled flush)", first_poll, polls_done),
+        (f"deliveries: {len(delivered)} POSTs (per `parallel`), each recorded in sled", polls_done, last_delivery),
         ("last delivery to exit (final flush, teardown)", last_delivery, end),
     ]
     total = end - start
