@@ -1,0 +1,255 @@
+//! Writing a change: its document file, then in ONE transaction its
+//! snapshot and outbox rows, flushed by group commit before the rows are
+//! shown to a dispatcher.
+
+use super::*;
+
+impl Store {
+    /// Writes a new document file, then its snapshot and outbox rows in one
+    /// transaction, makes them durable, then trims the history beyond
+    /// `keep_history`. Until the flush is done the new rows are hidden from
+    /// [`Store::outbox_rows`]: nothing reaches a receiver that a crash could
+    /// make the store forget (it would come back as a new event, new id).
+    pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
+        let result = self.commit_unwatched(commit).await;
+        self.watch(result)
+    }
+
+    pub(super) async fn commit_unwatched(
+        &self,
+        commit: &Commit<'_>,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let snapshot = encode_snapshot(commit.snapshot);
+        let version = commit.snapshot.version;
+        // Before the snapshot refers to it. A crash before the snapshot is
+        // written leaves a file that the version's next commit overwrites.
+        let file = self.write_document(
+            commit.endpoint,
+            version,
+            commit.document,
+            commit.snapshot.changed_at_ms,
+        )?;
+        if commit.deliveries.is_empty() {
+            // A baseline, or a change no event was made of: without rows
+            // there is nothing to make atomic, and a plain write shares
+            // sled's log buffers where each transaction seals one of its own
+            // (the first pass over 10,000 endpoints took 2.5 times as long).
+            self.trees()?.snapshots.insert(commit.endpoint, snapshot)?;
+            self.trim_history(commit.endpoint, version, commit.keep_history);
+            return Ok(Vec::new());
+        }
+        let rows = encode_rows(&commit.deliveries);
+        // The events' diff needs the file even after a power cut.
+        let path = file.path.clone();
+        tokio::task::spawn_blocking(move || file.sync())
+            .await
+            .map_err(|error| StoreError::DocumentFile {
+                action: "sync",
+                path,
+                source: std::io::Error::other(error),
+            })??;
+        // Every key a (possibly retried) transaction generated: unhidden when
+        // this function ends, even if its caller drops it mid-flush.
+        let generated = Unhide {
+            store: self,
+            keys: std::sync::Mutex::new(Vec::new()),
+        };
+        let trees = self.trees()?;
+        let result = (&trees.snapshots, &trees.outbox, &trees.due)
+            .transaction(|(snapshots, outbox, due)| {
+                snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
+                self.insert_rows(outbox, due, &rows, &generated)
+            })
+            .map_err(transaction_error);
+        let generation = trees.generation;
+        // Not held over the flush: a reopening waits for every handle.
+        drop(trees);
+        let keys = self.flushed(result, generated, generation).await?;
+        self.trim_history(commit.endpoint, version, commit.keep_history);
+        Ok(keys)
+    }
+
+    /// Records that `endpoint` is failing (`Some`) or healthy again (`None`)
+    /// with the rows of the health event that says so, in one transaction,
+    /// durable before it returns: the event is sent exactly when the state
+    /// it announces is stored.
+    pub async fn commit_health(
+        &self,
+        endpoint: &str,
+        failing: Option<&Failing>,
+        deliveries: &[(&str, OutboxRow)],
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let state = failing.map(encode_json);
+        let rows = encode_rows(deliveries);
+        let generated = Unhide {
+            store: self,
+            keys: std::sync::Mutex::new(Vec::new()),
+        };
+        let trees = match self.trees() {
+            Ok(trees) => trees,
+            Err(error) => return self.watch(Err(error)),
+        };
+        let result = (&trees.health, &trees.outbox, &trees.due)
+            .transaction(|(health, outbox, due)| {
+                match &state {
+                    Some(state) => health.insert(endpoint.as_bytes(), state.as_slice())?,
+                    None => health.remove(endpoint.as_bytes())?,
+                };
+                self.insert_rows(outbox, due, &rows, &generated)
+            })
+            .map_err(transaction_error);
+        let generation = trees.generation;
+        drop(trees);
+        let result = self.flushed(result, generated, generation).await;
+        self.watch(result)
+    }
+
+    /// The failure run an `endpoint.failing` was sent for, if it has not
+    /// recovered since.
+    pub fn failing(&self, endpoint: &str) -> Result<Option<Failing>, StoreError> {
+        self.watched(|trees| {
+            trees
+                .health
+                .get(endpoint)?
+                .map(|bytes| decode_json(&bytes, "health"))
+                .transpose()
+        })
+    }
+
+    /// Inserts outbox rows and their `due` entries inside a transaction,
+    /// hidden until flushed.
+    pub(super) fn insert_rows(
+        &self,
+        outbox: &sled::transaction::TransactionalTree,
+        due: &sled::transaction::TransactionalTree,
+        rows: &[EncodedRow<'_>],
+        generated: &Unhide<'_>,
+    ) -> Result<Vec<OutboxKey>, ConflictableTransactionError<StoreError>> {
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = OutboxKey::new(row.target, outbox.generate_id()?);
+            // Hidden before the transaction can make it visible.
+            self.hide(&key);
+            lock(&generated.keys).push(key.clone());
+            outbox.insert(key.0.as_slice(), row.bytes.as_slice())?;
+            due.insert(due_key(&key, row.due_ms), &[])?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Flushes a transaction that queued rows in the database's opening
+    /// `generation`, then shows them. Rows whose flush failed stay hidden
+    /// until a later flush covers them (or the database is opened again,
+    /// and they are in it only if they were written to disk).
+    pub(super) async fn flushed(
+        &self,
+        result: Result<Vec<OutboxKey>, StoreError>,
+        generated: Unhide<'_>,
+        generation: u64,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let flushed = match &result {
+            Ok(keys) if !keys.is_empty() => {
+                self.count_queued(keys.len(), 0);
+                self.flush_generation(generation).await
+            }
+            _ => Ok(()),
+        };
+        match &flushed {
+            // Written to a database since dropped: those keys are nowhere now.
+            Err(StoreError::Reopened) | Ok(()) => drop(generated),
+            Err(_) => generated.keep_hidden(),
+        }
+        let keys = result?;
+        flushed?;
+        Ok(keys)
+    }
+
+    pub(super) fn hide(&self, key: &OutboxKey) {
+        lock(&self.unflushed).insert(key.clone());
+    }
+
+    /// Makes every write so far durable. Called after a commit and before its
+    /// rows are handed to the dispatcher, so that nothing is sent that a
+    /// crash could make the store forget.
+    ///
+    /// One flush runs at a time, and callers whose writes a flush started
+    /// after them already covered return at once (group commit). Besides
+    /// saving fsyncs, this keeps sled from deadlocking: each `flush_async`
+    /// occupies a thread of sled's pool, and with the pool full of flushes
+    /// queued behind a transaction, none was left to write the log buffer
+    /// the first flush waited for (seen with 1,000 changes committed at once).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let result = match self.trees() {
+            Ok(trees) => {
+                let generation = trees.generation;
+                drop(trees);
+                self.flush_generation(generation).await
+            }
+            Err(error) => Err(error),
+        };
+        self.watch(result)
+    }
+
+    /// [`Store::flush`] for writes made to the database's opening
+    /// `generation`: if it was opened again since, they are not covered by
+    /// flushing the new one, and may be lost.
+    pub(super) async fn flush_generation(&self, generation: u64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Taken after this caller's writes: a flush that starts later covers them.
+        let ticket = self.flush_requests.fetch_add(1, SeqCst) + 1;
+        let _flushing = self.flushing.lock().await;
+        let trees = self.trees()?;
+        if trees.generation != generation {
+            return Err(StoreError::Reopened);
+        }
+        if self.flushed_requests.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covered = self.flush_requests.load(SeqCst);
+        trees.db.flush_async().await?;
+        self.flushed_requests.store(covered, SeqCst);
+        Ok(())
+    }
+}
+
+/// An outbox row, encoded, with its target and due time.
+pub(super) struct EncodedRow<'a> {
+    target: &'a str,
+    bytes: Vec<u8>,
+    due_ms: u64,
+}
+
+pub(super) fn encode_rows<'a>(deliveries: &[(&'a str, OutboxRow)]) -> Vec<EncodedRow<'a>> {
+    deliveries
+        .iter()
+        .map(|(target, row)| EncodedRow {
+            target,
+            bytes: encode_json(row),
+            due_ms: row.next_attempt_ms,
+        })
+        .collect()
+}
+
+/// Unhides the outbox keys of a commit when dropped.
+pub(super) struct Unhide<'a> {
+    store: &'a Store,
+    keys: std::sync::Mutex<Vec<OutboxKey>>,
+}
+
+impl Unhide<'_> {
+    /// Leaves the keys hidden: their flush failed.
+    fn keep_hidden(self) {
+        let keys = std::mem::take(&mut *lock(&self.keys));
+        lock(&self.store.unflushable).extend(keys);
+    }
+}
+
+impl Drop for Unhide<'_> {
+    fn drop(&mut self) {
+        let mut unflushed = lock(&self.store.unflushed);
+        for key in lock(&self.keys).iter() {
+            unflushed.remove(key);
+        }
+    }
+}
