@@ -11,12 +11,18 @@
 //! - [`diff`]: two documents → JSON Patch or unified diff (pure).
 //! - [`event`]: the Standard Webhooks envelope.
 //! - [`poll`]: fetch → extract → diff → the writes one poll makes.
+//! - [`poller`]: the one poller (host gate, permit, poll, commit, health)
+//!   that the daemon, `once` and the benchmarks share.
+//! - [`scheduler`]: the schedule's rules as a pure state machine.
 //! - [`store`]: the only module that opens sled: snapshots, history, outbox.
 //! - [`deliver`]: writes outbox rows in each target's format (envelope, Slack,
 //!   Discord, ntfy, template), signs and POSTs them, retrying until a 2xx.
 //! - [`daemon`]: the schedule (a timer wheel, a task per running poll), one
 //!   dispatcher per target, and the supervisor that starts, reloads and
 //!   stops them.
+//! - [`status`]: what the daemon, the admin API and the metrics share.
+//! - [`views`]: the admin API's wire types, and the views and commands the
+//!   API and the offline CLI share.
 //! - [`admin`]: the HTTP API (and its client) the CLI and monitoring use.
 //! - [`metrics`]: Prometheus counters and gauges.
 //! - [`cli`] and [`demo`]: the command line and the self-contained demo.
