@@ -317,7 +317,7 @@ impl Trees {
         let mut opened = config.open();
         for _ in 0..100 {
             match &opened {
-                Err(error) if is_lock(error) && read_pid(&pid_file) == Some(std::process::id()) => {
+                Err(error) if is_lock(error) && !held_by_another_process(&pid_file) => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     opened = config.open();
                 }
@@ -735,6 +735,17 @@ fn quietly<T>(work: impl FnOnce() -> T) -> Result<T, String> {
             None => line.to_string(),
         }
     })
+}
+
+/// Whether the pid file names a process other than this one that still
+/// runs. A lock whose holder is not such a process is this process's own:
+/// a store it has just closed (sled finishes the last writes on its own
+/// threads), perhaps after a CLI command of ours wrote its pid there.
+fn held_by_another_process(pid_file: &Path) -> bool {
+    match read_pid(pid_file) {
+        Some(pid) if pid != std::process::id() => Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    }
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
