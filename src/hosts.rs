@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::locks::lock;
+
 /// The gates of every host polled so far.
 #[derive(Debug)]
 pub struct Hosts {
@@ -41,10 +43,7 @@ impl Hosts {
             url.host_str().unwrap_or_default(),
             url.port_or_known_default().unwrap_or_default()
         );
-        let gate = self
-            .gates
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let gate = lock(&self.gates)
             .entry(host)
             .or_insert_with(|| {
                 Arc::new(Gate {
@@ -62,10 +61,7 @@ impl Hosts {
         if let Some(spacing) = self.spacing {
             // Each caller takes the next free slot, then waits for it.
             let start = {
-                let mut next_start = gate
-                    .next_start
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut next_start = lock(&gate.next_start);
                 let start = (*next_start).max(Instant::now());
                 *next_start = start + spacing;
                 start

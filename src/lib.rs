@@ -40,6 +40,7 @@ pub mod extract;
 pub mod fetch;
 pub mod hosts;
 pub mod jq;
+pub mod locks;
 pub mod metrics;
 pub mod number;
 pub mod poll;

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::Endpoint;
+pub use crate::locks::{read, write};
 
 /// One event as it was produced, for `/api/v1/events` and `pollhook tail`.
 #[derive(Debug, Clone)]
@@ -131,15 +132,4 @@ impl EndpointStatus {
             counts: EndpointCounts::default(),
         }
     }
-}
-
-/// Reads a lock, also one a panicking task left behind: the maps in it are
-/// only ever replaced entry by entry.
-pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

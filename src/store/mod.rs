@@ -51,6 +51,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::event::Failing;
 use crate::extract::{Document, Kind};
+use crate::locks::{lock, read, write};
 
 mod commit;
 mod documents;
@@ -646,25 +647,6 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.watched(|trees| Ok(trees.db.size_on_disk()?))
     }
-}
-
-/// Reads a lock, also one a panicking thread left behind (it only ever
-/// holds a complete value).
-fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Locks a mutex, also one a panicking thread left behind (the data are
-/// plain sets and counters that stay consistent).
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Counts the entries of a sled iterator, stopping at the first error.
