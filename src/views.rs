@@ -207,13 +207,19 @@ pub struct Replayed {
 /// Puts the dead letters that `filter` picks back in the queue (same id,
 /// attempts reset), and says which asked-for ids were not dead letters.
 pub fn replay(store: &Store, filter: &DeadFilter<'_>) -> Result<Replayed, StoreError> {
-    let dead = store.dead_rows(filter.target)?;
-    let missing = filter
-        .event_ids
-        .iter()
-        .filter(|id| !dead.iter().any(|(_, row)| row.event_id == **id))
-        .cloned()
-        .collect();
+    // Only asked-for ids can be missing: without any, no letter is read.
+    let missing = match filter.event_ids.is_empty() {
+        true => Vec::new(),
+        false => {
+            let dead = store.dead_rows(filter.target)?;
+            filter
+                .event_ids
+                .iter()
+                .filter(|id| !dead.iter().any(|(_, row)| row.event_id == **id))
+                .cloned()
+                .collect()
+        }
+    };
     let mut targets = store.replay(filter)?;
     let replayed = targets.len();
     targets.sort();
