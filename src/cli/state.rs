@@ -68,10 +68,17 @@ async fn daemon(config: &Config, instead: &str) -> anyhow::Result<AdminClient> {
         .with_context(|| format!("pollhook is not running{instead}"))
 }
 
-fn query(target: Option<&str>) -> String {
-    target
-        .map(|target| format!("?target={target}"))
-        .unwrap_or_default()
+/// `?name=value&...`, encoded (a value as typed must not add a parameter of
+/// its own), or nothing without pairs.
+fn query<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        query.append_pair(name, &value);
+    }
+    match query.finish() {
+        query if query.is_empty() => query,
+        query => format!("?{query}"),
+    }
 }
 
 fn time(ms: Option<u64>) -> String {
@@ -342,7 +349,13 @@ async fn rows(
                 Rows::Dead => "/api/v1/dead",
             };
             client
-                .json("GET", &format!("{route}{}", query(target)))
+                .json(
+                    "GET",
+                    &format!(
+                        "{route}{}",
+                        query(target.map(|target| ("target", target.to_string())))
+                    ),
+                )
                 .await?
         }
         Source::Store(store) => views::target_rows(store, which, target)?,
@@ -431,13 +444,12 @@ pub async fn replay(
 ) -> anyhow::Result<ExitCode> {
     let replayed = match source(config).await? {
         Source::Daemon(client) => {
-            let mut route = format!("/api/v1/replay?ids={}", ids.join(","));
-            if let Some(target) = target {
-                route.push_str(&format!("&target={target}"));
-            }
-            if let Some(since_ms) = since_ms {
-                route.push_str(&format!("&since_ms={since_ms}"));
-            }
+            let filters = [
+                Some(("ids", ids.join(","))),
+                target.map(|target| ("target", target.to_string())),
+                since_ms.map(|since_ms| ("since_ms", since_ms.to_string())),
+            ];
+            let route = format!("/api/v1/replay{}", query(filters.into_iter().flatten()));
             match client.json::<Replayed>("POST", &route).await {
                 Err(AdminError::Status { status: 404, .. }) => Replayed {
                     missing: ids.to_vec(),
@@ -542,4 +554,25 @@ fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
         outln!("{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded_and_cannot_add_parameters() {
+        assert_eq!(query([]), "");
+        assert_eq!(
+            query([
+                ("ids", "msg_a,msg_b".to_string()),
+                ("target", "ha".to_string())
+            ]),
+            "?ids=msg_a%2Cmsg_b&target=ha"
+        );
+        assert_eq!(
+            query([("ids", "x&target=other".to_string())]),
+            "?ids=x%26target%3Dother"
+        );
+    }
 }
