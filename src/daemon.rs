@@ -680,8 +680,8 @@ fn announce(shared: &Shared, endpoint: &Endpoint, events: &[Event], queued: usiz
         }));
     }
     if queued > 0 {
-        for target in endpoint.targets.iter() {
-            shared.wakes.wake(target);
+        for subscription in endpoint.targets.iter() {
+            shared.wakes.wake(&subscription.target);
         }
     }
 }

@@ -10,13 +10,7 @@ use serde_json::{Value, json};
 use crate::config::{Endpoint, ItemEvent};
 use crate::diff::Change;
 
-pub const ENDPOINT_CHANGED: &str = "endpoint.changed";
-pub const ITEM_ADDED: &str = "item.added";
-pub const ITEM_REMOVED: &str = "item.removed";
-pub const ITEM_CHANGED: &str = "item.changed";
-pub const ITEMS_CHANGED: &str = "items.changed";
-pub const ENDPOINT_FAILING: &str = "endpoint.failing";
-pub const ENDPOINT_RECOVERED: &str = "endpoint.recovered";
+pub use crate::event_type::*;
 
 /// One event, as it will be queued for every target of its endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +117,21 @@ pub fn for_change(
         .flat_map(|(kind, entries)| entries.into_iter().map(move |entry| (kind, entry)))
         .map(|(kind, entry)| event(kind, base(entry)))
         .collect()
+}
+
+/// The event `pollhook test TARGET` sends: marked as a test in its type
+/// and its data, so that a receiver's rules can tell it apart.
+pub fn test_event(target: &str, at_ms: u64) -> Event {
+    Event {
+        id: new_id(),
+        kind: POLLHOOK_TEST,
+        timestamp_ms: at_ms,
+        data: json!({
+            "test": true,
+            "target": target,
+            "message": format!("a test event from pollhook to target `{target}`; it can be ignored"),
+        }),
+    }
 }
 
 /// A run of failed polls, as the health events describe it.

@@ -36,6 +36,7 @@ pub mod deliver;
 pub mod demo;
 pub mod diff;
 pub mod event;
+pub mod event_type;
 pub mod extract;
 pub mod fetch;
 pub mod hosts;

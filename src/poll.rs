@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::config::Endpoint;
+use crate::config::{Endpoint, Subscription};
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError, Kind};
@@ -275,26 +275,31 @@ pub async fn apply(
     }
 }
 
-/// One outbox row per event and target of `endpoint`, due now.
+/// One outbox row per event and target of `endpoint` that takes it, due now.
 pub fn outbox_rows<'e>(endpoint: &'e Endpoint, events: &[Event]) -> Vec<(&'e str, OutboxRow)> {
     let now_ms = clock::now_ms();
     events
         .iter()
         .flat_map(|event| {
-            endpoint.targets.iter().map(move |target| {
-                (
-                    target.as_str(),
-                    OutboxRow {
-                        event_id: event.id.clone(),
-                        event_type: event.kind.to_string(),
-                        endpoint: endpoint.name.to_string(),
-                        body: event.body(),
-                        created_ms: event.timestamp_ms,
-                        next_attempt_ms: now_ms,
-                        ..OutboxRow::default()
-                    },
-                )
-            })
+            let takes = |subscription: &&'e Subscription| subscription.events.contains(event.kind);
+            endpoint
+                .targets
+                .iter()
+                .filter(takes)
+                .map(move |subscription| {
+                    (
+                        subscription.target.as_str(),
+                        OutboxRow {
+                            event_id: event.id.clone(),
+                            event_type: event.kind.to_string(),
+                            endpoint: endpoint.name.to_string(),
+                            body: event.body(),
+                            created_ms: event.timestamp_ms,
+                            next_attempt_ms: now_ms,
+                            ..OutboxRow::default()
+                        },
+                    )
+                })
         })
         .collect()
 }

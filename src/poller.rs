@@ -137,7 +137,7 @@ impl Poller {
                 let events: Vec<Event> = health_event.into_iter().collect();
                 return Report {
                     outcome: Outcome::Failed(error),
-                    queued: events.len() * endpoint.targets.len(),
+                    queued: events.iter().map(|event| endpoint.takers(event.kind)).sum(),
                     events,
                     failures,
                 };
@@ -158,7 +158,7 @@ impl Poller {
         }
         let mut events = observation.events().to_vec();
         if let Some(recovered) = state.health.succeeded(&self.store, endpoint, mode).await {
-            queued += endpoint.targets.len();
+            queued += endpoint.takers(recovered.kind);
             events.push(recovered);
         }
         Report {

@@ -44,7 +44,11 @@ impl EndpointView {
             name: endpoint.name.to_string(),
             url: endpoint.display_url().to_string(),
             schedule: endpoint.schedule.to_string(),
-            targets: endpoint.targets.to_vec(),
+            targets: endpoint
+                .targets
+                .iter()
+                .map(|subscription| subscription.target.clone())
+                .collect(),
             last_poll_ms: status.and_then(|status| status.last_poll_ms),
             last_error: status.and_then(|status| status.last_error.clone()),
             consecutive_failures: status.map_or(0, |status| status.consecutive_failures),

@@ -162,6 +162,12 @@ enum Command {
         #[arg(long, requires = "dead")]
         since: Option<String>,
     },
+    /// Send a `pollhook.test` event to a target, as a delivery is sent, and print its answer.
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        target: String,
+    },
     /// Deliver again to a target that was paused after answering 410 Gone.
     Resume {
         #[command(flatten)]
@@ -277,6 +283,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 since_ms,
             )
             .await
+        }
+        Command::Test { config, target } => {
+            test_target(&Config::load(&config.config)?, &target).await
         }
         Command::Resume { config, target } => {
             state::resume(&Config::load(&config.config)?, &target).await
@@ -471,4 +480,52 @@ fn init_logging(level: Option<&str>, format: LogFormat, demo: bool) {
         (LogFormat::Plain, true) => builder.without_time().init(),
         (LogFormat::Json, _) => builder.json().init(),
     }
+}
+
+/// `pollhook test TARGET`: one attempt of a test event, written, signed and
+/// sent as every delivery is; not queued, so nothing retries it.
+async fn test_target(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(target) = config.targets.iter().find(|target| target.name == name) else {
+        let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        anyhow::bail!(
+            "no target `{name}` in `{}`; its targets: {}",
+            config.path.display(),
+            match names.is_empty() {
+                true => "none".to_string(),
+                false => names.join(", "),
+            }
+        );
+    };
+    let event = crate::event::test_event(&target.name, crate::clock::now_ms());
+    let row = crate::store::OutboxRow {
+        event_id: event.id.clone(),
+        event_type: event.kind.to_string(),
+        body: event.body(),
+        created_ms: event.timestamp_ms,
+        next_attempt_ms: event.timestamp_ms,
+        ..Default::default()
+    };
+    let client = crate::deliver::client()?;
+    let attempt = crate::deliver::attempt(&client, target, &row).await;
+    outln!(
+        "sent {} {} to `{}` ({}) in {} ms",
+        event.kind,
+        event.id,
+        target.name,
+        target.url.shown(),
+        attempt.duration.as_millis()
+    )?;
+    if let Some(status) = attempt.status {
+        outln!("answer: HTTP {status}")?;
+    }
+    if !attempt.response.is_empty() {
+        outln!("{}", attempt.response.trim_end())?;
+    }
+    Ok(match attempt.error {
+        None => ExitCode::SUCCESS,
+        Some(error) => {
+            errln!("error: the delivery failed: {error}");
+            ExitCode::FAILURE
+        }
+    })
 }

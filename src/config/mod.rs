@@ -25,6 +25,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
 use crate::deliver::retry::RetryPolicy;
+use crate::event_type::{self, EventTypes};
 pub use crate::extract::Format;
 use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
@@ -258,6 +259,8 @@ struct TargetConfig {
     template_file: Option<Spanned<PathBuf>>,
     /// The `Content-Type` of a template's output (default: sniffed).
     content_type: Option<Spanned<ContentType>>,
+    /// The event types this target takes (default: all), `*` patterns allowed.
+    events: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `format` on a target, as written.
@@ -402,8 +405,8 @@ pub struct Endpoint {
     /// Consecutive failed polls before `endpoint.failing` is sent; 0: never.
     pub fail_after: u32,
     pub follow_redirects: FollowRedirects,
-    /// Names of the targets that receive this endpoint's events.
-    pub targets: Arc<[String]>,
+    /// The targets that receive this endpoint's events.
+    pub targets: Arc<[Subscription]>,
     pub emit_initial: bool,
     pub keep_history: usize,
     /// A hash of everything that shapes the extracted document (url, method,
@@ -420,6 +423,14 @@ impl Endpoint {
     /// How the body becomes the document that is compared.
     pub fn rules(&self) -> &Rules {
         self.rules.as_deref().unwrap_or(&NO_RULES)
+    }
+
+    /// How many of its targets take events of type `kind`.
+    pub fn takers(&self, kind: &str) -> usize {
+        self.targets
+            .iter()
+            .filter(|subscription| subscription.events.contains(kind))
+            .count()
     }
 
     /// The URL as it may be logged or sent: without credentials, and
@@ -446,6 +457,15 @@ pub struct Target {
     pub min_spacing: Option<Duration>,
     /// How each event is written when it is sent.
     pub format: TargetFormat,
+    /// The event types it takes, from `events`.
+    pub events: EventTypes,
+}
+
+/// One of an endpoint's targets, with the event types it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub target: String,
+    pub events: EventTypes,
 }
 
 /// `10/s`, `100/m`, `5/h`: at most that many deliveries per unit of time.
@@ -688,8 +708,13 @@ impl<'s> Compiler<'s> {
             .filter_map(|table| table_name(table).map(|(name, _)| name))
             .collect();
         let targets = self.compile_targets(target_tables);
-        let target_names: Arc<[String]> =
-            targets.iter().map(|target| target.name.clone()).collect();
+        let target_names: Arc<[Subscription]> = targets
+            .iter()
+            .map(|target| Subscription {
+                target: target.name.clone(),
+                events: target.events,
+            })
+            .collect();
         let endpoints = self.compile_endpoints(
             endpoint_tables,
             defaults,
@@ -874,6 +899,7 @@ impl<'s> Compiler<'s> {
                 raw.content_type,
                 &context,
             );
+            let events = self.compile_events(raw.events, &context);
             let Some(url) = url else {
                 continue;
             };
@@ -887,9 +913,46 @@ impl<'s> Compiler<'s> {
                 parallel,
                 min_spacing: raw.rate.map(|rate| rate.0),
                 format,
+                events,
             }));
         }
         targets
+    }
+
+    /// A target's `events`: each pattern must name at least one type.
+    fn compile_events(
+        &mut self,
+        events: Option<Spanned<Vec<Spanned<String>>>>,
+        context: &Option<String>,
+    ) -> EventTypes {
+        let Some(patterns) = events else {
+            return EventTypes::ALL;
+        };
+        if patterns.get_ref().is_empty() {
+            self.problem(
+                patterns.span().start,
+                context.clone(),
+                "`events` is empty: the target would take nothing; list event types or remove it",
+            );
+            return EventTypes::ALL;
+        }
+        let mut types = EventTypes::NONE;
+        for pattern in patterns.into_inner() {
+            let matched = EventTypes::matching(pattern.get_ref());
+            if matched.is_empty() {
+                self.problem(
+                    pattern.span().start,
+                    context.clone(),
+                    format!(
+                        "`{}` names no event type; the types are {}",
+                        pattern.get_ref(),
+                        event_type::TYPES.join(", ")
+                    ),
+                );
+            }
+            types = types.union(matched);
+        }
+        types
     }
 
     /// A target's `format` and the keys that only mean something with
@@ -1012,7 +1075,7 @@ impl<'s> Compiler<'s> {
         tables: Vec<Spanned<DeValue<'s>>>,
         defaults: &DefaultsConfig,
         defaults_broken: bool,
-        target_names: &Arc<[String]>,
+        target_names: &Arc<[Subscription]>,
         known_targets: &HashSet<String>,
     ) -> Vec<Arc<Endpoint>> {
         let mut endpoints = Vec::new();
@@ -1080,7 +1143,20 @@ impl<'s> Compiler<'s> {
                             );
                         }
                     }
-                    names.iter().map(|name| name.get_ref().clone()).collect()
+                    // A target with mistakes of its own is not compiled: all types.
+                    let events = |name: &str| {
+                        target_names
+                            .iter()
+                            .find(|subscription| subscription.target == name)
+                            .map_or(EventTypes::ALL, |subscription| subscription.events)
+                    };
+                    names
+                        .iter()
+                        .map(|name| Subscription {
+                            target: name.get_ref().clone(),
+                            events: events(name.get_ref()),
+                        })
+                        .collect()
                 }
                 // Shared: at thousands of endpoints, a copy each adds up.
                 None => target_names.clone(),
@@ -1542,7 +1618,8 @@ targets = []
         )
         .unwrap();
         assert_eq!(config.endpoints.len(), 2);
-        assert_eq!(*config.endpoints[0].targets, ["ha".to_string()]);
+        assert_eq!(config.endpoints[0].targets[0].target, "ha");
+        assert_eq!(config.endpoints[0].targets.len(), 1);
         assert!(config.endpoints[1].targets.is_empty());
         assert!(
             matches!(config.endpoints[0].schedule, Schedule::Every(d) if d == Duration::from_secs(60))

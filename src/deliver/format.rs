@@ -267,6 +267,10 @@ pub fn summary(event: &Value) -> String {
         "items.changed" => batch_change(data),
         "endpoint.failing" => failing(data),
         "endpoint.recovered" => recovered(event, data),
+        "pollhook.test" => format!(
+            "test event for target `{}`: it works",
+            data["target"].as_str().unwrap_or_default()
+        ),
         "" => "event".to_string(),
         other => other.to_string(),
     };

@@ -13,4 +13,5 @@ mod retry;
 mod secrets;
 mod service;
 mod support;
+mod targets;
 mod watch;
