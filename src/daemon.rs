@@ -521,7 +521,7 @@ impl Running {
             Some(Polled { state, next }) => (state, next),
             None => {
                 error!(endpoint = %name, "a poll panicked; the endpoint goes on after a pause");
-                let next = later(now, endpoint.schedule.retry_delay(1, clock::now()));
+                let next = later(now, endpoint.schedule.next_delay(clock::now()));
                 (PollState::load(&shared.store, endpoint), next)
             }
         };
@@ -580,6 +580,11 @@ async fn poll_task(
         .observe(started.elapsed().as_secs_f64());
     announce(&shared, &endpoint, &report.events, report.queued);
     let now = Instant::now();
+    // Keep to the grid (no drift), but never try to catch up.
+    let regular = || match &endpoint.schedule {
+        Schedule::Every(interval) => (due + *interval).max(now),
+        Schedule::Cron(_) => later(now, endpoint.schedule.next_delay(clock::now())),
+    };
     let next = match &report.outcome {
         Outcome::Observed(observation) => {
             let result = log_observation(observation, report.queued);
@@ -590,11 +595,7 @@ async fn poll_task(
                 status.last_error = None;
                 status.consecutive_failures = 0;
             });
-            match &endpoint.schedule {
-                // Keep to the grid (no drift), but never try to catch up.
-                Schedule::Every(interval) => (due + *interval).max(now),
-                Schedule::Cron(_) => later(now, endpoint.schedule.next_delay(clock::now())),
-            }
+            regular()
         }
         // Cancelled while polling: whoever cancelled decides what is next.
         Outcome::Cancelled => now,
@@ -607,13 +608,21 @@ async fn poll_task(
                 _ => None,
             };
             let failures = report.failures;
-            let retry_in = endpoint
-                .schedule
-                .failed_delay(failures, retry_after, clock::now());
+            let next = match report.retry_in {
+                Some(wait) => later(now, wait),
+                None => match retry_after {
+                    None => regular(),
+                    Some(asked) => {
+                        regular().max(later(now, endpoint.schedule.held_back(asked, clock::now())))
+                    }
+                },
+            };
+            let retry_in = next.saturating_duration_since(now);
             warn!(
                 error = %error_text,
                 failures,
                 retry_in = %humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64)),
+                quick = report.retry_in.is_some(),
                 "poll failed"
             );
             set_status(&shared, &endpoint.name, |status| {
@@ -623,7 +632,7 @@ async fn poll_task(
                 status.last_error = Some(error_text);
                 status.consecutive_failures = failures;
             });
-            later(now, retry_in)
+            next
         }
     };
     Polled { state, next }

@@ -6,12 +6,19 @@
 //! (`max_concurrent_polls`), in that order so that a busy host never holds
 //! permits other hosts could use; then it fetches, extracts, diffs and
 //! decides ([`poll::observe`], abandoned if cancelled), and, unless it is a
-//! dry run, commits the decision and the endpoint's health state
-//! (`endpoint.failing` at `fail_after` failures in a row, `recovered` after).
-//! It returns what happened and the events it queued; announcing them and
-//! choosing the next poll are the caller's.
+//! dry run, commits the decision and the endpoint's health state.
+//!
+//! A failed poll gets a few quick retries ([`Schedule::quick_retry`]); only
+//! a scheduled poll whose retries failed too counts as a failure.
+//! `endpoint.failing` is sent when `fail_after` of them came in a row and
+//! the endpoint has been failing for `fail_for`; `recovered` after. The
+//! poll returns what happened, the events it queued and when to retry;
+//! announcing the events and choosing the next poll are the caller's.
+//!
+//! [`Schedule::quick_retry`]: crate::schedule::Schedule::quick_retry
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
@@ -22,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::clock;
 use crate::config::{Config, Endpoint};
 use crate::event::{self, Event, Failing};
+use crate::fetch::FetchError;
 use crate::hosts::Hosts;
 use crate::poll::{self, Observation, PollError};
 use crate::store::Store;
@@ -54,8 +62,11 @@ pub struct Report {
     pub events: Vec<Event>,
     /// Outbox rows queued, over every target.
     pub queued: usize,
-    /// Failed polls in a row, this one included; 0 after a success.
+    /// Failed scheduled polls in a row; 0 after a success.
     pub failures: u32,
+    /// After a failure: the wait before its quick retry, if it gets one.
+    /// `None`: the next try is the next regular poll.
+    pub retry_in: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -69,6 +80,8 @@ pub enum Outcome {
 /// What an endpoint keeps from one poll to the next.
 pub struct PollState {
     health: Health,
+    /// Quick retries made of the current scheduled poll.
+    retries: u32,
     /// Duplicate item keys are reported once, not at every poll.
     reported_duplicates: Vec<Value>,
 }
@@ -78,6 +91,7 @@ impl PollState {
     pub fn load(store: &Store, endpoint: &Endpoint) -> PollState {
         PollState {
             health: Health::load(store, endpoint),
+            retries: 0,
             reported_duplicates: Vec::new(),
         }
     }
@@ -117,6 +131,7 @@ impl Poller {
                 events: Vec::new(),
                 queued: 0,
                 failures: state.health.failures(),
+                retry_in: None,
             },
             observed = observe => observed,
         };
@@ -130,9 +145,21 @@ impl Poller {
         let (observation, mut queued) = match committed {
             Ok(committed) => committed,
             Err(error) => {
+                let retry_in = match (mode, retryable(&error)) {
+                    (Mode::Commit, Some(retry_after)) => {
+                        endpoint
+                            .schedule
+                            .quick_retry(state.retries, retry_after, clock::now())
+                    }
+                    _ => None,
+                };
+                state.retries = match retry_in {
+                    Some(_) => state.retries + 1,
+                    None => 0,
+                };
                 let (failures, health_event) = state
                     .health
-                    .failed(&self.store, endpoint, &error, mode)
+                    .failed(&self.store, endpoint, &error, retry_in.is_none(), mode)
                     .await;
                 let events: Vec<Event> = health_event.into_iter().collect();
                 return Report {
@@ -140,9 +167,11 @@ impl Poller {
                     queued: events.iter().map(|event| endpoint.takers(event.kind)).sum(),
                     events,
                     failures,
+                    retry_in,
                 };
             }
         };
+        state.retries = 0;
         if let Observation::New { document, .. } = &observation
             && document.duplicate_keys != state.reported_duplicates
         {
@@ -166,7 +195,26 @@ impl Poller {
             events,
             queued,
             failures: 0,
+            retry_in: None,
         }
+    }
+}
+
+/// Whether a failed poll may be retried quickly, with the server's
+/// `Retry-After`: not when the server refused the request itself (a 4xx
+/// other than 408 and 429), nor when the store failed.
+fn retryable(error: &PollError) -> Option<Option<Duration>> {
+    match error {
+        PollError::Fetch(FetchError::Status {
+            status,
+            retry_after,
+        }) => match status {
+            408 | 429 | 500.. => Some(*retry_after),
+            _ => None,
+        },
+        PollError::Fetch(FetchError::TooLarge { .. } | FetchError::Redirect { .. }) => None,
+        PollError::Fetch(_) | PollError::Extract(_) => Some(None),
+        PollError::Store(_) => None,
     }
 }
 
@@ -185,8 +233,14 @@ impl Poller {
             .map(move |endpoint| async move {
                 let mut state = PollState::load(&self.store, &endpoint);
                 let never = CancellationToken::new();
-                let report = self.poll(&endpoint, &mut state, mode, &never).await;
-                (endpoint, report)
+                // As the daemon does, a failed poll gets its quick retries.
+                loop {
+                    let report = self.poll(&endpoint, &mut state, mode, &never).await;
+                    match report.retry_in {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => return (endpoint, report),
+                    }
+                }
             })
             .buffer_unordered(limit.max(1))
     }
@@ -243,40 +297,68 @@ impl Health {
         self.run.as_ref().map_or(0, |run| run.failures)
     }
 
-    /// Counts a failed poll; at `fail_after` in a row, commits
-    /// `endpoint.failing` (not in a dry run). Returns the failures in a row
-    /// and the event, if one was queued.
+    /// Notes a failed attempt at `now_ms`; `counted` when it ends a
+    /// scheduled poll (no quick retry follows), which counts as a failure.
+    /// True when `endpoint.failing` is due: `fail_after` failures in a row,
+    /// over at least `fail_for` since the first failed attempt, not yet
+    /// alerted.
+    fn note_failure(
+        &mut self,
+        error: String,
+        status: Option<u16>,
+        counted: bool,
+        now_ms: u64,
+        (fail_after, fail_for): (u32, Duration),
+    ) -> bool {
+        let run = self.run.get_or_insert_with(|| {
+            Box::new(Failing {
+                failures: 0,
+                since_ms: now_ms,
+                error: String::new(),
+                status: None,
+            })
+        });
+        if counted {
+            run.failures = run.failures.saturating_add(1);
+        }
+        run.error = error;
+        run.status = status;
+        let failing_for = Duration::from_millis(now_ms.saturating_sub(run.since_ms));
+        counted
+            && !self.alerted
+            && fail_after > 0
+            && run.failures >= fail_after
+            && failing_for >= fail_for
+    }
+
+    /// Notes a failed attempt (see [`Health::note_failure`]) and commits
+    /// `endpoint.failing` when it is due (not in a dry run). Returns the
+    /// failures in a row and the event, if one was queued.
     async fn failed(
         &mut self,
         store: &Store,
         endpoint: &Endpoint,
         error: &PollError,
+        counted: bool,
         mode: Mode,
     ) -> (u32, Option<Event>) {
         let status = match error {
-            PollError::Fetch(crate::fetch::FetchError::Status { status, .. }) => Some(*status),
+            PollError::Fetch(FetchError::Status { status, .. }) => Some(*status),
             _ => None,
         };
-        let run = self.run.get_or_insert_with(|| {
-            Box::new(Failing {
-                failures: 0,
-                since_ms: clock::now_ms(),
-                error: String::new(),
-                status: None,
-            })
-        });
-        run.failures = run.failures.saturating_add(1);
-        run.error = crate::error_chain(error);
-        run.status = status;
-        let failures = run.failures;
-        if mode == Mode::DryRun
-            || self.alerted
-            || endpoint.fail_after == 0
-            || failures < endpoint.fail_after
-        {
+        let now_ms = clock::now_ms();
+        let due = self.note_failure(
+            crate::error_chain(error),
+            status,
+            counted,
+            now_ms,
+            endpoint.failing_rule(),
+        );
+        let failures = self.failures();
+        let Some(run) = self.run.as_deref().filter(|_| due && mode == Mode::Commit) else {
             return (failures, None);
-        }
-        let event = event::endpoint_failing(endpoint, run, clock::now_ms());
+        };
+        let event = event::endpoint_failing(endpoint, run, now_ms);
         if !commit_health(store, endpoint, Some(run), &event).await {
             return (failures, None);
         }
@@ -329,5 +411,82 @@ async fn commit_health(
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Schedule;
+
+    /// An endpoint down from `down.0` to `down.1` (seconds), polled on
+    /// `schedule` from 0 s with quick retries: the times `endpoint.failing`
+    /// would be sent and the requests made while it was down.
+    fn alerts(schedule: &Schedule, down: (f64, f64), rule: (u32, Duration)) -> (Vec<f64>, usize) {
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut health = Health {
+            run: None,
+            alerted: false,
+        };
+        let (mut alerts, mut requests, mut retries) = (Vec::new(), 0, 0);
+        let (mut at, mut due) = (0.0, 0.0);
+        while at < down.1 + 7200.0 {
+            let now = start + Duration::from_secs_f64(at);
+            // As the daemon: from the scheduled time (a cron's is absolute).
+            let since = start + Duration::from_secs_f64(due);
+            let regular = due + schedule.next_delay(since).as_secs_f64();
+            if !(down.0..down.1).contains(&at) {
+                health.run = None;
+                health.alerted = false;
+                (at, due) = (regular, regular);
+                continue;
+            }
+            requests += 1;
+            let retry = schedule.quick_retry(retries, None, now);
+            retries = if retry.is_some() { retries + 1 } else { 0 };
+            let now_ms = (at * 1000.0) as u64;
+            if health.note_failure("down".into(), Some(503), retry.is_none(), now_ms, rule) {
+                health.alerted = true;
+                alerts.push(at);
+            }
+            match retry {
+                Some(wait) => at += wait.as_secs_f64(),
+                None => (at, due) = (regular, regular),
+            }
+        }
+        (alerts, requests)
+    }
+
+    #[test]
+    fn an_hourly_endpoint_down_for_seconds_sends_no_alert() {
+        let hourly = Schedule::Cron(Box::new("@hourly".parse().unwrap()));
+        let rule = (3, hourly.interval(std::time::SystemTime::now()));
+        // Down 13 s from its poll at 0 s: the poll and 3 quick retries.
+        let (sent, requests) = alerts(&hourly, (0.0, 13.0), rule);
+        assert!(sent.is_empty(), "{sent:?}");
+        assert_eq!(requests, 4);
+        // Down for 3 hours: one alert, at the third failed scheduled poll.
+        let (sent, requests) = alerts(&hourly, (0.0, 3.0 * 3600.0 + 60.0), rule);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!((7200.0..7210.0).contains(&sent[0]), "{sent:?}");
+        assert_eq!(requests, 4 * 4);
+    }
+
+    #[test]
+    fn fail_for_holds_the_alert_until_the_endpoint_has_failed_that_long() {
+        let minute = Schedule::Every(Duration::from_secs(60));
+        let rule = (3, Duration::from_secs(600));
+        let (sent, _) = alerts(&minute, (0.0, 3600.0), rule);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!((600.0..660.0).contains(&sent[0]), "{sent:?}");
+        // Without `fail_for`, the third failed poll.
+        let (sent, _) = alerts(&minute, (0.0, 3600.0), (3, Duration::ZERO));
+        assert!((120.0..130.0).contains(&sent[0]), "{sent:?}");
+        // `fail_after = 0`: never.
+        assert!(
+            alerts(&minute, (0.0, 3600.0), (0, Duration::ZERO))
+                .0
+                .is_empty()
+        );
     }
 }

@@ -17,8 +17,11 @@ pub enum Schedule {
     Cron(Box<CronExpr>),
 }
 
-/// The first retry after a failed poll; it doubles per consecutive failure.
+/// The first quick retry after a failed poll; it doubles per retry.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Quick retries per scheduled poll: a blip (a restart, a dropped
+/// connection) is retried within seconds; an outage waits for the schedule.
+pub const QUICK_RETRIES: u32 = 3;
 /// The longest a server's `Retry-After` holds an endpoint back, unless its
 /// schedule waits longer anyway.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -40,6 +43,26 @@ impl Schedule {
         }
     }
 
+    /// The time between two regular polls: the interval, or for cron the
+    /// gap between its next two times.
+    pub fn interval(&self, now: SystemTime) -> Duration {
+        match self {
+            Schedule::Every(interval) => *interval,
+            Schedule::Cron(_) => {
+                let first = self.next_delay(now);
+                let second = now
+                    .checked_add(first)
+                    .map_or(Duration::MAX, |next| self.next_delay(next));
+                // From just after a tick, the next one is the gap itself.
+                if second == Duration::ZERO {
+                    first
+                } else {
+                    second
+                }
+            }
+        }
+    }
+
     /// The delay before the first poll after start-up. Interval schedules are
     /// spread uniformly over one interval so that thousands of endpoints do
     /// not fire in the same millisecond; cron schedules fire when they say.
@@ -50,33 +73,31 @@ impl Schedule {
         }
     }
 
-    /// The delay before retrying a poll that failed `consecutive_failures`
-    /// times in a row: exponential with ±20 % jitter, never later than the
-    /// next regular poll would be.
-    pub fn retry_delay(&self, consecutive_failures: u32, now: SystemTime) -> Duration {
-        let exponent = consecutive_failures.saturating_sub(1).min(20);
-        let backoff = with_jitter(FIRST_BACKOFF * 2u32.pow(exponent), 0.2);
-        backoff.min(self.next_delay(now))
-    }
-}
-
-impl Schedule {
-    /// The wait after a failed poll: the backoff, or longer when the server
-    /// said when to come back (`Retry-After` on 429 and 503), but at most the
-    /// longer of the schedule's next wait and an hour: a server can slow a
-    /// watch down, never stop it.
-    pub fn failed_delay(
+    /// The wait before quick retry number `retries + 1` of a failed
+    /// scheduled poll (1 s, 2 s, 4 s, ±20 %, or longer if the server's
+    /// `Retry-After` says so), or `None` when it gets no more: after
+    /// [`QUICK_RETRIES`], or when the retry would come in the later half of
+    /// the wait for the next regular poll anyway.
+    pub fn quick_retry(
         &self,
-        consecutive_failures: u32,
+        retries: u32,
         retry_after: Option<Duration>,
         now: SystemTime,
-    ) -> Duration {
-        let backoff = self.retry_delay(consecutive_failures, now);
-        let Some(asked) = retry_after else {
-            return backoff;
-        };
-        let longest = self.next_delay(now).max(LONGEST_RETRY_AFTER);
-        backoff.max(asked.min(longest))
+    ) -> Option<Duration> {
+        if retries >= QUICK_RETRIES {
+            return None;
+        }
+        let backoff = with_jitter(FIRST_BACKOFF * 2u32.pow(retries), 0.2);
+        let wait = retry_after.map_or(backoff, |asked| asked.max(backoff));
+        (wait < self.next_delay(now) / 2).then_some(wait)
+    }
+
+    /// How long a server's `Retry-After` (on 429 and 503) may hold the
+    /// next poll back: what it asks, but at most the longer of the
+    /// schedule's next wait and an hour: a server can slow a watch down,
+    /// never stop it.
+    pub fn held_back(&self, asked: Duration, now: SystemTime) -> Duration {
+        asked.min(self.next_delay(now).max(LONGEST_RETRY_AFTER))
     }
 }
 
@@ -351,43 +372,66 @@ mod tests {
     }
 
     #[test]
-    fn failed_polls_back_off_up_to_the_interval() {
-        let schedule = Schedule::Every(Duration::from_secs(60));
+    fn a_failed_poll_gets_a_few_quick_retries_that_keep_clear_of_the_schedule() {
         let now = SystemTime::now();
-        let first = schedule.retry_delay(1, now);
-        assert!(
-            first >= Duration::from_millis(800) && first <= Duration::from_millis(1200),
-            "{first:?}"
+        let hourly = Schedule::Cron(Box::new("@hourly".parse().unwrap()));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap();
+        let waits: Vec<Duration> = (0..)
+            .map_while(|retries| hourly.quick_retry(retries, None, at.into()))
+            .collect();
+        assert_eq!(waits.len(), QUICK_RETRIES as usize, "{waits:?}");
+        for (wait, seconds) in waits.iter().zip([1.0, 2.0, 4.0]) {
+            let ratio = wait.as_secs_f64() / seconds;
+            assert!((0.8..=1.2).contains(&ratio), "{waits:?}");
+        }
+        // Every 5 s: one retry at ~1 s fits before 2.5 s, the ~2 s one may
+        // not, the ~4 s one never does.
+        let five = Schedule::Every(Duration::from_secs(5));
+        assert!(five.quick_retry(0, None, now).is_some());
+        assert_eq!(five.quick_retry(2, None, now), None);
+        // A server's `Retry-After` stretches a retry, or leaves it to the schedule.
+        let minute = Schedule::Every(Duration::from_secs(60));
+        let asked = Duration::from_secs(10);
+        assert_eq!(minute.quick_retry(0, Some(asked), now), Some(asked));
+        assert_eq!(minute.quick_retry(0, Some(asked * 3), now), None);
+        // Every 100 ms: the schedule itself retries sooner.
+        assert_eq!(
+            Schedule::Every(Duration::from_millis(100)).quick_retry(0, None, now),
+            None
         );
-        let fourth = schedule.retry_delay(4, now);
-        assert!(
-            fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600),
-            "{fourth:?}"
-        );
-        assert_eq!(schedule.retry_delay(30, now), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_interval_of_a_cron_schedule_is_the_gap_between_its_times() {
+        let at: SystemTime = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:02:30Z")
+            .unwrap()
+            .into();
+        let every_five = Schedule::Cron(Box::new("*/5 * * * *".parse().unwrap()));
+        assert_eq!(every_five.interval(at), Duration::from_secs(300));
+        let hourly = Schedule::Cron(Box::new("@hourly".parse().unwrap()));
+        assert_eq!(hourly.interval(at), Duration::from_secs(3600));
+        let minute = Schedule::Every(Duration::from_secs(60));
+        assert_eq!(minute.interval(at), Duration::from_secs(60));
     }
 
     #[test]
     fn retry_after_is_honoured_up_to_an_hour_or_the_interval() {
         let now = SystemTime::now();
         let minute = Schedule::Every(Duration::from_secs(60));
-        // After 30 failures the backoff is the interval; after 1, a second.
-        let check = |schedule: &Schedule, failures, asked: Option<u64>, expected: u64| {
-            let delay = schedule.failed_delay(failures, asked.map(Duration::from_secs), now);
+        let check = |schedule: &Schedule, asked: u64, expected: u64| {
+            let delay = schedule.held_back(Duration::from_secs(asked), now);
             assert_eq!(
                 delay,
                 Duration::from_secs(expected),
-                "{schedule} asked {asked:?}"
+                "{schedule} asked {asked}"
             );
         };
-        check(&minute, 30, None, 60);
-        check(&minute, 30, Some(10), 60);
-        check(&minute, 1, Some(5), 5);
-        check(&minute, 1, Some(120), 120);
-        check(&minute, 1, Some(u64::MAX), 3600);
+        check(&minute, 10, 10);
+        check(&minute, 120, 120);
+        check(&minute, u64::MAX, 3600);
         let daily = Schedule::Every(Duration::from_secs(86_400));
-        check(&daily, 1, Some(7200), 7200);
-        check(&daily, 1, Some(u64::MAX), 86_400);
+        check(&daily, 7200, 7200);
+        check(&daily, u64::MAX, 86_400);
     }
 
     #[test]

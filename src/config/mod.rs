@@ -33,7 +33,7 @@ pub use crate::schedule::CronExpr;
 use crate::schedule::Schedule;
 pub use diff::{Changes, ConfigDiff};
 pub use values::{
-    ByteSize, EnvString, HttpUrl, HumanDuration, WebhookSecret, expand_env, redact_url,
+    ByteSize, EnvString, HttpUrl, HumanDuration, SpanOfTime, WebhookSecret, expand_env, redact_url,
     redact_written_url,
 };
 
@@ -152,6 +152,7 @@ struct DefaultsConfig {
     keep_history: Option<Spanned<usize>>,
     emit_initial: Option<bool>,
     fail_after: Option<Spanned<u32>>,
+    fail_for: Option<SpanOfTime>,
     follow_redirects: Option<FollowRedirects>,
 }
 
@@ -185,6 +186,7 @@ struct EndpointConfig {
     replace: Option<Spanned<Vec<(Pattern, String)>>>,
     when: Option<Jq>,
     fail_after: Option<Spanned<u32>>,
+    fail_for: Option<SpanOfTime>,
     follow_redirects: Option<FollowRedirects>,
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
@@ -402,8 +404,12 @@ pub struct Endpoint {
     pub on: Cow<'static, [ItemEvent]>,
     /// Item mode: one `items.changed` event per poll instead of one per item.
     pub batch: bool,
-    /// Consecutive failed polls before `endpoint.failing` is sent; 0: never.
+    /// Failed scheduled polls in a row before `endpoint.failing` is sent;
+    /// 0: never.
     pub fail_after: u32,
+    /// And how long the endpoint must have been failing; `None`: one
+    /// interval of its schedule.
+    pub fail_for: Option<Duration>,
     pub follow_redirects: FollowRedirects,
     /// The targets that receive this endpoint's events.
     pub targets: Arc<[Subscription]>,
@@ -423,6 +429,14 @@ impl Endpoint {
     /// How the body becomes the document that is compared.
     pub fn rules(&self) -> &Rules {
         self.rules.as_deref().unwrap_or(&NO_RULES)
+    }
+
+    /// When `endpoint.failing` is due: (`fail_after`, `fail_for`).
+    pub fn failing_rule(&self) -> (u32, Duration) {
+        let fail_for = self
+            .fail_for
+            .unwrap_or_else(|| self.schedule.interval(crate::clock::now()));
+        (self.fail_after, fail_for)
     }
 
     /// How many of its targets take events of type `kind`.
@@ -1215,6 +1229,7 @@ impl<'s> Compiler<'s> {
                 on,
                 batch: raw.batch.is_some_and(|batch| batch.into_inner()),
                 fail_after,
+                fail_for: raw.fail_for.or(defaults.fail_for).map(|d| d.0),
                 follow_redirects: raw
                     .follow_redirects
                     .or(defaults.follow_redirects)

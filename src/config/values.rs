@@ -34,7 +34,14 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(HumanDuration, HttpUrl, ByteSize, EnvString, WebhookSecret);
+deserialize_from_str!(
+    HumanDuration,
+    SpanOfTime,
+    HttpUrl,
+    ByteSize,
+    EnvString,
+    WebhookSecret
+);
 
 /// The longest duration a config may hold.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -64,6 +71,24 @@ impl FromStr for HumanDuration {
             ));
         }
         Ok(HumanDuration(duration))
+    }
+}
+
+/// A [`HumanDuration`] that may be zero (`"0s"`): a length of time that
+/// can be none, such as `fail_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanOfTime(pub Duration);
+
+impl FromStr for SpanOfTime {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match humantime::parse_duration(text.trim()) {
+            Ok(duration) if duration.is_zero() => Ok(SpanOfTime(duration)),
+            _ => text
+                .parse()
+                .map(|HumanDuration(duration)| SpanOfTime(duration)),
+        }
     }
 }
 

@@ -620,7 +620,9 @@ async fn once_polls_and_delivers_as_the_daemon_does() {
             )
         })
         .collect();
-    let failing = "[[endpoint]]\nname = \"down\"\nurl = \"http://127.0.0.1:1/\"\nfail_after = 1\n";
+    // Polled every second, it gets no quick retries; `fail_for = "0s"`:
+    // alerted at its first failed poll.
+    let failing = "[[endpoint]]\nname = \"down\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1s\"\nfail_after = 1\nfail_for = \"0s\"\n";
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
