@@ -152,6 +152,7 @@ fn outbox(criterion: &mut Criterion) {
                     etag: None,
                     last_modified: None,
                     changed_at_ms: 0,
+                    notified: version,
                 };
                 runtime.block_on(async {
                     store
@@ -161,6 +162,7 @@ fn outbox(criterion: &mut Criterion) {
                             document: &document,
                             keep_history: 10,
                             deliveries: vec![("sink", row(version, 0))],
+                            seen: None,
                         })
                         .await
                         .expect("commit")

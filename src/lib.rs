@@ -48,6 +48,7 @@ pub mod poll;
 pub mod poller;
 pub mod schedule;
 pub mod scheduler;
+pub mod seen;
 pub mod status;
 pub mod store;
 pub mod views;

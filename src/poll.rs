@@ -7,11 +7,12 @@
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::config::{Endpoint, Subscription};
+use crate::config::{Endpoint, Subscription, WhenPrevious};
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError, Kind};
 use crate::fetch::{self, FetchError, Fetched, Validators};
+use crate::seen::{self, SeenKeys, SeenLimit};
 use crate::store::{Commit, OutboxRow, Snapshot, Store, StoreError, Stored};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub enum Observation {
         snapshot: Snapshot,
         document: Document,
         events: Vec<Event>,
+        /// Item mode: the seen keys to store with it (boxed: most
+        /// observations have none).
+        seen: Option<Box<SeenKeys>>,
     },
 }
 
@@ -100,34 +104,44 @@ pub async fn observe(
         };
     let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
     let now_ms = clock::now_ms();
-    let new_snapshot = |version: u64| Snapshot {
+    let new_snapshot = |version: u64, notified: u64| Snapshot {
         version,
         hash: document.hash,
         definition: endpoint.definition,
         etag: validators.etag.clone(),
         last_modified: validators.last_modified.clone(),
         changed_at_ms: now_ms,
+        notified,
+    };
+    // Item mode remembers keys (see `seen`).
+    let seen_limit = endpoint.seen.filter(|_| document.kind == Kind::Items);
+    let fresh_seen = |document: &Document| {
+        seen_limit.map(|limit| {
+            let mut seen = Box::<SeenKeys>::default();
+            remember(&mut seen, [document], limit, now_ms);
+            seen
+        })
     };
 
     let Some(previous) = previous else {
         let events = match endpoint.emit_initial {
-            true => events(endpoint, None, &document, None, 1, now_ms)?,
+            true => events(endpoint, None, &document, None, 1, now_ms, None)?,
             false => Vec::new(),
         };
-        let snapshot = new_snapshot(1);
         return Ok(Observation::New {
             reason: NewReason::Baseline,
-            snapshot,
+            snapshot: new_snapshot(1, 1),
+            seen: fresh_seen(&document),
             document,
             events,
         });
     };
     let version = previous.version + 1;
     if previous.definition != endpoint.definition {
-        let snapshot = new_snapshot(version);
         return Ok(Observation::New {
             reason: NewReason::Rebaseline,
-            snapshot,
+            snapshot: new_snapshot(version, version),
+            seen: fresh_seen(&document),
             document,
             events: Vec::new(),
         });
@@ -142,35 +156,88 @@ pub async fn observe(
         });
         return Ok(Observation::Unchanged { refreshed });
     }
-    let previous_document = match store.read_document(&endpoint.name, previous.version)? {
-        Stored::Kept(document) => document,
-        // A file lost to a power cut: the change is reported by hash.
-        Stored::Missing => Document::with_hash(Kind::Bytes, previous.hash, Vec::new()),
-        // Logged by the store, once: from now on the new document is compared.
-        Stored::Damaged { .. } => {
-            return Ok(Observation::New {
-                reason: NewReason::Repaired,
-                snapshot: new_snapshot(version),
-                document,
-                events: Vec::new(),
-            });
+    // What `when` and the events compare with: the last poll's version, or
+    // the last one an event was sent for (when its file is still good).
+    let mut base = match endpoint.when_previous {
+        WhenPrevious::Notified if previous.notified != previous.version => {
+            match store.read_document(&endpoint.name, previous.notified)? {
+                Stored::Kept(document) => Some((previous.notified, document)),
+                Stored::Missing | Stored::Damaged { .. } => None,
+            }
         }
+        _ => None,
     };
+    if base.is_none() {
+        let document = match store.read_document(&endpoint.name, previous.version)? {
+            Stored::Kept(document) => document,
+            // A file lost to a power cut: the change is reported by hash.
+            Stored::Missing => Document::with_hash(Kind::Bytes, previous.hash, Vec::new()),
+            // Logged by the store, once: from now on the new document is compared.
+            Stored::Damaged { .. } => {
+                let mut seen = seen_limit
+                    .map(|_| store.seen(&endpoint.name).map(Box::new))
+                    .transpose()?;
+                if let (Some(seen), Some(limit)) = (&mut seen, seen_limit) {
+                    remember(seen, [&document], limit, now_ms);
+                }
+                return Ok(Observation::New {
+                    reason: NewReason::Repaired,
+                    snapshot: new_snapshot(version, version),
+                    seen,
+                    document,
+                    events: Vec::new(),
+                });
+            }
+        };
+        base = Some((previous.version, document));
+    }
+    let (base_version, base_document) = base.expect("set above");
+    let mut seen = seen_limit
+        .map(|_| store.seen(&endpoint.name).map(Box::new))
+        .transpose()?;
     let events = events(
         endpoint,
-        Some(&previous_document),
+        Some(&base_document),
         &document,
-        Some(previous.version),
+        Some(base_version),
         version,
         now_ms,
+        seen.as_deref(),
     )?;
-    let snapshot = new_snapshot(version);
+    if let (Some(seen), Some(limit)) = (&mut seen, seen_limit) {
+        // The base's keys too: those gone now were there until now.
+        remember(seen, [&base_document, &document], limit, now_ms);
+    }
+    let notified = match (endpoint.when_previous, events.is_empty()) {
+        (WhenPrevious::Notified, true) => base_version,
+        _ => version,
+    };
     Ok(Observation::New {
         reason: NewReason::Changed,
-        snapshot,
+        snapshot: new_snapshot(version, notified),
+        seen,
         document,
         events,
     })
+}
+
+/// Marks the item keys of `documents` as seen at `now_ms`, within `limit`.
+fn remember<'d>(
+    seen: &mut SeenKeys,
+    documents: impl IntoIterator<Item = &'d Document>,
+    limit: SeenLimit,
+    now_ms: u64,
+) {
+    for document in documents {
+        let Some(Value::Array(entries)) = document.json() else {
+            continue;
+        };
+        let keys = entries
+            .iter()
+            .map(|entry| seen::key_hash(entry.get("key").unwrap_or(&Value::Null)));
+        seen.record(keys, now_ms);
+    }
+    seen.trim(limit, now_ms);
 }
 
 /// The events to send for the change from `previous` to `current`: the
@@ -182,10 +249,17 @@ fn events(
     previous_version: Option<u64>,
     version: u64,
     now_ms: u64,
+    seen: Option<&SeenKeys>,
 ) -> Result<Vec<Event>, ExtractError> {
-    let Some(change) = diff(previous, current) else {
+    let Some(mut change) = diff(previous, current) else {
         return Ok(Vec::new());
     };
+    // An item seen before is not new, whatever the last document said.
+    if let (Change::Items(items), Some(seen)) = (&mut change, seen) {
+        items
+            .added
+            .retain(|(key, _)| !seen.contains(seen::key_hash(key)));
+    }
     let change = match &endpoint.when {
         None => Some(change),
         Some(when) => {
@@ -257,6 +331,7 @@ pub async fn apply(
             snapshot,
             document,
             events,
+            seen,
             ..
         } => {
             let deliveries = outbox_rows(endpoint, events);
@@ -268,6 +343,7 @@ pub async fn apply(
                     document,
                     keep_history: endpoint.keep_history,
                     deliveries,
+                    seen: seen.as_deref(),
                 })
                 .await?;
             Ok(queued)

@@ -377,6 +377,7 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
                 snapshot,
                 events,
                 document,
+                ..
             }) => {
                 errln!(
                     "{}: {reason:?}, version {}, {} event(s)",

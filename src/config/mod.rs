@@ -31,6 +31,7 @@ use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
 pub use crate::schedule::CronExpr;
 use crate::schedule::Schedule;
+use crate::seen::{self, SeenLimit};
 pub use diff::{Changes, ConfigDiff};
 pub use values::{
     ByteSize, EnvString, HttpUrl, HumanDuration, SpanOfTime, WebhookSecret, expand_env, redact_url,
@@ -154,6 +155,7 @@ struct DefaultsConfig {
     fail_after: Option<Spanned<u32>>,
     fail_for: Option<SpanOfTime>,
     follow_redirects: Option<FollowRedirects>,
+    seen: Option<Spanned<SeenConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,12 +187,62 @@ struct EndpointConfig {
     keep_lines: Option<Spanned<Pattern>>,
     replace: Option<Spanned<Vec<(Pattern, String)>>>,
     when: Option<Jq>,
+    when_previous: Option<Spanned<WhenPrevious>>,
+    seen: Option<Spanned<SeenConfig>>,
     fail_after: Option<Spanned<u32>>,
     fail_for: Option<SpanOfTime>,
     follow_redirects: Option<FollowRedirects>,
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
     keep_history: Option<Spanned<usize>>,
+}
+
+/// `seen`: how many item keys (`10000`, `0` for none) or for how long
+/// (`"90d"`) an item-mode endpoint remembers.
+#[derive(Debug, Clone, Copy)]
+enum SeenConfig {
+    Keys(i64),
+    Within(HumanDuration),
+}
+
+impl<'de> Deserialize<'de> for SeenConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SeenConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of keys (`10000`; `0`: none) or a duration (`\"90d\"`)")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, keys: i64) -> Result<SeenConfig, E> {
+                Ok(SeenConfig::Keys(keys))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SeenConfig, E> {
+                text.parse()
+                    .map(SeenConfig::Within)
+                    .map_err(|error: String| {
+                        E::custom(format!(
+                            "{error}; `seen` is a number of keys or a duration such as `\"90d\"`"
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// What `previous` is to `when`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenPrevious {
+    /// The version of the last poll: for transitions (`up` → `down`).
+    #[default]
+    Polled,
+    /// The last version an event was sent for: for thresholds since the
+    /// last alert (a price 3 % below the one last reported).
+    Notified,
 }
 
 /// Which item events an item-mode endpoint sends (`on = ["added"]`).
@@ -400,6 +452,11 @@ pub struct Endpoint {
     /// A jq condition over `{previous, current}` that a change must meet to
     /// be sent; in item mode it is asked per item.
     pub when: Option<Jq>,
+    /// Which version `previous` is, to `when` and in the events.
+    pub when_previous: WhenPrevious,
+    /// Item mode: the keys remembered so that `item.added` is sent once
+    /// per item ever; `None` (`seen = 0`): only the last document counts.
+    pub seen: Option<SeenLimit>,
     /// Item mode: which item events are sent.
     pub on: Cow<'static, [ItemEvent]>,
     /// Item mode: one `items.changed` event per poll instead of one per item.
@@ -1183,6 +1240,19 @@ impl<'s> Compiler<'s> {
             let fail_after = self
                 .in_range(fail_after, "fail_after", 0..=MAX_FAIL_AFTER, &context)
                 .unwrap_or(DEFAULT_FAIL_AFTER);
+            let seen = self.compile_seen(&raw, defaults, &context);
+            let when_previous = match raw.when_previous.take() {
+                Some(when_previous) if raw.when.is_none() && !broken.contains("when") => {
+                    self.problem(
+                        when_previous.span().start,
+                        context.clone(),
+                        "`when_previous` says what `when` compares with: set `when` too",
+                    );
+                    WhenPrevious::default()
+                }
+                Some(when_previous) => when_previous.into_inner(),
+                None => WhenPrevious::default(),
+            };
             let rules = self.compile_rules(&mut raw, &broken, &context);
             let headers = self.compile_headers(std::mem::take(&mut raw.headers), &context);
             let on: Cow<'static, [ItemEvent]> = match raw.on {
@@ -1226,6 +1296,8 @@ impl<'s> Compiler<'s> {
                     .map_or(DEFAULT_MAX_BODY, |size| size.0),
                 rules: (!rules.is_none()).then(|| Box::new(rules)),
                 when: raw.when,
+                when_previous,
+                seen,
                 on,
                 batch: raw.batch.is_some_and(|batch| batch.into_inner()),
                 fail_after,
@@ -1317,6 +1389,7 @@ impl<'s> Compiler<'s> {
         if raw.items.is_none() && !broken.contains("items") {
             let item_only = [
                 ("key", raw.key.as_ref().map(|v| v.span())),
+                ("seen", raw.seen.as_ref().map(|v| v.span())),
                 ("on", raw.on.as_ref().map(|v| v.span())),
                 ("batch", raw.batch.as_ref().map(|v| v.span())),
             ];
@@ -1413,6 +1486,28 @@ impl<'s> Compiler<'s> {
         };
         self.problem(value.span().start, context.clone(), message);
         None
+    }
+
+    /// `seen`, the endpoint's or the defaults': a count of keys or an age.
+    fn compile_seen(
+        &mut self,
+        raw: &EndpointConfig,
+        defaults: &DefaultsConfig,
+        context: &Option<String>,
+    ) -> Option<SeenLimit> {
+        let Some(seen) = raw.seen.as_ref().or(defaults.seen.as_ref()) else {
+            return Some(seen::DEFAULT);
+        };
+        match *seen.get_ref() {
+            SeenConfig::Keys(0) => None,
+            SeenConfig::Keys(keys) => {
+                let keys = Spanned::new(seen.span(), keys);
+                self.in_range(Some(&keys), "seen", 0..=seen::MOST_KEYS as i64, context)
+                    .map(|keys| SeenLimit::Keys(keys as usize))
+                    .or(Some(seen::DEFAULT))
+            }
+            SeenConfig::Within(age) => Some(SeenLimit::Within(age.0)),
+        }
     }
 
     /// A table's `url`, reported when it is missing (but not when it was

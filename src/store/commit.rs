@@ -21,6 +21,12 @@ impl Store {
     ) -> Result<Vec<OutboxKey>, StoreError> {
         let snapshot = encode_snapshot(commit.snapshot);
         let version = commit.snapshot.version;
+        // The version notified before, if this commit moves on from it.
+        let released = self
+            .snapshot(commit.endpoint)?
+            .map(|previous| previous.notified)
+            .filter(|notified| *notified != commit.snapshot.notified);
+        let seen = commit.seen.map(crate::seen::SeenKeys::encode);
         // Before the snapshot refers to it. A crash before the snapshot is
         // written leaves a file that the version's next commit overwrites.
         let file = self.write_document(
@@ -34,8 +40,19 @@ impl Store {
             // there is nothing to make atomic, and a plain write shares
             // sled's log buffers where each transaction seals one of its own
             // (the first pass over 10,000 endpoints took 2.5 times as long).
-            self.trees()?.snapshots.insert(commit.endpoint, snapshot)?;
-            self.trim_history(commit.endpoint, version, commit.keep_history);
+            let trees = self.trees()?;
+            // Before the snapshot: a key seen early only keeps back an
+            // `item.added` that had no rows to send anyway.
+            if let Some(seen) = seen {
+                trees.seen.insert(commit.endpoint, seen)?;
+            }
+            trees.snapshots.insert(commit.endpoint, snapshot)?;
+            self.trim_history(
+                commit.endpoint,
+                commit.snapshot,
+                released,
+                commit.keep_history,
+            );
             return Ok(Vec::new());
         }
         let rows = encode_rows(&commit.deliveries);
@@ -55,9 +72,12 @@ impl Store {
             keys: std::sync::Mutex::new(Vec::new()),
         };
         let trees = self.trees()?;
-        let result = (&trees.snapshots, &trees.outbox, &trees.due)
-            .transaction(|(snapshots, outbox, due)| {
+        let result = (&trees.snapshots, &trees.outbox, &trees.due, &trees.seen)
+            .transaction(|(snapshots, outbox, due, seen_keys)| {
                 snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
+                if let Some(seen) = &seen {
+                    seen_keys.insert(commit.endpoint.as_bytes(), seen.as_slice())?;
+                }
                 self.insert_rows(outbox, due, &rows, &generated)
             })
             .map_err(transaction_error);
@@ -65,7 +85,12 @@ impl Store {
         // Not held over the flush: a reopening waits for every handle.
         drop(trees);
         let keys = self.flushed(result, generated, generation).await?;
-        self.trim_history(commit.endpoint, version, commit.keep_history);
+        self.trim_history(
+            commit.endpoint,
+            commit.snapshot,
+            released,
+            commit.keep_history,
+        );
         Ok(keys)
     }
 

@@ -15,6 +15,17 @@ impl Store {
         })
     }
 
+    /// An item-mode endpoint's seen keys; none yet for one never committed.
+    pub fn seen(&self, endpoint: &str) -> Result<crate::seen::SeenKeys, StoreError> {
+        self.watched(|trees| {
+            Ok(trees
+                .seen
+                .get(endpoint)?
+                .map(|bytes| crate::seen::SeenKeys::decode(&bytes))
+                .unwrap_or_default())
+        })
+    }
+
     /// The stored document of one version of an endpoint, or `None` for a
     /// version not kept, a file lost to a power cut between writing it and
     /// its snapshot, and a damaged file (logged): see [`Store::read_document`].
@@ -204,18 +215,38 @@ impl Store {
     /// Removes the document files older than the newest `keep`: usually
     /// the one version that just fell out, more after `keep_history` was
     /// lowered. A file that cannot be removed is logged and left.
-    pub(super) fn trim_history(&self, endpoint: &str, newest: u64, keep: usize) {
-        let oldest_kept = newest.saturating_sub(keep.max(1) as u64) + 1;
-        for version in (1..oldest_kept).rev() {
+    pub(super) fn trim_history(
+        &self,
+        endpoint: &str,
+        snapshot: &Snapshot,
+        released: Option<u64>,
+        keep: usize,
+    ) {
+        let oldest_kept = snapshot.version.saturating_sub(keep.max(1) as u64) + 1;
+        let remove = |version: u64| {
             let path = self.document_path(endpoint, version);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
+            let result = std::fs::remove_file(&path);
+            if let Err(error) = &result
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %path.display(), error = %error, "cannot remove an old document");
+            }
+            result
+        };
+        for version in (1..oldest_kept).rev() {
+            // Kept while `when_previous = "notified"` compares with it.
+            if version == snapshot.notified {
+                continue;
+            }
+            match remove(version) {
                 // The versions before it went at earlier commits.
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
-                Err(error) => {
-                    tracing::warn!(file = %path.display(), error = %error, "cannot remove an old document");
-                }
+                _ => {}
             }
+        }
+        // The version notified before, kept past the others until now.
+        if let Some(released) = released.filter(|v| *v < oldest_kept && *v != snapshot.notified) {
+            let _ = remove(released);
         }
     }
 

@@ -98,7 +98,6 @@ impl Store {
                 let (key, value) = entry?;
                 let Ok(json) = serde_json::from_slice::<JsonSnapshot>(&value) else {
                     // Converted by a run that stopped before storing the schema.
-                    decode_snapshot(&value)?;
                     continue;
                 };
                 let snapshot = Snapshot {
@@ -108,6 +107,46 @@ impl Store {
                     etag: json.etag,
                     last_modified: json.last_modified,
                     changed_at_ms: json.changed_at_ms,
+                    notified: json.version,
+                };
+                batch.insert(key, encode_snapshot(&snapshot));
+            }
+            trees.snapshots.apply_batch(batch)?;
+            Ok(())
+        })
+    }
+
+    /// Schema 6 → 7: each snapshot gains `notified`, its own version (the
+    /// meaning every endpoint had). A snapshot that has it already (a run
+    /// that stopped before storing the schema) reads the same: postcard
+    /// leaves trailing bytes unread.
+    pub(super) fn snapshots_gain_notified(&self) -> Result<(), StoreError> {
+        self.watched(|trees| {
+            #[derive(Deserialize)]
+            struct SnapshotV6 {
+                version: u64,
+                hash: [u8; 32],
+                definition: [u8; 32],
+                etag: Option<String>,
+                last_modified: Option<String>,
+                changed_at_ms: u64,
+            }
+            let mut batch = sled::Batch::default();
+            for entry in trees.snapshots.iter() {
+                let (key, value) = entry?;
+                let old: SnapshotV6 =
+                    postcard::from_bytes(&value).map_err(|error| StoreError::Corrupt {
+                        what: "snapshot",
+                        detail: error.to_string(),
+                    })?;
+                let snapshot = Snapshot {
+                    version: old.version,
+                    hash: old.hash,
+                    definition: old.definition,
+                    etag: old.etag,
+                    last_modified: old.last_modified,
+                    changed_at_ms: old.changed_at_ms,
+                    notified: old.version,
                 };
                 batch.insert(key, encode_snapshot(&snapshot));
             }

@@ -71,7 +71,7 @@ use outbox::*;
 /// 3: documents in files that describe themselves; 4: snapshots in postcard
 /// instead of JSON; 5: the `due` index of the outbox; 6: document files in
 /// 256 directories.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// sled's default page cache is 1 GiB; snapshots are read once per poll, so
 /// a small cache is plenty (sled's memory is several times this anyway).
@@ -141,6 +141,10 @@ pub struct Snapshot {
     pub etag: Option<String>,
     pub last_modified: Option<String>,
     pub changed_at_ms: u64,
+    /// The last version an event was sent for (or the baseline): what
+    /// `when_previous = "notified"` compares with. Its document is kept
+    /// past `keep_history` while it is.
+    pub notified: u64,
 }
 
 /// One webhook waiting to be delivered to one target. The default fields
@@ -250,6 +254,8 @@ pub struct Commit<'a> {
     pub keep_history: usize,
     /// One row per target; empty when nothing is to be sent (a baseline).
     pub deliveries: Vec<(&'a str, OutboxRow)>,
+    /// Item mode: the seen keys, stored with the snapshot.
+    pub seen: Option<&'a crate::seen::SeenKeys>,
 }
 
 pub struct Store {
@@ -302,6 +308,8 @@ struct Trees {
     paused: sled::Tree,
     /// Endpoints whose `endpoint.failing` was sent, until they recover.
     health: sled::Tree,
+    /// Item mode: each endpoint's seen keys ([`crate::seen::SeenKeys`]).
+    seen: sled::Tree,
 }
 
 impl Trees {
@@ -349,6 +357,7 @@ impl Trees {
             attempts: db.open_tree("attempts")?,
             paused: db.open_tree("paused")?,
             health: db.open_tree("health")?,
+            seen: db.open_tree("seen")?,
             db,
         })
     }
@@ -445,6 +454,9 @@ impl Store {
         }
         if (1..6).contains(&found) {
             store.documents_into_shards()?;
+        }
+        if (1..7).contains(&found) {
+            store.snapshots_gain_notified()?;
         }
         let trees = store.trees()?;
         if found < SCHEMA_VERSION {

@@ -217,6 +217,7 @@ fn snapshot(version: u64, document: &Document) -> Snapshot {
         etag: None,
         last_modified: None,
         changed_at_ms: 1000 + version,
+        notified: version,
     }
 }
 
@@ -241,6 +242,7 @@ async fn commit(store: &Store, version: u64, document: &Document, keep_history: 
         document,
         keep_history,
         deliveries: Vec::new(),
+        seen: None,
     };
     store.commit(&commit).await.unwrap();
 }
@@ -389,6 +391,7 @@ fn many_changes_committed_at_once_all_become_durable() {
                         document: &document,
                         keep_history: 2,
                         deliveries: vec![("sink", row)],
+                        seen: None,
                     };
                     store.commit(&commit).await.unwrap().len()
                 });
@@ -635,4 +638,49 @@ async fn a_schema_5_store_moves_its_document_files_into_shards() {
     assert!(flat.iter().all(|path| !path.exists()));
     assert_eq!(store.history("api.v1").unwrap().len(), 2);
     assert_eq!(store.document("api.v1", 1).unwrap(), Some(document));
+}
+
+#[tokio::test]
+async fn a_schema_6_store_gives_each_snapshot_its_own_version_as_notified() {
+    #[derive(serde::Serialize)]
+    struct SnapshotV6<'a> {
+        version: u64,
+        hash: [u8; 32],
+        definition: [u8; 32],
+        etag: Option<&'a str>,
+        last_modified: Option<&'a str>,
+        changed_at_ms: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let mut snapshot = snapshot(4, &json(r#"{"v":4}"#));
+        snapshot.etag = Some("\"e\"".into());
+        snapshot
+    };
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        set_schema(&db, 6);
+        let old = SnapshotV6 {
+            version: 4,
+            hash: expected.hash,
+            definition: expected.definition,
+            etag: Some("\"e\""),
+            last_modified: None,
+            changed_at_ms: expected.changed_at_ms,
+        };
+        db.open_tree("snapshots")
+            .unwrap()
+            .insert("a", postcard::to_allocvec(&old).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+        write_pid(dir.path());
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(schema(&store), SCHEMA_VERSION);
+    assert_eq!(store.snapshot("a").unwrap(), Some(expected.clone()));
+    // Run again over what it converted (a crash before the schema number).
+    set_schema(&store.trees().unwrap().db, 6);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.snapshot("a").unwrap(), Some(expected));
 }

@@ -380,6 +380,10 @@ async fn filter_and_pattern_mistakes_are_config_errors() {
                 "bad-item-rules.toml:13:7: endpoint `status`: `key` is for item mode: set `items` too",
                 "bad-item-rules.toml:14:10: endpoint `status`: `select` works on JSON, but `format = \"text\"`",
                 "bad-item-rules.toml:20:9: endpoint `page`: invalid regular expression `(unclosed`: unclosed group",
+                "bad-item-rules.toml:26:8: endpoint `prices`: `seen` is for item mode: set `items` too",
+                "bad-item-rules.toml:27:17: endpoint `prices`: `when_previous` says what `when` compares with: set `when` too",
+                "bad-item-rules.toml:34:8: endpoint `feed`: `seen` must be at most 1000000",
+                "bad-item-rules.toml:41:8: endpoint `feed2`: invalid duration `soon`",
             ],
         ),
     ];
@@ -394,4 +398,165 @@ async fn filter_and_pattern_mistakes_are_config_errors() {
             );
         }
     }
+}
+
+/// The keys of the `item.added` events received, in order.
+fn added_keys(receiver: &Receiver) -> Vec<Value> {
+    receiver
+        .accepted()
+        .iter()
+        .map(|hook| hook.json())
+        .filter(|body| body["type"] == "item.added")
+        .map(|body| body["data"]["key"].clone())
+        .collect()
+}
+
+/// "Notify me of a NEW release" over a window of the three newest: a
+/// deleted release, an empty answer and a restart bring old ones back into
+/// the window, and none is announced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_is_added_once_ever_even_when_it_comes_back_into_the_window() {
+    let state = tempfile::tempdir().unwrap();
+    let window = |ids: &[u32]| {
+        items(json!(
+            ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()
+        ))
+    };
+    let api = Api::start(window(&[3, 2, 1])).await;
+    let receiver = Receiver::start().await;
+    let extra = "items = \".data[]\"\nkey = \".id\"\non = [\"added\"]";
+    let config = || simple_config(state.path(), &api, &receiver, extra);
+    let daemon = Daemon::start(config());
+    api.wait_for_requests(2).await;
+    let step = |ids: &'static [u32]| {
+        let api = api.clone();
+        async move {
+            api.set(window(ids));
+            api.wait_for_requests(3).await;
+        }
+    };
+    step(&[4, 3, 2]).await;
+    eventually("4 is announced", || added_keys(&receiver).len() == 1).await;
+    // 4 deleted: 1 is back in the window.
+    step(&[3, 2, 1]).await;
+    // A short, then an empty answer, then the full window again.
+    step(&[3]).await;
+    step(&[]).await;
+    step(&[3, 2, 1]).await;
+    daemon.stop().await;
+    // After a restart the seen keys are still there.
+    let daemon = Daemon::start(config());
+    api.wait_for_requests(2).await;
+    step(&[2, 1]).await;
+    step(&[5, 3, 2]).await;
+    eventually("5 is announced", || added_keys(&receiver).len() == 2).await;
+    daemon.stop().await;
+    assert_eq!(added_keys(&receiver), [json!(4), json!(5)]);
+}
+
+/// `seen = 0` is the old behaviour: only the last document counts; a
+/// changed definition forgets the keys seen under the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seen_0_compares_with_the_last_document_only_and_a_new_definition_starts_afresh() {
+    let state = tempfile::tempdir().unwrap();
+    let window = |ids: &[u32]| {
+        items(json!(
+            ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()
+        ))
+    };
+    let api = Api::start(window(&[2, 1])).await;
+    let receiver = Receiver::start().await;
+    let forgetful = "items = \".data[]\"\nkey = \".id\"\non = [\"added\"]\nseen = 0";
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, forgetful));
+    api.wait_for_requests(2).await;
+    api.set(window(&[2]));
+    api.wait_for_requests(3).await;
+    api.set(window(&[2, 1]));
+    eventually("1 is announced again", || added_keys(&receiver).len() == 1).await;
+    daemon.stop().await;
+
+    // Remembering again, under a new definition (`ignore` added): the keys
+    // seen before it are forgotten, the new baseline's are seen.
+    let remembering = "items = \".data[]\"\nkey = \".id\"\non = [\"added\"]\nignore = [\"/other\"]";
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, remembering));
+    api.wait_for_requests(2).await;
+    api.set(window(&[2]));
+    api.wait_for_requests(3).await;
+    api.set(window(&[2, 1]));
+    api.wait_for_requests(3).await;
+    daemon.stop().await;
+    assert_eq!(
+        added_keys(&receiver),
+        [json!(1)],
+        "seen in the new baseline"
+    );
+}
+
+/// The README's price-drop recipe: 3 % below the price last reported.
+/// With `when_previous = "polled"` a drop of 2 % a poll never fires; with
+/// `"notified"` it fires at 960 (−4 % from 1000) and at 922 (−4 % from
+/// 960), even with `keep_history = 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_previous_notified_catches_a_gradual_drop() {
+    for (when_previous, expected) in [
+        ("polled", vec![]),
+        ("notified", vec![(960, 1, 3), (922, 3, 5)]),
+    ] {
+        let state = tempfile::tempdir().unwrap();
+        let price = |price: u32| Reply::json(&json!({ "price": price }).to_string());
+        let api = Api::start(price(1000)).await;
+        let receiver = Receiver::start().await;
+        let extra = format!(
+            "when = \".current.price < .previous.price * 0.97\"\nwhen_previous = \"{when_previous}\"\nkeep_history = 1"
+        );
+        let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, &extra));
+        api.wait_for_requests(2).await;
+        for step in [980, 960, 941, 922] {
+            api.set(price(step));
+            api.wait_for_requests(3).await;
+        }
+        eventually("every drop is delivered", || {
+            receiver.accepted().len() == expected.len()
+        })
+        .await;
+        daemon.stop().await;
+        let sent: Vec<(u64, u64, u64)> = receiver
+            .accepted()
+            .iter()
+            .map(|hook| {
+                let data = hook.json()["data"].clone();
+                (
+                    data["patch"][0]["value"].as_u64().unwrap(),
+                    data["previous_version"].as_u64().unwrap(),
+                    data["version"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(sent, expected, "when_previous = {when_previous}");
+    }
+}
+
+/// A transition needs the last polled version: a second outage is sent
+/// too, and the recovery in between is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_previous_polled_sends_every_transition() {
+    let state = tempfile::tempdir().unwrap();
+    let status = |status: &str| Reply::json(&json!({ "status": status }).to_string());
+    let api = Api::start(status("up")).await;
+    let receiver = Receiver::start().await;
+    let extra = r#"when = '.previous.status == "up" and .current.status == "down"'"#;
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, extra));
+    api.wait_for_requests(2).await;
+    for step in ["down", "up", "down"] {
+        api.set(status(step));
+        api.wait_for_requests(3).await;
+    }
+    eventually("both outages arrive", || receiver.accepted().len() == 2).await;
+    daemon.stop().await;
+    let versions: Vec<u64> = receiver
+        .accepted()
+        .iter()
+        .map(|hook| hook.version())
+        .collect();
+    assert_eq!(versions, [2, 4]);
 }
