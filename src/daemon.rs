@@ -43,6 +43,8 @@ const LIVE_BUFFER: usize = 1024;
 const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 /// How often `STATUS=` is refreshed when systemd asks for no watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often the last poll of every endpoint is stored (and at shutdown).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(300);
 /// The longest single wait in the timer wheel, which reaches only about two
 /// years ahead; a later poll (a cron for 29 February) waits in steps.
 const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -184,6 +186,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Pinging from this loop means a wedged supervisor gets restarted.
     let watchdog = sd_notify::watchdog_enabled();
     let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |timeout| timeout / 2));
+    let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
+    checkpoint.reset();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -199,6 +203,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             },
             Some(due) = running.polls.wheel.next() => running.start_poll(due.into_inner()),
             Some(ended) = running.polls.running.join_next_with_id() => running.poll_ended(ended),
+            _ = checkpoint.tick() => checkpoint_polls(&shared),
             _ = tick.tick() => {
                 if watchdog.is_some() {
                     notify(&[NotifyState::Watchdog]);
@@ -214,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // waits for them to write what they decided.
     tracker.close();
     tracker.wait().await;
+    checkpoint_polls(&shared);
     store.flush().await?;
     let _ = std::fs::remove_file(&address_file);
     info!(queued = store.outbox_len(), "stopped");
@@ -401,12 +407,11 @@ impl Running {
         self.polls.wheel.reserve(waits);
         self.polls.keys.reserve(waits);
         let shared = self.shared.clone();
-        let actions = self
-            .polls
-            .schedule
-            .apply(&diff.endpoints, first_poll, |endpoint| {
-                PollState::load(&shared.store, endpoint)
-            });
+        let actions = self.polls.schedule.apply(
+            &diff.endpoints,
+            |endpoint| first_poll(&shared, endpoint),
+            |endpoint| PollState::load(&shared.store, endpoint),
+        );
         self.act(actions);
 
         let (endpoints_started, endpoints_stopped, endpoints_restarted) = diff.endpoints.counts();
@@ -525,7 +530,10 @@ impl Running {
                 (PollState::load(&shared.store, endpoint), next)
             }
         };
-        let actions = self.polls.schedule.ended(&name, outcome, now, first_poll);
+        let actions = self
+            .polls
+            .schedule
+            .ended(&name, outcome, now, |endpoint| first_poll(shared, endpoint));
         self.act(actions);
     }
 
@@ -549,9 +557,30 @@ fn later(now: Instant, delay: Duration) -> Instant {
     now + delay.min(NEVER)
 }
 
-/// When a new or changed endpoint polls first.
-fn first_poll(endpoint: &Endpoint) -> Instant {
-    later(Instant::now(), endpoint.schedule.first_delay(clock::now()))
+/// When a new or changed endpoint polls first: on its grid from its last
+/// poll, this run's or (after a restart) the store's.
+fn first_poll(shared: &Shared, endpoint: &Endpoint) -> Instant {
+    let last_ms = crate::status::read(&shared.endpoints)
+        .get(&endpoint.name)
+        .and_then(|status| status.last_poll_ms)
+        .or_else(|| shared.store.last_poll_ms(&endpoint.name).ok().flatten());
+    let last = last_ms.map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    later(
+        Instant::now(),
+        endpoint.schedule.resume_delay(last, clock::now()),
+    )
+}
+
+/// Stores every endpoint's last poll, so that a restart resumes the
+/// schedules (best effort: without it, the first polls are spread).
+fn checkpoint_polls(shared: &Shared) {
+    let statuses = crate::status::read(&shared.endpoints);
+    let polls = statuses
+        .iter()
+        .filter_map(|(name, status)| Some((&**name, status.last_poll_ms?)));
+    if let Err(error) = shared.store.record_polls(polls) {
+        warn!(error = %crate::error_chain(&error), "cannot store when endpoints last polled");
+    }
 }
 
 /// `due`, or as far ahead as the timer wheel reaches.

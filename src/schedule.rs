@@ -22,6 +22,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Quick retries per scheduled poll: a blip (a restart, a dropped
 /// connection) is retried within seconds; an outage waits for the schedule.
 pub const QUICK_RETRIES: u32 = 3;
+/// Overdue endpoints poll within this long after a start.
+const OVERDUE_SPREAD: Duration = Duration::from_secs(60);
 /// The longest a server's `Retry-After` holds an endpoint back, unless its
 /// schedule waits longer anyway.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -70,6 +72,25 @@ impl Schedule {
         match self {
             Schedule::Every(interval) => interval.mul_f64(rand::rng().random_range(0.0..1.0)),
             Schedule::Cron(_) => self.next_delay(now),
+        }
+    }
+
+    /// The delay before the first poll of an endpoint that last polled at
+    /// `last` (as far as the store knows): an interval schedule resumes its
+    /// grid, so one polled 5 minutes ago with `every = "1h"` waits 55; one
+    /// overdue polls within the next minute (or interval), spread so that
+    /// thousands do not fire at once. Without a last poll (or one in the
+    /// future: the clock went back), as [`Schedule::first_delay`].
+    pub fn resume_delay(&self, last: Option<SystemTime>, now: SystemTime) -> Duration {
+        let (Schedule::Every(interval), Some(last)) = (self, last) else {
+            return self.first_delay(now);
+        };
+        let Ok(since) = now.duration_since(last) else {
+            return self.first_delay(now);
+        };
+        match interval.checked_sub(since) {
+            Some(remaining) if !remaining.is_zero() => remaining,
+            _ => Schedule::Every((*interval).min(OVERDUE_SPREAD)).first_delay(now),
         }
     }
 
@@ -398,6 +419,38 @@ mod tests {
         assert_eq!(
             Schedule::Every(Duration::from_millis(100)).quick_retry(0, None, now),
             None
+        );
+    }
+
+    #[test]
+    fn a_restart_resumes_the_grid_from_the_last_poll() {
+        let now = SystemTime::now();
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        let hourly = Schedule::Every(minutes(60));
+        assert_eq!(
+            hourly.resume_delay(Some(now - minutes(5)), now),
+            minutes(55)
+        );
+        for _ in 0..50 {
+            // Overdue (by minutes or by days): soon, spread over a minute.
+            for last in [now - minutes(61), now - minutes(60 * 24 * 3)] {
+                assert!(hourly.resume_delay(Some(last), now) < minutes(1));
+            }
+            // Overdue at every 10 s: within one interval.
+            let ten = Schedule::Every(Duration::from_secs(10));
+            assert!(ten.resume_delay(Some(now - minutes(1)), now) < Duration::from_secs(10));
+            // Never polled, or polled "in the future": anywhere in the interval.
+            assert!(hourly.resume_delay(None, now) < minutes(60));
+            assert!(hourly.resume_delay(Some(now + minutes(5)), now) < minutes(60));
+        }
+        // Cron fires when it says.
+        let cron = Schedule::Cron(Box::new("*/5 * * * *".parse().unwrap()));
+        let at: SystemTime = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:02:30Z")
+            .unwrap()
+            .into();
+        assert_eq!(
+            cron.resume_delay(Some(at - minutes(1)), at),
+            Duration::from_secs(150)
         );
     }
 

@@ -15,6 +15,30 @@ impl Store {
         })
     }
 
+    /// Records when endpoints last polled, in one batch: a checkpoint, so
+    /// that after a restart each resumes its schedule where it was.
+    pub fn record_polls<'a>(
+        &self,
+        polls: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (endpoint, at_ms) in polls {
+            batch.insert(endpoint, &at_ms.to_be_bytes());
+        }
+        self.watched(|trees| Ok(trees.polled.apply_batch(batch)?))
+    }
+
+    /// When `endpoint` last polled, as of the last checkpoint.
+    pub fn last_poll_ms(&self, endpoint: &str) -> Result<Option<u64>, StoreError> {
+        self.watched(|trees| {
+            trees
+                .polled
+                .get(endpoint)?
+                .map(|bytes| decode_u64(&bytes, "last poll"))
+                .transpose()
+        })
+    }
+
     /// An item-mode endpoint's seen keys; none yet for one never committed.
     pub fn seen(&self, endpoint: &str) -> Result<crate::seen::SeenKeys, StoreError> {
         self.watched(|trees| {

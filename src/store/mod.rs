@@ -310,6 +310,8 @@ struct Trees {
     health: sled::Tree,
     /// Item mode: each endpoint's seen keys ([`crate::seen::SeenKeys`]).
     seen: sled::Tree,
+    /// When each endpoint last polled (ms), as of the last checkpoint.
+    polled: sled::Tree,
 }
 
 impl Trees {
@@ -358,6 +360,7 @@ impl Trees {
             paused: db.open_tree("paused")?,
             health: db.open_tree("health")?,
             seen: db.open_tree("seen")?,
+            polled: db.open_tree("polled")?,
             db,
         })
     }

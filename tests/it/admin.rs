@@ -865,3 +865,54 @@ async fn replay_by_filter_is_one_call() {
     assert_eq!(status, 404, "{answer}");
     daemon.stop().await;
 }
+
+/// After a restart each endpoint goes on from its last poll: one polled 5
+/// minutes ago with `every = "1h"` waits the other 55, one due in 300 ms
+/// polls then, an overdue one soon; the shutdown stores the last polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_each_schedule_from_its_last_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let apis = [
+        Api::start(Reply::json("{}")).await,
+        Api::start(Reply::json("{}")).await,
+        Api::start(Reply::json("{}")).await,
+    ];
+    let receiver = Receiver::start().await;
+    let started_ms = pollhook::clock::now_ms();
+    let (hour, minute) = (3_600_000, 60_000);
+    {
+        let store = pollhook::store::Store::open(dir.path()).unwrap();
+        store
+            .record_polls([
+                ("recent", started_ms - 5 * minute),
+                ("due", started_ms - hour + 300),
+                ("overdue", started_ms - 24 * hour),
+            ])
+            .unwrap();
+    }
+    let endpoints = format!(
+        "[[endpoint]]\nname = \"recent\"\nurl = \"{}\"\nevery = \"1h\"\n\
+         [[endpoint]]\nname = \"due\"\nurl = \"{}\"\nevery = \"1h\"\n\
+         [[endpoint]]\nname = \"overdue\"\nurl = \"{}\"\nevery = \"1s\"\n",
+        apis[0].url(),
+        apis[1].url(),
+        apis[2].url()
+    );
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
+    apis[1].wait_for_requests(1).await;
+    apis[2].wait_for_requests(1).await;
+    let recent = get_json(format!("{admin}/api/v1/endpoints/recent")).await;
+    let next_ms = recent["next_poll_ms"].as_u64().expect("a next poll");
+    let expected_ms = started_ms - 5 * minute + hour;
+    assert!(next_ms.abs_diff(expected_ms) < 2000, "{recent}");
+    assert_eq!(apis[0].requests(), 0);
+    daemon.stop().await;
+
+    let store = pollhook::store::Store::open(dir.path()).unwrap();
+    let due_ms = store.last_poll_ms("due").unwrap().unwrap();
+    assert!(due_ms >= started_ms, "the shutdown stored the new poll");
+    assert_eq!(
+        store.last_poll_ms("recent").unwrap(),
+        Some(started_ms - 5 * minute)
+    );
+}
