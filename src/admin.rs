@@ -651,6 +651,9 @@ pub enum AdminError {
 pub struct AdminClient {
     address: String,
     token: Option<String>,
+    /// What this process could not read of the config (its token, say):
+    /// said when the API refuses us.
+    unresolved: Vec<String>,
 }
 
 impl AdminClient {
@@ -660,6 +663,7 @@ impl AdminClient {
         let client = AdminClient {
             address: address.trim().to_string(),
             token: config.admin.token.clone(),
+            unresolved: config.unresolved.clone(),
         };
         // A file left by a daemon that was killed points at nothing.
         client.send("GET", "/healthz").await.ok().map(|_| client)
@@ -746,6 +750,13 @@ impl AdminClient {
                 .ok()
                 .and_then(|value| value["error"].as_str().map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+            let message = match status.as_u16() {
+                401 if !self.unresolved.is_empty() => format!(
+                    "{message}; the admin token may be among what this shell cannot read: {} (set it here, or run the command where the daemon's environment is)",
+                    self.unresolved.join("; ")
+                ),
+                _ => message,
+            };
             return Err(AdminError::Status {
                 status: status.as_u16(),
                 message,

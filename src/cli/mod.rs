@@ -251,23 +251,49 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             names,
             send,
         } => once(&config.config, &names, send).await,
-        Command::Status { config } => state::status(&Config::load(&config.config)?).await,
-        Command::Poll { config, name } => state::poll(&Config::load(&config.config)?, &name).await,
+        Command::Status { config } => {
+            state::status(&Config::load_to_find_the_daemon(&config.config)?).await
+        }
+        Command::Poll { config, name } => {
+            state::poll(&Config::load_to_find_the_daemon(&config.config)?, &name).await
+        }
         Command::History { config, name, diff } => {
-            state::history(&Config::load(&config.config)?, &name, diff.as_deref()).await
+            state::history(
+                &Config::load_to_find_the_daemon(&config.config)?,
+                &name,
+                diff.as_deref(),
+            )
+            .await
         }
         Command::Tail { config, name } => {
-            state::tail(&Config::load(&config.config)?, name.as_deref()).await
+            state::tail(
+                &Config::load_to_find_the_daemon(&config.config)?,
+                name.as_deref(),
+            )
+            .await
         }
-        Command::Reload { config } => state::reload(&Config::load(&config.config)?).await,
+        Command::Reload { config } => {
+            state::reload(&Config::load_to_find_the_daemon(&config.config)?).await
+        }
         Command::Deliveries { config, target } => {
-            state::deliveries(&Config::load(&config.config)?, target.as_deref()).await
+            state::deliveries(
+                &Config::load_to_find_the_daemon(&config.config)?,
+                target.as_deref(),
+            )
+            .await
         }
         Command::Dead {
             config,
             target,
             attempts,
-        } => state::dead(&Config::load(&config.config)?, target.as_deref(), attempts).await,
+        } => {
+            state::dead(
+                &Config::load_to_find_the_daemon(&config.config)?,
+                target.as_deref(),
+                attempts,
+            )
+            .await
+        }
         Command::Replay {
             config,
             ids,
@@ -277,7 +303,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let since_ms = since.as_deref().map(state::parse_since).transpose()?;
             state::replay(
-                &Config::load(&config.config)?,
+                &Config::load_to_find_the_daemon(&config.config)?,
                 &ids,
                 target.as_deref(),
                 since_ms,
@@ -288,7 +314,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             test_target(&Config::load(&config.config)?, &target).await
         }
         Command::Resume { config, target } => {
-            state::resume(&Config::load(&config.config)?, &target).await
+            state::resume(&Config::load_to_find_the_daemon(&config.config)?, &target).await
         }
         Command::Demo { duration, tick } => {
             let parse = |text: &str, what: &str| -> anyhow::Result<std::time::Duration> {

@@ -429,6 +429,9 @@ pub struct Config {
     /// Things that are allowed but probably wrong, as `check` prints them
     /// (`file:line:col: target `x`: warning: ...`); the daemon logs them.
     pub warnings: Vec<String>,
+    /// With [`Config::load_to_find_the_daemon`]: the `${...}` it could not
+    /// read (the errors say which), in place of which it has placeholders.
+    pub unresolved: Vec<String>,
 }
 
 /// One watched URL, with every default already applied.
@@ -624,6 +627,22 @@ impl Problem {
 }
 
 impl Config {
+    /// [`Config::load`] for commands that read the config only to find the
+    /// daemon's admin API or the store: a `${...}` it cannot read (a shell
+    /// without the daemon's environment or credentials) is not an error, so
+    /// that `pollhook status` works where `pollhook run` would not. Such
+    /// values are placeholders, listed in [`Config::unresolved`]; the admin
+    /// token among them is not sent.
+    pub fn load_to_find_the_daemon(path: &Path) -> Result<Config, ConfigError> {
+        let (config, unresolved) = values::unresolved_allowed(|| Config::load(path));
+        let mut config = config?;
+        config.unresolved = unresolved;
+        if config.admin.token.as_deref() == Some(values::UNRESOLVED) {
+            config.admin.token = None;
+        }
+        Ok(config)
+    }
+
     /// Reads and compiles a config file. Only a regular file of at most
     /// 64 MiB is read: `-c /dev/zero` would otherwise read without end.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -825,6 +844,7 @@ impl<'s> Compiler<'s> {
             endpoints,
             targets,
             warnings: Vec::new(),
+            unresolved: Vec::new(),
         })
     }
 

@@ -122,8 +122,13 @@ impl FromStr for HttpUrl {
         // The expanded text may hold a token: quote only what the user
         // wrote, and not even its password.
         let written = redact_written_url(text);
-        let url = url::Url::parse(&expanded.value)
-            .map_err(|err| format!("invalid URL `{written}`: {err}"))?;
+        let value = match expanded.unresolved {
+            // Never requested: only commands that poll nothing allow it.
+            true => format!("http://{UNRESOLVED}.invalid/"),
+            false => expanded.value,
+        };
+        let url =
+            url::Url::parse(&value).map_err(|err| format!("invalid URL `{written}`: {err}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
                 "invalid URL `{written}`: scheme `{}` is not `http` or `https`",
@@ -281,6 +286,43 @@ pub struct Expanded {
     pub masked: String,
     /// Whether any part came from `${...}`.
     pub secret: bool,
+    /// Whether a part could not be read (see [`unresolved_allowed`]).
+    pub unresolved: bool,
+}
+
+thread_local! {
+    /// While set ([`unresolved_allowed`]), a `${...}` that cannot be read
+    /// expands to [`UNRESOLVED`] and its error is kept here instead of
+    /// failing: for CLI commands that read the config only to find the
+    /// daemon or the store, and need none of its secrets.
+    static LENIENT: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What an unreadable `${...}` expands to in [`unresolved_allowed`].
+pub const UNRESOLVED: &str = "pollhook-unresolved";
+
+/// Runs `compile` with unreadable `${...}` allowed; returns its result and
+/// the errors of those it could not read.
+pub fn unresolved_allowed<T>(compile: impl FnOnce() -> T) -> (T, Vec<String>) {
+    LENIENT.with(|lenient| *lenient.borrow_mut() = Some(Vec::new()));
+    let result = compile();
+    let unresolved = LENIENT.with(|lenient| lenient.borrow_mut().take().unwrap_or_default());
+    (result, unresolved)
+}
+
+/// `expand_one`, or in [`unresolved_allowed`] a placeholder for what it
+/// cannot read.
+fn expand_or_note(name: &str, unresolved: &mut bool) -> Result<String, String> {
+    expand_one(name).or_else(|error| {
+        LENIENT.with(|lenient| match lenient.borrow_mut().as_mut() {
+            Some(errors) => {
+                errors.push(error);
+                *unresolved = true;
+                Ok(UNRESOLVED.to_string())
+            }
+            None => Err(error),
+        })
+    })
 }
 
 /// See [`expand_env`].
@@ -289,6 +331,7 @@ pub fn expand(text: &str) -> Result<Expanded, String> {
         value: String::with_capacity(text.len()),
         masked: String::with_capacity(text.len()),
         secret: false,
+        unresolved: false,
     };
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -305,7 +348,8 @@ pub fn expand(text: &str) -> Result<Expanded, String> {
             let end = tail
                 .find('}')
                 .ok_or("unclosed `${` (write `$${` for a literal `${`)")?;
-            expanded.value.push_str(&expand_one(&tail[..end])?);
+            let value = expand_or_note(&tail[..end], &mut expanded.unresolved)?;
+            expanded.value.push_str(&value);
             expanded.masked.push_str("***");
             expanded.secret = true;
             rest = &tail[end + 1..];
@@ -396,7 +440,15 @@ impl FromStr for WebhookSecret {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let expanded = expand_env(text)?;
+        let expanded = expand(text)?;
+        if expanded.unresolved {
+            // Never used: only commands that sign nothing allow it.
+            return Ok(WebhookSecret {
+                key: UNRESOLVED.as_bytes().to_vec(),
+                prefixed: true,
+            });
+        }
+        let expanded = expanded.value;
         let (encoded, prefixed) = match expanded.strip_prefix("whsec_") {
             Some(encoded) => (encoded, true),
             None => (expanded.as_str(), false),

@@ -275,3 +275,98 @@ async fn the_readme_install_steps_leave_a_config_the_service_user_can_read() {
     assert!(output.status.success(), "as an unprivileged user: {stderr}");
     assert!(text(&output.stdout).starts_with("config ok:"));
 }
+
+/// The README's advice puts the admin token and a target's secret in the
+/// daemon's environment and credentials. From a shell with neither,
+/// `status` and `history` still work as far as they can (they need no
+/// target secret), and a refused token says what this shell lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_need_only_the_secrets_they_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("ha-secret"), format!("{SECRET}\n")).unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{}"
+[admin]
+listen = "127.0.0.1:0"
+token = "${{POLLHOOK_TEST_ADMIN_TOKEN}}"
+
+[[target]]
+name = "ha"
+url = "{}"
+secret = "${{credential:ha-secret}}"
+
+[[endpoint]]
+name = "prices"
+url = "{}"
+headers = {{ Authorization = "Bearer ${{POLLHOOK_TEST_API_TOKEN}}" }}
+every = "100ms"
+"#,
+            dir.path().join("state").display(),
+            receiver.url(),
+            api.url()
+        ),
+    )
+    .unwrap();
+    let shell = |args: &[&str]| {
+        let mut command = pollhook();
+        command
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("POLLHOOK_TEST_ADMIN_TOKEN")
+            .env_remove("POLLHOOK_TEST_API_TOKEN");
+        command
+    };
+    // Nothing runs: status says so, history finds no store; neither is a
+    // config error. `check` and `run` need every secret.
+    let status = shell(&["status"]).output().await.unwrap();
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status.stderr));
+    let history = shell(&["history", "prices"]).output().await.unwrap();
+    assert_ne!(history.status.code(), Some(78), "{}", text(&history.stderr));
+    let check = shell(&["check"]).output().await.unwrap();
+    assert_eq!(check.status.code(), Some(78));
+    let errors = text(&check.stderr);
+    for missing in [
+        "POLLHOOK_TEST_ADMIN_TOKEN",
+        "credential:ha-secret",
+        "POLLHOOK_TEST_API_TOKEN",
+    ] {
+        assert!(errors.contains(missing), "{missing}: {errors}");
+    }
+
+    let mut daemon = pollhook()
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("POLLHOOK_TEST_ADMIN_TOKEN", "admin-token")
+        .env("POLLHOOK_TEST_API_TOKEN", "api-token")
+        .spawn()
+        .unwrap();
+    api.wait_for_requests(2).await;
+    // Without the token: refused, and told why.
+    let refused = shell(&["status"]).output().await.unwrap();
+    assert!(!refused.status.success());
+    let said = text(&refused.stderr);
+    assert!(
+        said.contains("401") && said.contains("POLLHOOK_TEST_ADMIN_TOKEN"),
+        "{said}"
+    );
+    // With the token but without the credentials: works.
+    let status = shell(&["status"])
+        .env("POLLHOOK_TEST_ADMIN_TOKEN", "admin-token")
+        .output()
+        .await
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).contains("prices"));
+    kill("-TERM", daemon.id().unwrap());
+    assert!(daemon.wait().await.unwrap().success());
+}
