@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,9 +33,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{AdminListen, Config};
 use crate::metrics::Metrics;
+use crate::poller::{Mode, PollState, Poller};
 use crate::status::{Control, EndpointStatus, LiveEvent, Statuses, Wakes, read};
 use crate::store::{DeadFilter, Store, StoreError};
-use crate::views::{self, EndpointView, Rows, TargetRow, VersionView};
+use crate::views::{self, EndpointView, PreviewView, Rows, TargetRow, VersionView};
 
 /// The file in the state dir that holds a running daemon's API address.
 pub const ADDRESS_FILE: &str = "admin.addr";
@@ -52,6 +53,9 @@ pub struct Context {
     pub token: Option<String>,
     pub control: mpsc::Sender<Control>,
     pub wakes: Arc<Wakes>,
+    /// For previews: the daemon's poller (its politeness) and config file.
+    pub poller: Arc<Poller>,
+    pub config_path: PathBuf,
 }
 
 #[derive(Clone)]
@@ -81,6 +85,7 @@ pub async fn serve(
         .route("/api/v1/dead", get(dead))
         .route("/api/v1/events", get(events))
         .route("/api/v1/endpoints/{name}/poll", post(poll_now))
+        .route("/api/v1/endpoints/{name}/preview", post(preview))
         .route("/api/v1/dead/{id}/replay", post(replay))
         .route("/api/v1/replay", post(replay_matching))
         .route("/api/v1/targets/{name}/resume", post(resume))
@@ -347,6 +352,41 @@ async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String
         Json(serde_json::json!({"polling": name})),
     )
         .into_response()
+}
+
+/// A dry-run poll of the endpoint as the daemon's config file defines it
+/// now (edited, not reloaded yet), against the live snapshot: fetch,
+/// extract, diff, decide; nothing is written or sent.
+async fn preview(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
+    let path = state.context.config_path.clone();
+    let config = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+        Ok(Ok(config)) => config,
+        Ok(Err(error)) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({"error": crate::error_chain(&error)})),
+            )
+                .into_response();
+        }
+        Err(_) => return shutting_down(),
+    };
+    let Some(endpoint) = config.endpoint(&name) else {
+        return not_found(format!(
+            "no endpoint named `{name}` in `{}`",
+            config.path.display()
+        ));
+    };
+    let store = &state.context.store;
+    let mut poll_state = PollState::load(store, endpoint);
+    let report = state
+        .context
+        .poller
+        .poll(endpoint, &mut poll_state, Mode::DryRun, &state.shutdown)
+        .await;
+    match PreviewView::new(store, &name, &report, true) {
+        Ok(view) => Json(view).into_response(),
+        Err(error) => store_error(error),
+    }
 }
 
 async fn history(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {

@@ -64,7 +64,7 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     pub wakes: Arc<Wakes>,
     /// What every poll shares: the global and per-host caps, the client.
-    poller: Poller,
+    poller: Arc<Poller>,
 }
 
 impl Shared {
@@ -136,7 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ready: Arc::new(AtomicBool::new(false)),
         control,
         wakes: Arc::default(),
-        poller: Poller::new(store.clone(), &config)?,
+        poller: Arc::new(Poller::new(store.clone(), &config)?),
     });
     let tracker = TaskTracker::new();
     let context = crate::admin::Context {
@@ -148,6 +148,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         token: config.admin.token.clone(),
         control: shared.control.clone(),
         wakes: shared.wakes.clone(),
+        poller: shared.poller.clone(),
+        config_path: config.path.clone(),
     };
     let admin_address =
         crate::admin::serve(&config.admin, context, shutdown.clone(), &tracker).await?;

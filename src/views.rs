@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Endpoint;
-use crate::extract::Kind;
+use crate::extract::{Document, Kind};
+use crate::poll::{NewReason, Observation};
+use crate::poller::{Outcome, Report};
 use crate::status::EndpointStatus;
 use crate::store::{
     AttemptRecord, DeadFilter, OutboxRow, Snapshot, Store, StoreError, StoredVersion,
@@ -233,4 +235,87 @@ pub fn replay(store: &Store, filter: &DeadFilter<'_>) -> Result<Replayed, StoreE
         targets,
         missing,
     })
+}
+
+/// What a dry-run poll found, as `pollhook once` shows it: made by the CLI
+/// from its own poll, or by the running daemon for
+/// `POST /api/v1/endpoints/{name}/preview`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviewView {
+    pub endpoint: String,
+    /// `unchanged`, `baseline`, `rebaseline`, `changed`, `repaired`,
+    /// `failed` or `cancelled`.
+    pub result: String,
+    /// The version it would store.
+    pub version: Option<u64>,
+    pub error: Option<String>,
+    /// The webhook bodies it would queue.
+    pub events: Vec<String>,
+    /// The extracted document's kind and text, when asked for.
+    pub document: Option<(String, String)>,
+}
+
+impl PreviewView {
+    /// With `document`, the extracted document (for an unchanged one, the
+    /// stored one) is shown too.
+    pub fn new(
+        store: &Store,
+        endpoint: &str,
+        report: &Report,
+        document: bool,
+    ) -> Result<PreviewView, StoreError> {
+        let mut view = PreviewView {
+            endpoint: endpoint.to_string(),
+            result: String::new(),
+            version: None,
+            error: None,
+            events: report.events.iter().map(|event| event.body()).collect(),
+            document: None,
+        };
+        let shown =
+            |document: &Document| (document.kind.name().to_string(), show_document(document));
+        match &report.outcome {
+            Outcome::Failed(error) => {
+                view.result = "failed".into();
+                view.error = Some(crate::error_chain(error));
+            }
+            Outcome::Cancelled => view.result = "cancelled".into(),
+            Outcome::Observed(Observation::Unchanged { .. }) => {
+                view.result = "unchanged".into();
+                if let (true, Some(snapshot)) = (document, store.snapshot(endpoint)?) {
+                    view.version = Some(snapshot.version);
+                    view.document = store
+                        .document(endpoint, snapshot.version)?
+                        .as_ref()
+                        .map(shown);
+                }
+            }
+            Outcome::Observed(Observation::New {
+                reason,
+                snapshot,
+                document: extracted,
+                ..
+            }) => {
+                view.result = match reason {
+                    NewReason::Baseline => "baseline",
+                    NewReason::Rebaseline => "rebaseline",
+                    NewReason::Changed => "changed",
+                    NewReason::Repaired => "repaired",
+                }
+                .into();
+                view.version = Some(snapshot.version);
+                view.document = document.then(|| shown(extracted));
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// A document as a person reads it: JSON pretty-printed, text as it is.
+pub fn show_document(document: &Document) -> String {
+    match (document.json(), document.kind) {
+        (Some(json), _) => serde_json::to_string_pretty(&json).unwrap_or_default(),
+        (None, Kind::Text) => document.text().into_owned(),
+        (None, _) => format!("(not text; sha256 {})", document.hash_hex()),
+    }
 }

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, HumanDuration};
-use crate::poll::Observation;
-use crate::poller::{Mode, Outcome, Poller};
+use crate::poller::{Mode, Poller};
 use crate::store::Store;
+use crate::views::PreviewView;
 
 /// `println!` that returns the write's error instead of panicking, so that
 /// a reader that went away (`pollhook status | head -2`) ends the command
@@ -336,19 +336,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// A document as people read it: indented JSON, the text, or a hash.
-fn show_document(document: &crate::extract::Document) -> String {
-    match (document.json(), document.kind) {
-        (Some(json), _) => serde_json::to_string_pretty(&json).unwrap_or_default(),
-        (None, crate::extract::Kind::Text) => document.text().into_owned(),
-        (None, _) => format!("(not text; sha256 {})", document.hash_hex()),
-    }
-}
-
 /// `pollhook once`: polls the chosen endpoints now, through the daemon's
 /// poller (so with its caps and politeness), and prints their events; with
 /// `--send` it stores what it found and delivers through the daemon's
-/// dispatcher until nothing is due.
+/// dispatcher until nothing is due. A dry run while the daemon runs is the
+/// daemon's: it previews with its config file and its live snapshots.
 async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitCode> {
+    if !send {
+        let found = Config::load_to_find_the_daemon(path)?;
+        if let Some(admin) = crate::admin::AdminClient::discover(&found).await {
+            return preview_by_the_daemon(&admin, &found, names).await;
+        }
+    }
     let config = Config::load(path)?;
     let endpoints = if names.is_empty() {
         config.endpoints.clone()
@@ -379,55 +378,9 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
     let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);
     let mut failed = false;
     while let Some((endpoint, report)) = polls.next().await {
-        let document = match &report.outcome {
-            Outcome::Failed(error) => {
-                errln!(
-                    "{}: poll failed: {}",
-                    endpoint.name,
-                    crate::error_chain(error)
-                );
-                failed = true;
-                None
-            }
-            Outcome::Cancelled => None,
-            Outcome::Observed(Observation::Unchanged { .. }) => {
-                errln!("{}: unchanged", endpoint.name);
-                // Only shown for named endpoints: read it only for them.
-                match (names.is_empty(), store.snapshot(&endpoint.name)?) {
-                    (false, Some(snapshot)) => store.document(&endpoint.name, snapshot.version)?,
-                    _ => None,
-                }
-            }
-            Outcome::Observed(Observation::New {
-                reason,
-                snapshot,
-                events,
-                document,
-                ..
-            }) => {
-                errln!(
-                    "{}: {reason:?}, version {}, {} event(s)",
-                    endpoint.name,
-                    snapshot.version,
-                    events.len()
-                );
-                Some(document.clone())
-            }
-        };
         // Named endpoints show what is compared, to help tune the filters.
-        if !names.is_empty()
-            && let Some(document) = document
-        {
-            errln!(
-                "{}: extracted document ({}):\n{}",
-                endpoint.name,
-                document.kind.name(),
-                show_document(&document)
-            );
-        }
-        for event in &report.events {
-            outln!("{}", event.body())?;
-        }
+        let view = PreviewView::new(&store, &endpoint.name, &report, !names.is_empty())?;
+        failed |= show_preview(&view)?;
     }
     drop(polls);
     // Rows were made durable as they were committed; the baselines are
@@ -440,6 +393,71 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `once` without `--send` while the daemon runs: each endpoint previewed
+/// by the daemon, a few at a time.
+async fn preview_by_the_daemon(
+    admin: &crate::admin::AdminClient,
+    config: &Config,
+    names: &[String],
+) -> anyhow::Result<ExitCode> {
+    errln!(
+        "pollhook runs: previewing through it, with its config file as it is now and its stored snapshots"
+    );
+    let names: Vec<String> = match names.is_empty() {
+        true => config
+            .endpoints
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect(),
+        false => names.to_vec(),
+    };
+    let mut previews = futures_util::stream::iter(&names)
+        .map(|name| async move {
+            let path = format!("/api/v1/endpoints/{name}/preview");
+            admin.json::<PreviewView>("POST", &path).await
+        })
+        .buffered(8);
+    let mut failed = false;
+    while let Some(view) = previews.next().await {
+        let mut view = view?;
+        if names.len() > 1 {
+            view.document = None;
+        }
+        failed |= show_preview(&view)?;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints a preview as `once` does: a line on stderr, the extracted
+/// document (when it has one) on stderr, the events on stdout. True when
+/// the poll failed.
+fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
+    let name = &view.endpoint;
+    match view.result.as_str() {
+        "failed" => errln!(
+            "{name}: poll failed: {}",
+            view.error.as_deref().unwrap_or_default()
+        ),
+        "unchanged" | "cancelled" => errln!("{name}: {}", view.result),
+        result => errln!(
+            "{name}: {result}, version {}, {} event(s)",
+            view.version.unwrap_or_default(),
+            view.events.len()
+        ),
+    }
+    if let Some((kind, text)) = &view.document {
+        errln!("{name}: extracted document ({kind}):\n{text}");
+    }
+    for event in &view.events {
+        outln!("{event}")?;
+    }
+    Ok(view.result == "failed")
 }
 
 /// Delivers what is due through the daemon's dispatchers until nothing is.

@@ -408,8 +408,8 @@ async fn run_delivers_and_stops_cleanly_on_sigterm() {
     })
     .await;
 
-    // While it runs, it holds the store: other commands say so.
-    let output = run(&["once", "-c", config.to_str().unwrap()]).await;
+    // While it runs, it holds the store: commands that write say so.
+    let output = run(&["once", "--send", "-c", config.to_str().unwrap()]).await;
     let message = text(&output.stderr);
     assert!(
         message.contains(&format!(
@@ -743,4 +743,87 @@ async fn status_shows_the_next_poll_and_the_last_error() {
         row.matches("T").count() >= 2,
         "a last and a next poll time: {table}"
     );
+}
+
+/// Tuning a filter without stopping production: while the daemon runs,
+/// `once NAME` is previewed by it, with its config file as edited and its
+/// live snapshot; nothing is stored or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_previews_through_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1,"b":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = dir.path().join("config.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [[target]]\nname = \"receiver\"\nurl = \"{}\"\n\
+                 [[endpoint]]\nname = \"data\"\nurl = \"{}\"\nevery = \"1h\"\n{extra}\n",
+                dir.path().join("state").display(),
+                receiver.url(),
+                api.url()
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let config_arg = config.to_str().unwrap();
+    let mut daemon = binary().args(["run", "-c", config_arg]).spawn().unwrap();
+    let address = dir.path().join("state/admin.addr");
+    crate::support::eventually("the daemon listens", || address.exists()).await;
+    let poll = run(&["poll", "-c", config_arg, "data"]).await;
+    assert!(poll.status.success(), "{}", text(&poll.stderr));
+    let mut baseline = String::new();
+    for _ in 0..200 {
+        baseline = text(&run(&["history", "-c", config_arg, "data"]).await.stdout);
+        if baseline.lines().count() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        baseline.lines().count(),
+        2,
+        "a header and version 1: {baseline}"
+    );
+
+    api.set(Reply::json(r#"{"a":2,"b":1}"#));
+    let preview = run(&["once", "-c", config_arg, "data"]).await;
+    let stderr = text(&preview.stderr);
+    assert!(preview.status.success(), "{stderr}");
+    assert!(stderr.contains("previewing through it"), "{stderr}");
+    assert!(
+        stderr.contains("data: changed, version 2, 1 event(s)"),
+        "{stderr}"
+    );
+    let event: serde_json::Value = serde_json::from_str(text(&preview.stdout).trim()).unwrap();
+    assert_eq!(
+        event["data"]["patch"],
+        serde_json::json!([{"op": "replace", "path": "/a", "value": 2}])
+    );
+
+    // An edited filter, not reloaded: previewed as written.
+    write("select = \"{a}\"");
+    let preview = run(&["once", "-c", config_arg, "data"]).await;
+    let stderr = text(&preview.stderr);
+    assert!(
+        stderr.contains("data: rebaseline, version 2, 0 event(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("extracted document (json):\n{\n  \"a\": 2\n}"),
+        "{stderr}"
+    );
+
+    let history = text(&run(&["history", "-c", config_arg, "data"]).await.stdout);
+    assert_eq!(history, baseline, "nothing was stored");
+    assert!(receiver.all().is_empty(), "nothing was sent");
+    let pid = daemon.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(daemon.wait().await.unwrap().success());
 }
