@@ -330,6 +330,14 @@ impl Receiver {
             .collect()
     }
 
+    /// The `type` of each webhook accepted, in order.
+    pub fn types(&self) -> Vec<String> {
+        self.accepted()
+            .iter()
+            .map(|hook| hook.json()["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Requests being handled right now.
     pub fn handling(&self) -> usize {
         self.log.lock().unwrap().handling.len()

@@ -3,14 +3,6 @@
 use crate::cli::{binary, text};
 use crate::support::{Api, Daemon, FAST_RETRY, Receiver, Reply, SECRET, config, eventually};
 
-fn types(receiver: &Receiver) -> Vec<String> {
-    receiver
-        .accepted()
-        .iter()
-        .map(|hook| hook.json()["type"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// An alerting channel that wants only health events gets only those,
 /// while a target without `events` gets everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +67,7 @@ fail_for = "0s"
     daemon.stop().await;
 
     // The two item events of one poll go in parallel: either may be first.
-    let mut everything = types(&everything);
+    let mut everything = everything.types();
     everything[..2].sort();
     assert_eq!(
         everything,
@@ -86,8 +78,8 @@ fail_for = "0s"
             "endpoint.recovered"
         ]
     );
-    assert_eq!(types(&alerts), ["endpoint.failing", "endpoint.recovered"]);
-    assert_eq!(types(&added), ["item.added"]);
+    assert_eq!(alerts.types(), ["endpoint.failing", "endpoint.recovered"]);
+    assert_eq!(added.types(), ["item.added"]);
 }
 
 #[tokio::test]

@@ -12,14 +12,6 @@ use serde_json::{Value, json};
 use crate::cli::{data, run, text};
 use crate::support::{Api, Daemon, Receiver, Reply, config, eventually, serve, simple_config};
 
-fn types(receiver: &Receiver) -> Vec<String> {
-    receiver
-        .accepted()
-        .iter()
-        .map(|hook| hook.json()["type"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn items(list: Value) -> Reply {
     Reply::json(&json!({ "generated_at": "now", "data": list }).to_string())
 }
@@ -100,7 +92,7 @@ async fn on_limits_item_events_and_batch_sends_one() {
     api.wait_for_requests(3).await;
     daemon.stop().await;
 
-    assert_eq!(types(&receiver), ["items.changed"]);
+    assert_eq!(receiver.types(), ["items.changed"]);
     let data = &receiver.accepted()[0].json()["data"];
     let keys = |list: &str| -> Vec<Value> {
         data[list]
@@ -201,7 +193,7 @@ async fn failing_and_recovered_are_sent_once_each_even_across_a_restart() {
         ..good.clone()
     });
     eventually("endpoint.failing arrives", || {
-        types(&receiver) == ["endpoint.failing"]
+        receiver.types() == ["endpoint.failing"]
     })
     .await;
     api.wait_for_requests(3).await;
@@ -210,7 +202,7 @@ async fn failing_and_recovered_are_sent_once_each_even_across_a_restart() {
     // Still failing after a restart: no second alert.
     let daemon = Daemon::start(make_config());
     api.wait_for_requests(5).await;
-    assert_eq!(types(&receiver), ["endpoint.failing"]);
+    assert_eq!(receiver.types(), ["endpoint.failing"]);
 
     api.set(good);
     eventually("endpoint.recovered arrives", || {
@@ -220,7 +212,7 @@ async fn failing_and_recovered_are_sent_once_each_even_across_a_restart() {
     api.wait_for_requests(3).await;
     daemon.stop().await;
 
-    assert_eq!(types(&receiver), ["endpoint.failing", "endpoint.recovered"]);
+    assert_eq!(receiver.types(), ["endpoint.failing", "endpoint.recovered"]);
     let failing = receiver.accepted()[0].json();
     assert_eq!(failing["data"]["endpoint"], "data");
     assert_eq!(failing["data"]["failures"], 3);
@@ -400,6 +392,13 @@ async fn filter_and_pattern_mistakes_are_config_errors() {
     }
 }
 
+/// A window of items with these ids.
+fn window(ids: &[u32]) -> Reply {
+    items(json!(
+        ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>()
+    ))
+}
+
 /// The keys of the `item.added` events received, in order.
 fn added_keys(receiver: &Receiver) -> Vec<Value> {
     receiver
@@ -417,11 +416,6 @@ fn added_keys(receiver: &Receiver) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_is_added_once_ever_even_when_it_comes_back_into_the_window() {
     let state = tempfile::tempdir().unwrap();
-    let window = |ids: &[u32]| {
-        items(json!(
-            ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()
-        ))
-    };
     let api = Api::start(window(&[3, 2, 1])).await;
     let receiver = Receiver::start().await;
     let extra = "items = \".data[]\"\nkey = \".id\"\non = [\"added\"]";
@@ -459,11 +453,6 @@ async fn an_item_is_added_once_ever_even_when_it_comes_back_into_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seen_0_compares_with_the_last_document_only_and_a_new_definition_starts_afresh() {
     let state = tempfile::tempdir().unwrap();
-    let window = |ids: &[u32]| {
-        items(json!(
-            ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()
-        ))
-    };
     let api = Api::start(window(&[2, 1])).await;
     let receiver = Receiver::start().await;
     let forgetful = "items = \".data[]\"\nkey = \".id\"\non = [\"added\"]\nseen = 0";
