@@ -60,6 +60,9 @@ pub enum FetchError {
     Redirect { to: String, why: &'static str },
     #[error("a redirect whose `Location` is {0}")]
     BadRedirect(&'static str),
+    /// `auth` could not be read (a missing token file); nothing was sent.
+    #[error("cannot send `auth`: {0}")]
+    Auth(String),
 }
 
 /// The client every poll shares. It follows no redirects itself: see
@@ -110,6 +113,10 @@ pub async fn fetch(
         if at_origin {
             if let Some(headers) = &endpoint.headers {
                 request = request.headers(HeaderMap::clone(headers));
+            }
+            if let Some(auth) = &endpoint.auth {
+                let header = auth.header().map_err(FetchError::Auth)?;
+                request = request.header(reqwest::header::AUTHORIZATION, header);
             }
             if let Some(validators) = validators {
                 if let Some(etag) = &validators.etag {

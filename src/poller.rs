@@ -212,7 +212,9 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             408 | 429 | 500.. => Some(*retry_after),
             _ => None,
         },
-        PollError::Fetch(FetchError::TooLarge { .. } | FetchError::Redirect { .. }) => None,
+        PollError::Fetch(
+            FetchError::TooLarge { .. } | FetchError::Redirect { .. } | FetchError::Auth(_),
+        ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,
     }

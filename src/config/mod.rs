@@ -34,8 +34,8 @@ use crate::schedule::Schedule;
 use crate::seen::{self, SeenLimit};
 pub use diff::{Changes, ConfigDiff};
 pub use values::{
-    ByteSize, EnvString, HttpUrl, HumanDuration, SpanOfTime, WebhookSecret, expand_env, redact_url,
-    redact_written_url,
+    Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, WebhookSecret,
+    expand_env, redact_url, redact_written_url,
 };
 
 /// Where the daemon looks when neither `-c` nor `POLLHOOK_CONFIG` says otherwise.
@@ -156,6 +156,7 @@ struct DefaultsConfig {
     fail_for: Option<SpanOfTime>,
     follow_redirects: Option<FollowRedirects>,
     seen: Option<Spanned<SeenConfig>>,
+    auth: Option<Auth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +171,7 @@ struct EndpointConfig {
     /// the header instead of quoting its value.
     #[serde(default)]
     headers: BTreeMap<HeaderKey, Spanned<String>>,
+    auth: Option<Auth>,
     body: Option<EnvString>,
     every: Option<Spanned<HumanDuration>>,
     cron: Option<Spanned<CronExpr>>,
@@ -315,6 +317,7 @@ struct TargetConfig {
     content_type: Option<Spanned<ContentType>>,
     /// The event types this target takes (default: all), `*` patterns allowed.
     events: Option<Spanned<Vec<Spanned<String>>>>,
+    auth: Option<Auth>,
 }
 
 /// `format` on a target, as written.
@@ -445,6 +448,8 @@ pub struct Endpoint {
     /// map is 96 bytes. Every value is marked sensitive, so `Debug` and
     /// logs never show it.
     pub headers: Option<Box<HeaderMap>>,
+    /// Sent as `Authorization` to the endpoint's origin only.
+    pub auth: Option<Box<Auth>>,
     pub body: Option<EnvString>,
     pub schedule: Schedule,
     pub timeout: Duration,
@@ -533,6 +538,8 @@ pub struct Target {
     pub format: TargetFormat,
     /// The event types it takes, from `events`.
     pub events: EventTypes,
+    /// Sent as `Authorization` with every delivery.
+    pub auth: Option<Auth>,
 }
 
 /// One of an endpoint's targets, with the event types it takes.
@@ -1005,6 +1012,7 @@ impl<'s> Compiler<'s> {
                 min_spacing: raw.rate.map(|rate| rate.0),
                 format,
                 events,
+                auth: raw.auth,
             }));
         }
         targets
@@ -1304,6 +1312,7 @@ impl<'s> Compiler<'s> {
                 url,
                 method,
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
+                auth: raw.auth.or_else(|| defaults.auth.clone()).map(Box::new),
                 body,
                 schedule,
                 timeout: raw
@@ -1475,11 +1484,24 @@ impl<'s> Compiler<'s> {
                 return None;
             }
             let offset = error.span().map(|span| span.start);
-            self.toml_problem(error, context.clone());
             let DeValue::Table(entries) = table.get_mut() else {
+                self.toml_problem(error, context.clone());
                 return None;
             };
-            broken.0.push(remove_key_at(entries, offset?)?);
+            let Some(removed) = offset.and_then(|offset| remove_key_at(entries, offset)) else {
+                self.toml_problem(error, context.clone());
+                return None;
+            };
+            // A table left empty by a key taken out of it (`auth = {}`)
+            // has no mistake of its own.
+            let emptied = broken.0.iter().any(|key| {
+                key.strip_prefix(removed.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+            });
+            if !emptied {
+                self.toml_problem(error, context.clone());
+            }
+            broken.0.push(removed);
         }
     }
 

@@ -634,3 +634,75 @@ mod tests {
         );
     }
 }
+
+/// `auth` on an endpoint, in `[defaults]` or on a target: how requests
+/// prove who sends them. Its secrets are read again at every request, so a
+/// token file that is rotated just works; they are checked once at load.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Auth {
+    /// `auth = { basic = { username = "me", password = "${file:/etc/pollhook/pw}" } }`
+    Basic {
+        username: RereadSecret,
+        password: RereadSecret,
+    },
+    /// `auth = { bearer = "${file:/run/secrets/token}" }`
+    Bearer(RereadSecret),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Auth::Basic { .. } => "Auth::Basic(<redacted>)",
+            Auth::Bearer(_) => "Auth::Bearer(<redacted>)",
+        })
+    }
+}
+
+impl Auth {
+    /// The `Authorization` header, marked sensitive; an error names the
+    /// secret that cannot be read, never its value.
+    pub fn header(&self) -> Result<reqwest::header::HeaderValue, String> {
+        let value = match self {
+            Auth::Basic { username, password } => {
+                let pair = format!("{}:{}", username.read()?, password.read()?);
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+            Auth::Bearer(token) => format!("Bearer {}", token.read()?.trim()),
+        };
+        let mut header = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+            "the `auth` secret holds a character headers cannot carry (a newline or another control character)".to_string()
+        })?;
+        header.set_sensitive(true);
+        Ok(header)
+    }
+}
+
+/// A config string with `${...}` that is expanded at each use, not once:
+/// it was expanded at load only to report a mistake there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RereadSecret {
+    written: String,
+}
+
+impl RereadSecret {
+    pub fn read(&self) -> Result<String, String> {
+        expand_env(&self.written)
+    }
+}
+
+impl FromStr for RereadSecret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        expand(text)?;
+        Ok(RereadSecret {
+            written: text.to_string(),
+        })
+    }
+}
+
+deserialize_from_str!(RereadSecret);

@@ -94,6 +94,17 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
     for (name, value) in &rendered.headers {
         request = request.header(*name, value);
     }
+    if let Some(auth) = &target.auth {
+        match auth.header() {
+            Ok(header) => request = request.header(reqwest::header::AUTHORIZATION, header),
+            Err(error) => {
+                // Retried: the file may be there at the next attempt.
+                attempt.error = Some(format!("cannot send `auth`: {error}"));
+                attempt.duration = started.elapsed();
+                return attempt;
+            }
+        }
+    }
     if !target.secrets.is_empty() {
         // The signature covers the bytes sent, whatever the format.
         let signature =

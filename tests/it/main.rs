@@ -1,6 +1,7 @@
 //! One integration binary: a module per feature, shared helpers in `support`.
 
 mod admin;
+mod auth;
 mod cli;
 mod crash;
 mod damage;
