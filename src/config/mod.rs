@@ -1282,6 +1282,19 @@ impl<'s> Compiler<'s> {
                 None => WhenPrevious::default(),
             };
             let rules = self.compile_rules(&mut raw, &broken, &context);
+            if raw.auth.is_some()
+                && let Some(name) = raw
+                    .headers
+                    .keys()
+                    .find(|name| name.0.eq_ignore_ascii_case("authorization"))
+            {
+                let start = raw.headers[name].span().start;
+                self.problem(
+                    start,
+                    context.clone(),
+                    "set `auth` or an `Authorization` header, not both",
+                );
+            }
             let headers = self.compile_headers(std::mem::take(&mut raw.headers), &context);
             let on: Cow<'static, [ItemEvent]> = match raw.on {
                 Some(on) if on.get_ref().is_empty() => {

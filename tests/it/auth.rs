@@ -145,7 +145,9 @@ async fn auth_mistakes_are_config_errors_that_show_no_secret() {
          [[endpoint]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/\"\nevery = \"1m\"\n\
          auth = { bearer = \"${file:/nonexistent/pollhook-token}\" }\n\
          [[endpoint]]\nname = \"c\"\nurl = \"http://127.0.0.1:9/\"\nevery = \"1m\"\n\
-         auth = { basic = { username = \"me\", pasword = \"hunter2\" } }\n",
+         auth = { basic = { username = \"me\", pasword = \"hunter2\" } }\n\
+         [[endpoint]]\nname = \"d\"\nurl = \"http://127.0.0.1:9/\"\nevery = \"1m\"\n\
+         headers = { Authorization = \"Bearer x\" }\nauth = { bearer = \"y\" }\n",
     )
     .unwrap();
     let output = binary()
@@ -159,6 +161,7 @@ async fn auth_mistakes_are_config_errors_that_show_no_secret() {
         "pollhook.toml:5:10: endpoint `a`: unknown variant `digest`",
         "pollhook.toml:10:8: endpoint `b`: cannot read secret file `/nonexistent/pollhook-token`",
         "pollhook.toml:15:",
+        "pollhook.toml:20:29: endpoint `d`: set `auth` or an `Authorization` header, not both",
     ] {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
