@@ -65,9 +65,52 @@ pub enum FetchError {
     Auth(String),
 }
 
+/// The clients polls share: one for the endpoints without a `proxy` of
+/// their own (it honours `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`), one
+/// per `proxy`, made when an endpoint first needs it.
+pub struct Clients {
+    default: reqwest::Client,
+    by_proxy: std::sync::Mutex<std::collections::HashMap<url::Url, reqwest::Client>>,
+}
+
+impl Clients {
+    pub fn new() -> Result<Clients, reqwest::Error> {
+        Ok(Clients {
+            default: client()?,
+            by_proxy: Default::default(),
+        })
+    }
+
+    /// The client for `endpoint`'s requests.
+    pub fn get(&self, endpoint: &Endpoint) -> Result<reqwest::Client, FetchError> {
+        let Some(proxy) = &endpoint.proxy else {
+            return Ok(self.default.clone());
+        };
+        let mut by_proxy = crate::locks::lock(&self.by_proxy);
+        if let Some(client) = by_proxy.get(proxy.url()) {
+            return Ok(client.clone());
+        }
+        let made = reqwest::Proxy::all(proxy.url().clone())
+            .and_then(|proxy| builder().proxy(proxy).build())
+            .map_err(|error| {
+                FetchError::Request(format!(
+                    "cannot use the proxy `{}`: {}",
+                    proxy.shown(),
+                    crate::error_chain(&error.without_url())
+                ))
+            })?;
+        by_proxy.insert(proxy.url().clone(), made.clone());
+        Ok(made)
+    }
+}
+
 /// The client every poll shares. It follows no redirects itself: see
 /// [`fetch`].
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    builder().build()
+}
+
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -76,7 +119,6 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
         .brotli(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .connect_timeout(Duration::from_secs(10))
-        .build()
 }
 
 /// Polls `endpoint` once. Non-2xx, timeouts and oversized bodies are errors:

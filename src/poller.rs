@@ -37,7 +37,7 @@ use crate::store::Store;
 /// What every poll shares.
 pub struct Poller {
     pub store: Arc<Store>,
-    client: reqwest::Client,
+    clients: crate::fetch::Clients,
     /// The global cap on polls in flight.
     permits: Semaphore,
     /// The per-host caps and spacing.
@@ -101,7 +101,7 @@ impl Poller {
     pub fn new(store: Arc<Store>, config: &Config) -> Result<Poller, reqwest::Error> {
         Ok(Poller {
             store,
-            client: crate::fetch::client()?,
+            clients: crate::fetch::Clients::new()?,
             permits: Semaphore::new(config.max_concurrent_polls),
             hosts: Hosts::new(config.per_host, config.per_host_spacing),
         })
@@ -123,7 +123,8 @@ impl Poller {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            poll::observe(&self.client, &self.store, endpoint).await
+            let client = self.clients.get(endpoint).map_err(PollError::from)?;
+            poll::observe(&client, &self.store, endpoint).await
         };
         let observed = tokio::select! {
             _ = cancel.cancelled() => return Report {

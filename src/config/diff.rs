@@ -145,7 +145,12 @@ impl Endpoint {
             && source(&self.when) == source(&other.when)
             && self.on == other.on
             && self.batch == other.batch
+            && self.when_previous == other.when_previous
+            && self.seen == other.seen
             && self.fail_after == other.fail_after
+            && self.fail_for == other.fail_for
+            && self.auth == other.auth
+            && self.proxy == other.proxy
             && self.follow_redirects == other.follow_redirects
             && self.targets == other.targets
             && self.emit_initial == other.emit_initial
@@ -221,6 +226,9 @@ mod tests {
             "ignore = [\"/a\"]",
             "when = \".current != null\"",
             "fail_after = 5",
+            "fail_for = \"1h\"",
+            "auth = { bearer = \"t\" }",
+            "proxy = \"http://127.0.0.1:3128\"",
             "follow_redirects = \"any\"",
             "targets = []",
             "emit_initial = true",

@@ -157,6 +157,7 @@ struct DefaultsConfig {
     follow_redirects: Option<FollowRedirects>,
     seen: Option<Spanned<SeenConfig>>,
     auth: Option<Auth>,
+    proxy: Option<HttpUrl>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +173,8 @@ struct EndpointConfig {
     #[serde(default)]
     headers: BTreeMap<HeaderKey, Spanned<String>>,
     auth: Option<Auth>,
+    /// `http://` or `https://`, credentials allowed (`${...}`).
+    proxy: Option<HttpUrl>,
     body: Option<EnvString>,
     every: Option<Spanned<HumanDuration>>,
     cron: Option<Spanned<CronExpr>>,
@@ -450,6 +453,8 @@ pub struct Endpoint {
     pub headers: Option<Box<HeaderMap>>,
     /// Sent as `Authorization` to the endpoint's origin only.
     pub auth: Option<Box<Auth>>,
+    /// Polls go through it instead of `HTTP_PROXY`/`HTTPS_PROXY`.
+    pub proxy: Option<Box<HttpUrl>>,
     pub body: Option<EnvString>,
     pub schedule: Schedule,
     pub timeout: Duration,
@@ -1326,6 +1331,7 @@ impl<'s> Compiler<'s> {
                 method,
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 auth: raw.auth.or_else(|| defaults.auth.clone()).map(Box::new),
+                proxy: raw.proxy.or_else(|| defaults.proxy.clone()).map(Box::new),
                 body,
                 schedule,
                 timeout: raw

@@ -10,6 +10,7 @@ mod disk;
 mod formats;
 mod numbers;
 mod pipeline;
+mod proxy;
 mod retry;
 mod secrets;
 mod service;
