@@ -17,7 +17,8 @@ use reqwest::header::{
     ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
 
-use crate::config::{Endpoint, FollowRedirects};
+use crate::config::{Endpoint, FollowRedirects, Paginate};
+use crate::jq::Jq;
 
 /// Redirects followed in one poll before it fails.
 const MAX_REDIRECTS: usize = 10;
@@ -38,6 +39,8 @@ pub enum Fetched {
         bytes: Vec<u8>,
         content_type: Option<String>,
         validators: Validators,
+        /// The `Link` header's `rel="next"`, resolved.
+        next_link: Option<url::Url>,
     },
 }
 
@@ -63,6 +66,9 @@ pub enum FetchError {
     /// `auth` could not be read (a missing token file); nothing was sent.
     #[error("cannot send `auth`: {0}")]
     Auth(String),
+    /// A page of a paged list could not be followed.
+    #[error("page {page}: {why}")]
+    Page { page: usize, why: String },
 }
 
 /// The clients polls share: one for the endpoints without a `proxy` of
@@ -129,6 +135,124 @@ pub async fn fetch(
     endpoint: &Endpoint,
     validators: Option<&Validators>,
 ) -> Result<Fetched, FetchError> {
+    let Some(paging) = &endpoint.paging else {
+        return fetch_page(client, endpoint, endpoint.url.url(), validators).await;
+    };
+    // Later pages may change while the first does not: never conditional.
+    let mut page = fetch_page(client, endpoint, endpoint.url.url(), None).await?;
+    let mut pages = Vec::new();
+    loop {
+        let Fetched::Body {
+            bytes, next_link, ..
+        } = &page
+        else {
+            unreachable!("an unconditional request is never answered 304 here");
+        };
+        let number = pages.len() + 1;
+        let failed = |why: String| FetchError::Page { page: number, why };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|error| failed(format!("not JSON: {error}")))?;
+        let next = next_page(endpoint, &paging.next, &value, next_link.as_ref()).map_err(failed)?;
+        pages.push(value);
+        let Some(next) = next else { break };
+        if pages.len() >= paging.max_pages {
+            tracing::warn!(
+                max_pages = paging.max_pages,
+                "more pages than `max_pages`: the rest are not compared"
+            );
+            break;
+        }
+        if !same_origin(endpoint.url.url(), &next) {
+            return Err(failed(format!(
+                "the next page is on another origin (`{}`), which would get the endpoint's headers",
+                next.origin().ascii_serialization()
+            )));
+        }
+        page = fetch_page(client, endpoint, &next, None).await?;
+    }
+    let Fetched::Body {
+        content_type,
+        validators,
+        ..
+    } = page
+    else {
+        unreachable!("the last page had a body");
+    };
+    // Lists are concatenated; other pages become a list of the pages.
+    let merged = match pages.iter().all(serde_json::Value::is_array) {
+        true => pages
+            .into_iter()
+            .flat_map(|page| match page {
+                serde_json::Value::Array(items) => items,
+                _ => Vec::new(),
+            })
+            .collect(),
+        false => pages,
+    };
+    Ok(Fetched::Body {
+        bytes: serde_json::to_vec(&serde_json::Value::Array(merged)).unwrap_or_default(),
+        content_type,
+        validators,
+        next_link: None,
+    })
+}
+
+/// The URL of the page after `page`, or `None` at the last one.
+fn next_page(
+    endpoint: &Endpoint,
+    paginate: &Paginate,
+    page: &serde_json::Value,
+    next_link: Option<&url::Url>,
+) -> Result<Option<url::Url>, String> {
+    let found = |filter: &Jq| {
+        filter
+            .run(page)
+            .map(|outputs| outputs.into_iter().find(|value| !value.is_null()))
+    };
+    match paginate {
+        Paginate::Link => Ok(next_link.cloned()),
+        Paginate::Next(filter) => match found(filter)? {
+            None => Ok(None),
+            Some(serde_json::Value::String(next)) => endpoint
+                .url
+                .url()
+                .join(&next)
+                .map(Some)
+                .map_err(|error| format!("`next` gave `{next}`, not a URL: {error}")),
+            Some(other) => Err(format!("`next` gave {other}, not a URL string")),
+        },
+        Paginate::Cursor { cursor, param } => {
+            let cursor = match found(cursor)? {
+                None => return Ok(None),
+                Some(serde_json::Value::String(text)) if text.is_empty() => return Ok(None),
+                Some(serde_json::Value::String(text)) => text,
+                Some(other @ serde_json::Value::Number(_)) => other.to_string(),
+                Some(other) => {
+                    return Err(format!("`cursor` gave {other}, not a string or number"));
+                }
+            };
+            let mut url = endpoint.url.url().clone();
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(name, _)| name != param.as_str())
+                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                .collect();
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair(param, &cursor);
+            Ok(Some(url))
+        }
+    }
+}
+
+/// One request, redirects followed, to `start`.
+async fn fetch_page(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    start: &url::Url,
+    validators: Option<&Validators>,
+) -> Result<Fetched, FetchError> {
     let deadline = tokio::time::Instant::now() + endpoint.timeout;
     let classify = |error: reqwest::Error| {
         if error.is_timeout() {
@@ -137,7 +261,7 @@ pub async fn fetch(
             FetchError::Request(crate::error_chain(&error.without_url()))
         }
     };
-    let mut url = endpoint.url.url().clone();
+    let mut url = start.clone();
     let mut method = endpoint.method.clone();
     let mut with_body = endpoint.body.is_some();
     // The endpoint's headers, body and validators go only to its origin:
@@ -238,6 +362,13 @@ pub async fn fetch(
             .map(str::to_string)
     };
     let content_type = header(reqwest::header::CONTENT_TYPE);
+    let next_link = header(reqwest::header::LINK)
+        .and_then(|link| parse_link_header::parse_with_rel(&link).ok())
+        .and_then(|links| {
+            links
+                .get("next")
+                .and_then(|next| url.join(&next.raw_uri).ok())
+        });
     let validators = Validators {
         etag: header(ETAG),
         last_modified: header(LAST_MODIFIED),
@@ -263,6 +394,7 @@ pub async fn fetch(
         bytes,
         content_type,
         validators,
+        next_link,
     })
 }
 

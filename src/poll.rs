@@ -100,6 +100,7 @@ pub async fn observe(
                 bytes,
                 content_type,
                 validators,
+                ..
             } => (bytes, content_type, validators),
         };
     let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;

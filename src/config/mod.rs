@@ -56,6 +56,8 @@ const MAX_CONCURRENT_POLLS: usize = 100_000;
 const MAX_PARALLEL: usize = 10_000;
 const MAX_KEEP_HISTORY: usize = 10_000;
 const MAX_FAIL_AFTER: u32 = 10_000;
+const DEFAULT_MAX_PAGES: usize = 10;
+const MAX_PAGES: usize = 1_000;
 const MAX_ATTEMPTS: u32 = 100;
 /// The shortest `every`: a faster poll is a flood, not a watch.
 pub const MIN_EVERY: Duration = Duration::from_millis(100);
@@ -175,6 +177,8 @@ struct EndpointConfig {
     auth: Option<Auth>,
     /// `http://` or `https://`, credentials allowed (`${...}`).
     proxy: Option<HttpUrl>,
+    paginate: Option<Spanned<PaginateConfig>>,
+    max_pages: Option<Spanned<usize>>,
     body: Option<EnvString>,
     every: Option<Spanned<HumanDuration>>,
     cron: Option<Spanned<CronExpr>>,
@@ -200,6 +204,16 @@ struct EndpointConfig {
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
     keep_history: Option<Spanned<usize>>,
+}
+
+/// `paginate = { next = "link" }`, `{ next = "<jq>" }` or
+/// `{ cursor = "<jq>", param = "cursor" }`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaginateConfig {
+    next: Option<String>,
+    cursor: Option<Jq>,
+    param: Option<String>,
 }
 
 /// `seen`: how many item keys (`10000`, `0` for none) or for how long
@@ -248,6 +262,37 @@ pub enum WhenPrevious {
     /// The last version an event was sent for: for thresholds since the
     /// last alert (a price 3 % below the one last reported).
     Notified,
+}
+
+/// `paginate`: how the next page of a paged list is found.
+#[derive(Debug, Clone)]
+pub enum Paginate {
+    /// The `Link` header's `rel="next"` (RFC 8288: GitHub, GitLab).
+    Link,
+    /// A jq expression over each page giving the next URL, or null.
+    Next(Jq),
+    /// A jq expression over each page giving a cursor, or null, put into
+    /// the query as `param`.
+    Cursor { cursor: Jq, param: String },
+}
+
+/// [`Paginate`] with its page limit.
+#[derive(Debug, Clone)]
+pub struct Paging {
+    pub next: Paginate,
+    pub max_pages: usize,
+}
+
+impl Paging {
+    /// What shapes the merged document, for the definition hash.
+    fn describe(&self) -> String {
+        let next = match &self.next {
+            Paginate::Link => "link".to_string(),
+            Paginate::Next(filter) => format!("next {}", filter.source()),
+            Paginate::Cursor { cursor, param } => format!("cursor {} {param}", cursor.source()),
+        };
+        format!("{next} {}", self.max_pages)
+    }
 }
 
 /// Which item events an item-mode endpoint sends (`on = ["added"]`).
@@ -455,6 +500,8 @@ pub struct Endpoint {
     pub auth: Option<Box<Auth>>,
     /// Polls go through it instead of `HTTP_PROXY`/`HTTPS_PROXY`.
     pub proxy: Option<Box<HttpUrl>>,
+    /// A paged list: every page is fetched and they are compared as one.
+    pub paging: Option<Box<Paging>>,
     pub body: Option<EnvString>,
     pub schedule: Schedule,
     pub timeout: Duration,
@@ -1274,6 +1321,7 @@ impl<'s> Compiler<'s> {
                 .in_range(fail_after, "fail_after", 0..=MAX_FAIL_AFTER, &context)
                 .unwrap_or(DEFAULT_FAIL_AFTER);
             let seen = self.compile_seen(&raw, defaults, &context);
+            let paging = self.compile_paging(raw.paginate.take(), raw.max_pages.take(), &context);
             let when_previous = match raw.when_previous.take() {
                 Some(when_previous) if raw.when.is_none() && !broken.contains("when") => {
                     self.problem(
@@ -1324,6 +1372,7 @@ impl<'s> Compiler<'s> {
                 &headers,
                 body.as_ref().map(|body| body.value.as_str()),
                 &rules,
+                paging.as_ref(),
             );
             endpoints.push(Arc::new(Endpoint {
                 name: raw.name.into_inner().into(),
@@ -1332,6 +1381,7 @@ impl<'s> Compiler<'s> {
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 auth: raw.auth.or_else(|| defaults.auth.clone()).map(Box::new),
                 proxy: raw.proxy.or_else(|| defaults.proxy.clone()).map(Box::new),
+                paging: paging.map(Box::new),
                 body,
                 schedule,
                 timeout: raw
@@ -1549,6 +1599,76 @@ impl<'s> Compiler<'s> {
         None
     }
 
+    /// `paginate` and `max_pages`.
+    fn compile_paging(
+        &mut self,
+        paginate: Option<Spanned<PaginateConfig>>,
+        max_pages: Option<Spanned<usize>>,
+        context: &Option<String>,
+    ) -> Option<Paging> {
+        let limit = self
+            .in_range(max_pages.as_ref(), "max_pages", 1..=MAX_PAGES, context)
+            .unwrap_or(DEFAULT_MAX_PAGES);
+        let Some(paginate) = paginate else {
+            if let Some(max_pages) = max_pages {
+                self.problem(
+                    max_pages.span().start,
+                    context.clone(),
+                    "`max_pages` is for paged lists: set `paginate` too",
+                );
+            }
+            return None;
+        };
+        let start = paginate.span().start;
+        let next = match paginate.into_inner() {
+            PaginateConfig {
+                next: Some(next),
+                cursor: None,
+                param: None,
+            } if next == "link" => Paginate::Link,
+            PaginateConfig {
+                next: Some(next),
+                cursor: None,
+                param: None,
+            } => match next.parse::<Jq>() {
+                Ok(filter) => Paginate::Next(filter),
+                Err(error) => {
+                    self.problem(start, context.clone(), format!("`paginate.next`: {error}"));
+                    return None;
+                }
+            },
+            PaginateConfig {
+                next: None,
+                cursor: Some(cursor),
+                param: Some(param),
+            } => Paginate::Cursor { cursor, param },
+            PaginateConfig {
+                next: None,
+                cursor: Some(_),
+                param: None,
+            } => {
+                self.problem(
+                    start,
+                    context.clone(),
+                    "`paginate.cursor` needs `param`: the query parameter the cursor goes in",
+                );
+                return None;
+            }
+            _ => {
+                self.problem(
+                    start,
+                    context.clone(),
+                    "`paginate` takes `next = \"link\"`, `next = \"<jq>\"`, or `cursor = \"<jq>\"` with `param`",
+                );
+                return None;
+            }
+        };
+        Some(Paging {
+            next,
+            max_pages: limit,
+        })
+    }
+
     /// `seen`, the endpoint's or the defaults': a count of keys or an age.
     fn compile_seen(
         &mut self,
@@ -1674,6 +1794,7 @@ fn definition_hash(
     headers: &HeaderMap,
     body: Option<&str>,
     rules: &Rules,
+    paging: Option<&Paging>,
 ) -> [u8; 32] {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -1703,6 +1824,10 @@ fn definition_hash(
             field(name.as_bytes());
             field(filter.source().as_bytes());
         }
+    }
+    if let Some(paging) = paging {
+        field(b"paginate");
+        field(paging.describe().as_bytes());
     }
     if let Some(keep) = &rules.keep_lines {
         field(b"match");

@@ -9,6 +9,7 @@ mod delivery;
 mod disk;
 mod formats;
 mod numbers;
+mod pages;
 mod pipeline;
 mod proxy;
 mod retry;
