@@ -17,7 +17,7 @@ use reqwest::header::{
     ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
 
-use crate::config::{Endpoint, FollowRedirects, Paginate};
+use crate::config::{Endpoint, FollowRedirects, Paginate, Transport};
 use crate::jq::Jq;
 
 /// Redirects followed in one poll before it fails.
@@ -71,42 +71,64 @@ pub enum FetchError {
     Page { page: usize, why: String },
 }
 
-/// The clients polls share: one for the endpoints without a `proxy` of
-/// their own (it honours `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`), one
-/// per `proxy`, made when an endpoint first needs it.
+/// The clients polls share: one for the endpoints with no transport
+/// options of their own (it honours `HTTP_PROXY`, `HTTPS_PROXY` and
+/// `NO_PROXY`, and trusts the bundled and the system's CAs), one per
+/// distinct [`Transport`], made when an endpoint first needs it.
 pub struct Clients {
     default: reqwest::Client,
-    by_proxy: std::sync::Mutex<std::collections::HashMap<url::Url, reqwest::Client>>,
+    by_transport: std::sync::Mutex<std::collections::HashMap<Transport, reqwest::Client>>,
 }
 
 impl Clients {
     pub fn new() -> Result<Clients, reqwest::Error> {
         Ok(Clients {
             default: client()?,
-            by_proxy: Default::default(),
+            by_transport: Default::default(),
         })
     }
 
     /// The client for `endpoint`'s requests.
     pub fn get(&self, endpoint: &Endpoint) -> Result<reqwest::Client, FetchError> {
-        let Some(proxy) = &endpoint.proxy else {
+        let Some(transport) = &endpoint.transport else {
             return Ok(self.default.clone());
         };
-        let mut by_proxy = crate::locks::lock(&self.by_proxy);
-        if let Some(client) = by_proxy.get(proxy.url()) {
+        let mut by_transport = crate::locks::lock(&self.by_transport);
+        if let Some(client) = by_transport.get(transport) {
             return Ok(client.clone());
         }
-        let made = reqwest::Proxy::all(proxy.url().clone())
-            .and_then(|proxy| builder().proxy(proxy).build())
-            .map_err(|error| {
-                FetchError::Request(format!(
+        let made = transport.client().map_err(FetchError::Request)?;
+        by_transport.insert((**transport).clone(), made.clone());
+        Ok(made)
+    }
+}
+
+impl Transport {
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let mut builder = builder();
+        if let Some(proxy) = &self.proxy {
+            let proxy = reqwest::Proxy::all(proxy.url().clone()).map_err(|error| {
+                format!(
                     "cannot use the proxy `{}`: {}",
                     proxy.shown(),
                     crate::error_chain(&error.without_url())
-                ))
+                )
             })?;
-        by_proxy.insert(proxy.url().clone(), made.clone());
-        Ok(made)
+            builder = builder.proxy(proxy);
+        }
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|error| format!("cannot read `ca_file` `{}`: {error}", path.display()))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| format!("`ca_file` `{}`: {error}", path.display()))?
+            {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        if self.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        builder.build().map_err(|error| crate::error_chain(&error))
     }
 }
 

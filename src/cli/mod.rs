@@ -349,6 +349,9 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         }
     }
     let config = Config::load(path)?;
+    for warning in &config.warnings {
+        errln!("{warning}");
+    }
     let endpoints = if names.is_empty() {
         config.endpoints.clone()
     } else {

@@ -150,7 +150,7 @@ impl Endpoint {
             && self.fail_after == other.fail_after
             && self.fail_for == other.fail_for
             && self.auth == other.auth
-            && self.proxy == other.proxy
+            && self.transport == other.transport
             && self.follow_redirects == other.follow_redirects
             && self.targets == other.targets
             && self.emit_initial == other.emit_initial

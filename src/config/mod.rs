@@ -160,6 +160,8 @@ struct DefaultsConfig {
     seen: Option<Spanned<SeenConfig>>,
     auth: Option<Auth>,
     proxy: Option<HttpUrl>,
+    ca_file: Option<PathBuf>,
+    tls_insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +179,9 @@ struct EndpointConfig {
     auth: Option<Auth>,
     /// `http://` or `https://`, credentials allowed (`${...}`).
     proxy: Option<HttpUrl>,
+    /// Relative to the config file's folder.
+    ca_file: Option<PathBuf>,
+    tls_insecure: Option<bool>,
     paginate: Option<Spanned<PaginateConfig>>,
     max_pages: Option<Spanned<usize>>,
     body: Option<EnvString>,
@@ -274,6 +279,18 @@ pub enum Paginate {
     /// A jq expression over each page giving a cursor, or null, put into
     /// the query as `param`.
     Cursor { cursor: Jq, param: String },
+}
+
+/// How an endpoint's requests reach its server, when not as every other
+/// endpoint's: polls with the same share a client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Transport {
+    /// Instead of `HTTP_PROXY`/`HTTPS_PROXY`.
+    pub proxy: Option<HttpUrl>,
+    /// PEM certificates trusted besides the bundled and the system's CAs.
+    pub ca_file: Option<PathBuf>,
+    /// `tls_insecure`: no certificate check at all.
+    pub insecure: bool,
 }
 
 /// [`Paginate`] with its page limit.
@@ -498,8 +515,8 @@ pub struct Endpoint {
     pub headers: Option<Box<HeaderMap>>,
     /// Sent as `Authorization` to the endpoint's origin only.
     pub auth: Option<Box<Auth>>,
-    /// Polls go through it instead of `HTTP_PROXY`/`HTTPS_PROXY`.
-    pub proxy: Option<Box<HttpUrl>>,
+    /// Its own proxy or TLS trust; `None`: the shared client's.
+    pub transport: Option<Box<Transport>>,
     /// A paged list: every page is fetched and they are compared as one.
     pub paging: Option<Box<Paging>>,
     pub body: Option<EnvString>,
@@ -1321,6 +1338,25 @@ impl<'s> Compiler<'s> {
                 .in_range(fail_after, "fail_after", 0..=MAX_FAIL_AFTER, &context)
                 .unwrap_or(DEFAULT_FAIL_AFTER);
             let seen = self.compile_seen(&raw, defaults, &context);
+            let transport = Transport {
+                proxy: raw.proxy.take().or_else(|| defaults.proxy.clone()),
+                ca_file: raw
+                    .ca_file
+                    .take()
+                    .or_else(|| defaults.ca_file.clone())
+                    .map(|path| self.dir.join(path)),
+                insecure: raw.tls_insecure.or(defaults.tls_insecure).unwrap_or(false),
+            };
+            if transport.insecure {
+                self.warning(
+                    table_start,
+                    context.clone(),
+                    "`tls_insecure = true`: its certificate is not checked, so anyone on the way can read and change its answers",
+                );
+            }
+            let transport =
+                (transport.proxy.is_some() || transport.ca_file.is_some() || transport.insecure)
+                    .then(|| Box::new(transport));
             let paging = self.compile_paging(raw.paginate.take(), raw.max_pages.take(), &context);
             let when_previous = match raw.when_previous.take() {
                 Some(when_previous) if raw.when.is_none() && !broken.contains("when") => {
@@ -1380,7 +1416,7 @@ impl<'s> Compiler<'s> {
                 method,
                 headers: (!headers.is_empty()).then(|| Box::new(headers)),
                 auth: raw.auth.or_else(|| defaults.auth.clone()).map(Box::new),
-                proxy: raw.proxy.or_else(|| defaults.proxy.clone()).map(Box::new),
+                transport,
                 paging: paging.map(Box::new),
                 body,
                 schedule,

@@ -94,7 +94,7 @@ impl FromStr for SpanOfTime {
 
 /// An absolute `http` or `https` URL after `${...}` expansion
 /// (environment, file, credential), and the form it may be shown in.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct HttpUrl {
     url: url::Url,
     /// What logs, events, the admin API and `Debug` show: each part that

@@ -17,4 +17,5 @@ mod secrets;
 mod service;
 mod support;
 mod targets;
+mod tls;
 mod watch;
