@@ -15,9 +15,8 @@
 //! inputs (`input`, `inputs`), where it is (`$__loc__`, `input_filename`,
 //! `input_line_number`, `$__prog_args`), the clock or the time zone (`now`,
 //! `localtime`, `strflocaltime`), the process's environment (`$ENV`, `env`:
-//! jq's tests expect `PAGER=less`), modules or stopping the program
-//! (`import`, `include`, `halt`, `halt_error`, `get_search_list`). Skipped
-//! blocks are listed with the reason.
+//! jq's tests expect `PAGER=less`) or modules (`import`, `include`,
+//! `get_search_list`). Skipped blocks are listed with the reason.
 //!
 //! Outputs are compared in full, as the list of values (so two outputs are
 //! not taken for one array of two), each value with its numbers in
@@ -42,13 +41,17 @@ const OUTSIDE_A_FILTER: &[(&str, &str)] = &[
     ("now", "reads the clock"),
     ("localtime", "depends on the time zone"),
     ("strflocaltime", "depends on the time zone"),
-    ("$ENV", "reads the process's environment (jq's tests set `PAGER`)"),
-    ("env", "reads the process's environment (jq's tests set `PAGER`)"),
+    (
+        "$ENV",
+        "reads the process's environment (jq's tests set `PAGER`)",
+    ),
+    (
+        "env",
+        "reads the process's environment (jq's tests set `PAGER`)",
+    ),
     ("import", "loads modules"),
     ("include", "loads modules"),
     ("get_search_list", "loads modules"),
-    ("halt", "stops the program"),
-    ("halt_error", "stops the program"),
 ];
 
 struct Example {

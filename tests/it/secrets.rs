@@ -249,3 +249,57 @@ emit_initial = true
     assert!(!endpoints.contains("SUPERSECRETKEY"), "{endpoints}");
     daemon.stop().await;
 }
+
+/// The daemon's environment is where `${NAME}` secrets come from: a jq
+/// filter sees none of it (`$ENV` and `env` are `{}`), through the real
+/// binary with a token in its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_sees_none_of_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"v":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        r#"state_dir = "{}"
+[admin]
+listen = "127.0.0.1:0"
+[[target]]
+name = "receiver"
+url = "{}"
+[[endpoint]]
+name = "data"
+url = "{}"
+headers = {{ Authorization = "Bearer ${{POLLHOOK_TEST_FILTER_TOKEN}}" }}
+select = '{{v, ENV: $ENV, env: env, token: $ENV.POLLHOOK_TEST_FILTER_TOKEN}}'
+every = "1h"
+emit_initial = true
+"#,
+        dir.path().join("state").display(),
+        receiver.url(),
+        api.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let output = crate::cli::binary()
+        .env("POLLHOOK_TEST_FILTER_TOKEN", "FILTERSECRET")
+        .args(["once", "-c", config.to_str().unwrap()])
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), output)
+        .await
+        .expect("the command finished")
+        .unwrap();
+    let (stdout, stderr) = (
+        crate::cli::text(&output.stdout),
+        crate::cli::text(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        api.requests(),
+        1,
+        "the header was expanded and the request made"
+    );
+    assert!(!stdout.contains("FILTERSECRET"), "{stdout}");
+    assert!(!stderr.contains("FILTERSECRET"), "{stderr}");
+    let event: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let document = serde_json::json!({"v": 1, "ENV": {}, "env": {}, "token": null});
+    assert!(event.to_string().contains(&document.to_string()), "{event}");
+}

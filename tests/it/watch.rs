@@ -149,6 +149,45 @@ async fn select_narrows_the_document_and_a_failing_filter_keeps_the_snapshot() {
     assert_eq!(document.canonical, br#"[{"tag_name":"1.91.0"}]"#);
 }
 
+/// `select` answers as jq: a filter with no output makes the document
+/// `[]` (as two outputs make `[a, b]`), and a computed integral number is
+/// written as jq writes it, `3`, not `3.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_with_no_output_is_an_empty_array_and_numbers_read_as_jq() {
+    let state = tempfile::tempdir().unwrap();
+    let body = |open: &[u32]| {
+        let items: Vec<Value> = (1..=3)
+            .map(|id| json!({"id": id, "open": open.contains(&id), "price": 1.5}))
+            .collect();
+        Reply::json(&json!({ "items": items }).to_string())
+    };
+    let api = Api::start(body(&[])).await;
+    let receiver = Receiver::start().await;
+    let extra = r#"select = ".items[] | select(.open) | {id, total: (.price * 2)}""#;
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, extra));
+    api.wait_for_requests(2).await;
+
+    api.set(body(&[2]));
+    eventually("one open item", || receiver.accepted().len() == 1).await;
+    api.set(body(&[1, 3]));
+    eventually("two open items", || receiver.accepted().len() == 2).await;
+    api.set(body(&[]));
+    eventually("none open again", || receiver.accepted().len() == 3).await;
+    daemon.stop().await;
+
+    let store = Store::open(state.path()).unwrap();
+    let document = |version| store.document("data", version).unwrap().unwrap().canonical;
+    assert_eq!(document(1), b"[]");
+    assert_eq!(document(2), br#"{"id":2,"total":3}"#);
+    assert_eq!(document(3), br#"[{"id":1,"total":3},{"id":3,"total":3}]"#);
+    assert_eq!(document(4), b"[]");
+    let patch = receiver.accepted()[0].json()["data"]["patch"].clone();
+    assert_eq!(
+        patch,
+        json!([{"op": "replace", "path": "", "value": {"id": 2, "total": 3}}])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_sends_only_the_changes_it_holds_for() {
     let state = tempfile::tempdir().unwrap();
