@@ -305,13 +305,14 @@ fn view(
     status: &EndpointStatus,
     pending: &HashMap<String, usize>,
 ) -> EndpointView {
-    let snapshot = state
-        .context
-        .store
-        .snapshot(&status.endpoint.name)
-        .ok()
-        .flatten();
-    EndpointView::new(&status.endpoint, Some(status), snapshot.as_ref(), pending)
+    let (snapshot, cursor) =
+        EndpointView::stored(&state.context.store, &status.endpoint).unwrap_or_default();
+    EndpointView::new(
+        &status.endpoint,
+        Some(status),
+        (snapshot.as_ref(), cursor.as_ref()),
+        pending,
+    )
 }
 
 async fn endpoints(State(state): State<AdminState>) -> Response {

@@ -699,6 +699,19 @@ fn log_observation(observation: &Observation, queued: usize) -> PollResult {
                 PollResult::Baseline
             }
         },
+        Observation::Advanced {
+            first: true, state, ..
+        } => {
+            info!(cursor = state.cursor.as_deref(), queued, "cursor set");
+            PollResult::Baseline
+        }
+        Observation::Advanced { state, events, .. } => {
+            info!(cursor = state.cursor.as_deref(), queued, "new items");
+            match events.is_empty() {
+                true => PollResult::Unchanged,
+                false => PollResult::Changed,
+            }
+        }
     }
 }
 

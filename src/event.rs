@@ -119,6 +119,21 @@ pub fn for_change(
         .collect()
 }
 
+/// An incremental endpoint's new item: `item.added` with its key.
+pub fn item_added(endpoint: &Endpoint, key: Value, item: Value, at_ms: u64) -> Event {
+    Event {
+        id: new_id(),
+        kind: ITEM_ADDED,
+        timestamp_ms: at_ms,
+        data: json!({
+            "endpoint": &*endpoint.name,
+            "url": endpoint.display_url(),
+            "key": key,
+            "item": item,
+        }),
+    }
+}
+
 /// The event `pollhook test TARGET` sends: marked as a test in its type
 /// and its data, so that a receiver's rules can tell it apart.
 pub fn test_event(target: &str, at_ms: u64) -> Event {

@@ -304,6 +304,39 @@ fn run(filter: &Jq, name: &'static str, input: &Value) -> Result<Vec<Value>, Ext
     })
 }
 
+/// Incremental mode: the response as JSON, and its items as `(key, item)`
+/// in the response's order (after `select` and `ignore`, as in item mode).
+pub fn new_items(body: &[u8], rules: &Rules) -> Result<(Value, Vec<(Value, Value)>), ExtractError> {
+    let mut response: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
+    number::canonicalise(&mut response);
+    let narrowed = match (&rules.select, rules.ignore.is_empty()) {
+        (None, true) => None,
+        (select, _) => {
+            let mut value = match select {
+                Some(select) => run(select, "select", &response).map(jq::collapse)?,
+                None => response.clone(),
+            };
+            for pointer in &rules.ignore {
+                remove_pointer(&mut value, pointer);
+            }
+            Some(value)
+        }
+    };
+    let Some(item_rules) = &rules.items else {
+        return Ok((response, Vec::new()));
+    };
+    let mut items = Vec::new();
+    for item in run(
+        &item_rules.items,
+        "items",
+        narrowed.as_ref().unwrap_or(&response),
+    )? {
+        let key = run(&item_rules.key, "key", &item).map(jq::collapse)?;
+        items.push((key, item));
+    }
+    Ok((response, items))
+}
+
 /// The items of `value` by key, sorted by key, so that their order in the
 /// response never makes a change. Of several items with one key the one
 /// whose canonical form sorts first is kept, whatever the response's order.

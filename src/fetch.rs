@@ -19,6 +19,7 @@ use reqwest::header::{
 
 use crate::config::{Endpoint, FollowRedirects, Paginate, Transport};
 use crate::jq::Jq;
+use crate::request::Request;
 
 /// Redirects followed in one poll before it fails.
 const MAX_REDIRECTS: usize = 10;
@@ -69,6 +70,9 @@ pub enum FetchError {
     /// A page of a paged list could not be followed.
     #[error("page {page}: {why}")]
     Page { page: usize, why: String },
+    /// The request's templates could not be rendered; nothing was sent.
+    #[error("cannot make the request: {0}")]
+    Template(String),
 }
 
 /// The clients polls share: one for the endpoints with no transport
@@ -149,19 +153,20 @@ fn builder() -> reqwest::ClientBuilder {
         .connect_timeout(Duration::from_secs(10))
 }
 
-/// Polls `endpoint` once. Non-2xx, timeouts and oversized bodies are errors:
-/// the caller keeps its snapshot and tries again later. `endpoint.timeout`
-/// covers the whole poll, redirects included.
+/// Polls `endpoint` once with `request`. Non-2xx, timeouts and oversized
+/// bodies are errors: the caller keeps its snapshot and tries again later.
+/// `endpoint.timeout` covers the whole poll, redirects included.
 pub async fn fetch(
     client: &reqwest::Client,
     endpoint: &Endpoint,
+    request: &Request<'_>,
     validators: Option<&Validators>,
 ) -> Result<Fetched, FetchError> {
     let Some(paging) = &endpoint.paging else {
-        return fetch_page(client, endpoint, endpoint.url.url(), validators).await;
+        return fetch_page(client, endpoint, request, &request.url, validators).await;
     };
     // Later pages may change while the first does not: never conditional.
-    let mut page = fetch_page(client, endpoint, endpoint.url.url(), None).await?;
+    let mut page = fetch_page(client, endpoint, request, &request.url, None).await?;
     let mut pages = Vec::new();
     loop {
         let Fetched::Body {
@@ -174,7 +179,8 @@ pub async fn fetch(
         let failed = |why: String| FetchError::Page { page: number, why };
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|error| failed(format!("not JSON: {error}")))?;
-        let next = next_page(endpoint, &paging.next, &value, next_link.as_ref()).map_err(failed)?;
+        let next =
+            next_page(&request.url, &paging.next, &value, next_link.as_ref()).map_err(failed)?;
         pages.push(value);
         let Some(next) = next else { break };
         if pages.len() >= paging.max_pages {
@@ -190,7 +196,7 @@ pub async fn fetch(
                 next.origin().ascii_serialization()
             )));
         }
-        page = fetch_page(client, endpoint, &next, None).await?;
+        page = fetch_page(client, endpoint, request, &next, None).await?;
     }
     let Fetched::Body {
         content_type,
@@ -219,9 +225,10 @@ pub async fn fetch(
     })
 }
 
-/// The URL of the page after `page`, or `None` at the last one.
+/// The URL of the page after `page` of a list at `first`, or `None` at
+/// the last one.
 fn next_page(
-    endpoint: &Endpoint,
+    first: &url::Url,
     paginate: &Paginate,
     page: &serde_json::Value,
     next_link: Option<&url::Url>,
@@ -235,9 +242,7 @@ fn next_page(
         Paginate::Link => Ok(next_link.cloned()),
         Paginate::Next(filter) => match found(filter)? {
             None => Ok(None),
-            Some(serde_json::Value::String(next)) => endpoint
-                .url
-                .url()
+            Some(serde_json::Value::String(next)) => first
                 .join(&next)
                 .map(Some)
                 .map_err(|error| format!("`next` gave `{next}`, not a URL: {error}")),
@@ -253,7 +258,7 @@ fn next_page(
                     return Err(format!("`cursor` gave {other}, not a string or number"));
                 }
             };
-            let mut url = endpoint.url.url().clone();
+            let mut url = first.clone();
             let kept: Vec<(String, String)> = url
                 .query_pairs()
                 .filter(|(name, _)| name != param.as_str())
@@ -272,6 +277,7 @@ fn next_page(
 async fn fetch_page(
     client: &reqwest::Client,
     endpoint: &Endpoint,
+    sent: &Request<'_>,
     start: &url::Url,
     validators: Option<&Validators>,
 ) -> Result<Fetched, FetchError> {
@@ -285,7 +291,7 @@ async fn fetch_page(
     };
     let mut url = start.clone();
     let mut method = endpoint.method.clone();
-    let mut with_body = endpoint.body.is_some();
+    let mut with_body = sent.body.is_some();
     // The endpoint's headers, body and validators go only to its origin:
     // once a redirect has left it, none of them is sent again.
     let mut at_origin = true;
@@ -299,7 +305,7 @@ async fn fetch_page(
             .request(method.clone(), url.clone())
             .timeout(remaining);
         if at_origin {
-            if let Some(headers) = &endpoint.headers {
+            if let Some(headers) = &sent.headers {
                 request = request.headers(HeaderMap::clone(headers));
             }
             if let Some(auth) = &endpoint.auth {
@@ -315,8 +321,8 @@ async fn fetch_page(
                 }
             }
         }
-        if let (true, Some(body)) = (with_body, &endpoint.body) {
-            request = request.body(body.value.clone());
+        if let (true, Some(body)) = (with_body, &sent.body) {
+            request = request.body(body.to_string());
         }
         let response = request.send().await.map_err(classify)?;
         let Some(next) = redirect(&url, &response) else {
@@ -450,7 +456,7 @@ fn redirect(
 
 /// Whether `to` may get what was meant for `from`: the same scheme, host
 /// and port, or the step from `http` to `https` on a host's default ports.
-fn same_origin(from: &url::Url, to: &url::Url) -> bool {
+pub(crate) fn same_origin(from: &url::Url, to: &url::Url) -> bool {
     let same_host = from.host_str() == to.host_str();
     let same_scheme_and_port =
         from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default();

@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: TOML → validated [`config::Config`], every mistake located.
 //! - [`schedule`]: when each endpoint is polled next (pure).
+//! - [`request`]: the request one poll sends, its templates rendered (pure).
 //! - [`fetch`]: one HTTP request, streamed and capped, conditional.
 //! - [`extract`]: response body → canonical document (pure).
 //! - [`number`]: the canonical text of a JSON number, exact whatever its
@@ -46,6 +47,7 @@ pub mod metrics;
 pub mod number;
 pub mod poll;
 pub mod poller;
+pub mod request;
 pub mod schedule;
 pub mod scheduler;
 pub mod seen;

@@ -7,13 +7,16 @@
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::config::{Endpoint, Subscription, WhenPrevious};
+use crate::config::{Endpoint, Incremental, Subscription, Vars, WhenPrevious};
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError, Kind};
 use crate::fetch::{self, FetchError, Fetched, Validators};
+use crate::request;
 use crate::seen::{self, SeenKeys, SeenLimit};
-use crate::store::{Commit, OutboxRow, Snapshot, Store, StoreError, Stored};
+use crate::store::{
+    Commit, CursorCommit, CursorState, OutboxRow, Snapshot, Store, StoreError, Stored,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -57,23 +60,45 @@ pub enum Observation {
         /// observations have none).
         seen: Option<Box<SeenKeys>>,
     },
+    /// An incremental endpoint's answer with something new: its new items
+    /// as events, and where the feed is now.
+    Advanced {
+        /// The first poll (or the first since the definition changed):
+        /// the cursor is set, and events made only with `emit_initial`.
+        first: bool,
+        state: CursorState,
+        events: Vec<Event>,
+        seen: Option<Box<SeenKeys>>,
+    },
 }
 
 impl Observation {
     pub fn events(&self) -> &[Event] {
         match self {
             Observation::Unchanged { .. } => &[],
-            Observation::New { events, .. } => events,
+            Observation::New { events, .. } | Observation::Advanced { events, .. } => events,
         }
     }
 }
 
-/// Polls `endpoint` and compares with its snapshot. Writes nothing.
+/// Polls `endpoint` and compares with its snapshot (an incremental one:
+/// takes its new items). Writes nothing. `last_success_ms` is what its
+/// templates call `last_success`.
 pub async fn observe(
     client: &reqwest::Client,
     store: &Store,
     endpoint: &Endpoint,
+    last_success_ms: Option<u64>,
 ) -> Result<Observation, PollError> {
+    if let Some(incremental) = &endpoint.incremental {
+        return advance(client, store, endpoint, incremental, last_success_ms).await;
+    }
+    let vars = Vars {
+        now_ms: clock::now_ms(),
+        last_success_ms,
+        cursor: None,
+    };
+    let request = request::render(endpoint, &vars).map_err(FetchError::Template)?;
     let previous = store.snapshot(&endpoint.name)?;
     // Validators taken with another definition describe another resource.
     let same_definition = previous
@@ -84,7 +109,7 @@ pub async fn observe(
         last_modified: snapshot.last_modified.clone(),
     });
     let (bytes, content_type, validators) =
-        match fetch::fetch(client, endpoint, validators.as_ref()).await? {
+        match fetch::fetch(client, endpoint, &request, validators.as_ref()).await? {
             Fetched::NotModified if same_definition.is_some() => {
                 return Ok(Observation::Unchanged { refreshed: None });
             }
@@ -222,6 +247,103 @@ pub async fn observe(
     })
 }
 
+/// Polls an incremental endpoint from its cursor: every item of the answer
+/// whose key was not seen is `item.added`, in the answer's order, and
+/// `cursor` finds the next cursor (none, or `null`: it stays). No document
+/// is kept. `Unchanged` when there is nothing new to write.
+async fn advance(
+    client: &reqwest::Client,
+    store: &Store,
+    endpoint: &Endpoint,
+    incremental: &Incremental,
+    last_success_ms: Option<u64>,
+) -> Result<Observation, PollError> {
+    // A cursor of another definition belongs to another feed.
+    let previous = store
+        .cursor(&endpoint.name)?
+        .filter(|state| state.definition == endpoint.definition);
+    let cursor = previous.as_ref().and_then(CursorState::value);
+    let now_ms = clock::now_ms();
+    let vars = Vars {
+        now_ms,
+        last_success_ms,
+        cursor: cursor.as_ref(),
+    };
+    let request = request::render(endpoint, &vars).map_err(FetchError::Template)?;
+    // Never conditional: each answer is a new question.
+    let bytes = match fetch::fetch(client, endpoint, &request, None).await? {
+        Fetched::Body { bytes, .. } => bytes,
+        Fetched::NotModified => {
+            return Err(FetchError::Status {
+                status: 304,
+                retry_after: None,
+            }
+            .into());
+        }
+    };
+    let (response, items) = extract::new_items(&bytes, endpoint.rules())?;
+    let next = match &incremental.cursor {
+        None => None,
+        Some(rule) => {
+            let (filter, over_keys) = rule.filter();
+            let keys = || Value::Array(items.iter().map(|(key, _)| key.clone()).collect());
+            let input = match over_keys {
+                true => &keys(),
+                false => &response,
+            };
+            let outputs = filter.run(input).map_err(|message| ExtractError::Filter {
+                name: "cursor",
+                source_text: filter.source().to_string(),
+                message,
+            })?;
+            outputs.into_iter().find(|value| !value.is_null())
+        }
+    };
+    let first = previous.is_none();
+    let stored_cursor = previous.as_ref().and_then(|state| state.cursor.clone());
+    let next_cursor = next
+        .map(|value| value.to_string())
+        .or(stored_cursor.clone());
+    let mut seen = match (&endpoint.seen, first) {
+        (None, _) => None,
+        (Some(_), true) => Some(Box::<SeenKeys>::default()),
+        (Some(_), false) => Some(Box::new(store.seen(&endpoint.name)?)),
+    };
+    // New: a key neither seen before nor earlier in this answer.
+    let mut fresh = std::collections::HashSet::new();
+    let new_items: Vec<(Value, Value)> = items
+        .into_iter()
+        .filter(|(key, _)| {
+            let hash = seen::key_hash(key);
+            !seen.as_ref().is_some_and(|seen| seen.contains(hash)) && fresh.insert(hash)
+        })
+        .collect();
+    if !first && new_items.is_empty() && next_cursor == stored_cursor {
+        return Ok(Observation::Unchanged { refreshed: None });
+    }
+    if let (Some(seen), Some(limit)) = (&mut seen, endpoint.seen) {
+        seen.record(fresh, now_ms);
+        seen.trim(limit, now_ms);
+    }
+    let events = match first && !endpoint.emit_initial {
+        true => Vec::new(),
+        false => new_items
+            .into_iter()
+            .map(|(key, item)| event::item_added(endpoint, key, item, now_ms))
+            .collect(),
+    };
+    Ok(Observation::Advanced {
+        first,
+        state: CursorState {
+            definition: endpoint.definition,
+            cursor: next_cursor,
+            polled_ms: now_ms,
+        },
+        events,
+        seen,
+    })
+}
+
 /// Marks the item keys of `documents` as seen at `now_ms`, within `limit`.
 fn remember<'d>(
     seen: &mut SeenKeys,
@@ -343,6 +465,24 @@ pub async fn apply(
                     snapshot,
                     document,
                     keep_history: endpoint.keep_history,
+                    deliveries,
+                    seen: seen.as_deref(),
+                })
+                .await?;
+            Ok(queued)
+        }
+        Observation::Advanced {
+            state,
+            events,
+            seen,
+            ..
+        } => {
+            let deliveries = outbox_rows(endpoint, events);
+            let queued = deliveries.len();
+            store
+                .commit_cursor(&CursorCommit {
+                    endpoint: &endpoint.name,
+                    state,
                     deliveries,
                     seen: seen.as_deref(),
                 })

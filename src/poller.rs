@@ -84,15 +84,26 @@ pub struct PollState {
     retries: u32,
     /// Duplicate item keys are reported once, not at every poll.
     reported_duplicates: Vec<Value>,
+    /// When the last successful poll started: templates' `last_success`.
+    last_success_ms: Option<u64>,
 }
 
 impl PollState {
-    /// The state an endpoint starts with: its health as the store keeps it.
+    /// The state an endpoint starts with: its health as the store keeps it,
+    /// and for an incremental endpoint its last success (the others' is
+    /// not stored: it would be a write per poll).
     pub fn load(store: &Store, endpoint: &Endpoint) -> PollState {
+        let last_success_ms = endpoint
+            .incremental
+            .as_ref()
+            .and_then(|_| store.cursor(&endpoint.name).ok().flatten())
+            .filter(|state| state.definition == endpoint.definition)
+            .map(|state| state.polled_ms);
         PollState {
             health: Health::load(store, endpoint),
             retries: 0,
             reported_duplicates: Vec::new(),
+            last_success_ms,
         }
     }
 }
@@ -116,6 +127,7 @@ impl Poller {
         mode: Mode,
         cancel: &CancellationToken,
     ) -> Report {
+        let (last_success_ms, started_ms) = (state.last_success_ms, clock::now_ms());
         let observe = async {
             let _host = self.hosts.enter(endpoint.url.url()).await;
             let _permit = self
@@ -124,7 +136,7 @@ impl Poller {
                 .await
                 .expect("the semaphore is never closed");
             let client = self.clients.get(endpoint).map_err(PollError::from)?;
-            poll::observe(&client, &self.store, endpoint).await
+            poll::observe(&client, &self.store, endpoint, last_success_ms).await
         };
         let observed = tokio::select! {
             _ = cancel.cancelled() => return Report {
@@ -173,6 +185,7 @@ impl Poller {
             }
         };
         state.retries = 0;
+        state.last_success_ms = Some(started_ms);
         if let Observation::New { document, .. } = &observation
             && document.duplicate_keys != state.reported_duplicates
         {
@@ -214,7 +227,10 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             _ => None,
         },
         PollError::Fetch(
-            FetchError::TooLarge { .. } | FetchError::Redirect { .. } | FetchError::Auth(_),
+            FetchError::TooLarge { .. }
+            | FetchError::Redirect { .. }
+            | FetchError::Auth(_)
+            | FetchError::Template(_),
         ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,

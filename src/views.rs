@@ -14,7 +14,7 @@ use crate::poll::{NewReason, Observation};
 use crate::poller::{Outcome, Report};
 use crate::status::EndpointStatus;
 use crate::store::{
-    AttemptRecord, DeadFilter, OutboxRow, Snapshot, Store, StoreError, StoredVersion,
+    AttemptRecord, CursorState, DeadFilter, OutboxRow, Snapshot, Store, StoreError, StoredVersion,
 };
 
 /// An endpoint as the API shows it: runtime status plus what the store knows.
@@ -31,6 +31,9 @@ pub struct EndpointView {
     pub version: Option<u64>,
     pub last_change_ms: Option<u64>,
     pub pending_deliveries: usize,
+    /// An incremental endpoint's `state.cursor`, as JSON text.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 impl EndpointView {
@@ -39,7 +42,7 @@ impl EndpointView {
     pub fn new(
         endpoint: &Endpoint,
         status: Option<&EndpointStatus>,
-        snapshot: Option<&Snapshot>,
+        (snapshot, cursor): (Option<&Snapshot>, Option<&CursorState>),
         pending: &HashMap<String, usize>,
     ) -> EndpointView {
         EndpointView {
@@ -58,7 +61,22 @@ impl EndpointView {
             version: snapshot.map(|snapshot| snapshot.version),
             last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
             pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),
+            cursor: cursor
+                .filter(|state| state.definition == endpoint.definition)
+                .and_then(|state| state.cursor.clone()),
         }
+    }
+
+    /// What the store holds for `endpoint` that its view shows.
+    pub fn stored(
+        store: &Store,
+        endpoint: &Endpoint,
+    ) -> Result<(Option<Snapshot>, Option<CursorState>), StoreError> {
+        let cursor = match endpoint.incremental {
+            Some(_) => store.cursor(&endpoint.name)?,
+            None => None,
+        };
+        Ok((store.snapshot(&endpoint.name)?, cursor))
     }
 }
 
@@ -253,6 +271,10 @@ pub struct PreviewView {
     pub events: Vec<String>,
     /// The extracted document's kind and text, when asked for.
     pub document: Option<(String, String)>,
+    /// An incremental endpoint's cursor after this poll (in a dry run:
+    /// that it would store).
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 impl PreviewView {
@@ -271,6 +293,7 @@ impl PreviewView {
             error: None,
             events: report.events.iter().map(|event| event.body()).collect(),
             document: None,
+            cursor: None,
         };
         let shown =
             |document: &Document| (document.kind.name().to_string(), show_document(document));
@@ -282,6 +305,7 @@ impl PreviewView {
             Outcome::Cancelled => view.result = "cancelled".into(),
             Outcome::Observed(Observation::Unchanged { .. }) => {
                 view.result = "unchanged".into();
+                view.cursor = store.cursor(endpoint)?.and_then(|state| state.cursor);
                 if let (true, Some(snapshot)) = (document, store.snapshot(endpoint)?) {
                     view.version = Some(snapshot.version);
                     view.document = store
@@ -305,6 +329,20 @@ impl PreviewView {
                 .into();
                 view.version = Some(snapshot.version);
                 view.document = document.then(|| shown(extracted));
+            }
+            Outcome::Observed(Observation::Advanced {
+                first,
+                state,
+                events,
+                ..
+            }) => {
+                view.result = match (first, events.is_empty()) {
+                    (true, _) => "baseline",
+                    (false, true) => "unchanged",
+                    (false, false) => "changed",
+                }
+                .into();
+                view.cursor.clone_from(&state.cursor);
             }
         }
         Ok(view)

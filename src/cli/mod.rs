@@ -448,11 +448,17 @@ fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
             view.error.as_deref().unwrap_or_default()
         ),
         "unchanged" | "cancelled" => errln!("{name}: {}", view.result),
-        result => errln!(
-            "{name}: {result}, version {}, {} event(s)",
-            view.version.unwrap_or_default(),
-            view.events.len()
-        ),
+        result => match view.version {
+            Some(version) => errln!(
+                "{name}: {result}, version {version}, {} event(s)",
+                view.events.len()
+            ),
+            // An incremental endpoint keeps no versions.
+            None => errln!("{name}: {result}, {} event(s)", view.events.len()),
+        },
+    }
+    if let Some(cursor) = &view.cursor {
+        errln!("{name}: cursor {cursor}");
     }
     if let Some((kind, text)) = &view.document {
         errln!("{name}: extracted document ({kind}):\n{text}");

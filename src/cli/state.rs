@@ -105,14 +105,14 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             };
             let mut views = Vec::new();
             for endpoint in &config.endpoints {
-                let snapshot = match &store {
-                    Some(store) => store.snapshot(&endpoint.name)?,
-                    None => None,
+                let (snapshot, cursor) = match &store {
+                    Some(store) => EndpointView::stored(store, endpoint)?,
+                    None => (None, None),
                 };
                 views.push(EndpointView::new(
                     endpoint,
                     None,
-                    snapshot.as_ref(),
+                    (snapshot.as_ref(), cursor.as_ref()),
                     &pending,
                 ));
             }
@@ -126,6 +126,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
         "NEXT POLL",
         "LAST CHANGE",
         "VERSION",
+        "CURSOR",
         "FAILURES",
         "PENDING",
         "LAST ERROR",
@@ -139,6 +140,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             time(view.last_change_ms),
             view.version
                 .map_or("-".to_string(), |version| version.to_string()),
+            view.cursor.clone().unwrap_or_else(|| "-".to_string()),
             view.consecutive_failures.to_string(),
             view.pending_deliveries.to_string(),
             view.last_error.clone().unwrap_or_else(|| "-".to_string()),

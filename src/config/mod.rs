@@ -6,6 +6,7 @@
 //! reported at once, each with file, line, column and the endpoint it is in.
 
 mod diff;
+mod template;
 mod values;
 
 use std::borrow::Cow;
@@ -33,6 +34,8 @@ pub use crate::schedule::CronExpr;
 use crate::schedule::Schedule;
 use crate::seen::{self, SeenLimit};
 pub use diff::{Changes, ConfigDiff};
+use template::UrlText;
+pub use template::{Text, Vars};
 pub use values::{
     Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, WebhookSecret,
     expand_env, redact_url, redact_written_url,
@@ -169,9 +172,11 @@ struct DefaultsConfig {
 struct EndpointConfig {
     name: Spanned<String>,
     /// Required; optional here so that a bad one does not hide the
-    /// mistakes in the rest of the table.
-    url: Option<HttpUrl>,
+    /// mistakes in the rest of the table. May be a template.
+    url: Option<UrlText>,
     method: Option<HttpMethod>,
+    /// Added to the URL's query; the values may be templates.
+    query: Option<BTreeMap<String, Text>>,
     /// Checked in [`Compiler::compile_headers`], where an error can name
     /// the header instead of quoting its value.
     #[serde(default)]
@@ -184,7 +189,10 @@ struct EndpointConfig {
     tls_insecure: Option<bool>,
     paginate: Option<Spanned<PaginateConfig>>,
     max_pages: Option<Spanned<usize>>,
-    body: Option<EnvString>,
+    body: Option<Text>,
+    mode: Option<Spanned<EndpointMode>>,
+    /// With `mode = "incremental"`: what the next `state.cursor` is.
+    cursor: Option<Spanned<Cursor>>,
     every: Option<Spanned<HumanDuration>>,
     cron: Option<Spanned<CronExpr>>,
     timeout: Option<HumanDuration>,
@@ -267,6 +275,68 @@ pub enum WhenPrevious {
     /// The last version an event was sent for: for thresholds since the
     /// last alert (a price 3 % below the one last reported).
     Notified,
+}
+
+/// `mode`: how an endpoint's answers become events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EndpointMode {
+    /// Each answer is compared with the last one.
+    #[default]
+    Diff,
+    /// Each answer holds only what is new: every item is `item.added`.
+    Incremental,
+}
+
+/// `mode = "incremental"`: an API answering only what is new since
+/// `state.cursor` (`?since={{ state.cursor }}`).
+#[derive(Debug, Clone)]
+pub struct Incremental {
+    /// How the next cursor is found; `None`: there is none (an API asked
+    /// with `last_success`, say).
+    pub cursor: Option<Cursor>,
+}
+
+/// `cursor`: a jq expression over the response, or the largest item key.
+#[derive(Debug, Clone)]
+pub enum Cursor {
+    Filter(Jq),
+    /// `"max_key"`: the largest of the items' keys, as jq's `max` orders
+    /// them (numbers by value, strings by code point); the filter is `max`.
+    MaxKey(Jq),
+}
+
+impl Cursor {
+    /// The filter that finds the next cursor, and over what: the response
+    /// (`false`) or the array of the items' keys (`true`).
+    pub fn filter(&self) -> (&Jq, bool) {
+        match self {
+            Cursor::Filter(filter) => (filter, false),
+            Cursor::MaxKey(max) => (max, true),
+        }
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "max_key" => "max".parse().map(Cursor::MaxKey),
+            _ => text.parse().map(Cursor::Filter),
+        }
+    }
+}
+
+/// The parts of an endpoint's request that are made at each poll.
+#[derive(Debug, Default)]
+pub struct RequestTemplates {
+    /// A templated `url`; the endpoint's `url` is its first rendering.
+    pub url: Option<Text>,
+    /// `query`: added to the URL's query, in order of name.
+    pub query: Vec<(String, Text)>,
+    /// Headers whose values are templates; the others are in `headers`.
+    pub headers: Vec<(HeaderName, Text)>,
 }
 
 /// `paginate`: how the next page of a paged list is found.
@@ -469,6 +539,7 @@ macro_rules! deserialize_via_from_str {
     )*};
 }
 deserialize_via_from_str!(
+    Cursor,
     HttpMethod,
     HeaderKey,
     JsonPointer,
@@ -519,7 +590,13 @@ pub struct Endpoint {
     pub transport: Option<Box<Transport>>,
     /// A paged list: every page is fetched and they are compared as one.
     pub paging: Option<Box<Paging>>,
-    pub body: Option<EnvString>,
+    /// May be a template.
+    pub body: Option<Text>,
+    /// `query` and the templated parts of `url` and `headers`; `None`:
+    /// every poll sends the same request.
+    pub request: Option<Box<RequestTemplates>>,
+    /// `mode = "incremental"`: every item of an answer is new.
+    pub incremental: Option<Box<Incremental>>,
     pub schedule: Schedule,
     pub timeout: Duration,
     pub max_body: u64,
@@ -1266,7 +1343,11 @@ impl<'s> Compiler<'s> {
                 continue;
             };
             self.check_name(&raw.name, &context);
-            let url = self.required_url(raw.url.take(), &broken, table_start, &context);
+            let (url, url_template) = match raw.url.take() {
+                Some(UrlText { url, template }) => (Some(url), template),
+                None => (None, None),
+            };
+            let url = self.required_url(url, &broken, table_start, &context);
             self.check_every(raw.every.as_ref(), &context);
             let schedule = match (&raw.every, &raw.cron) {
                 (Some(_), Some(cron)) => {
@@ -1358,6 +1439,7 @@ impl<'s> Compiler<'s> {
                 (transport.proxy.is_some() || transport.ca_file.is_some() || transport.insecure)
                     .then(|| Box::new(transport));
             let paging = self.compile_paging(raw.paginate.take(), raw.max_pages.take(), &context);
+            let incremental = self.compile_incremental(&mut raw, &broken, &context);
             let when_previous = match raw.when_previous.take() {
                 Some(when_previous) if raw.when.is_none() && !broken.contains("when") => {
                     self.problem(
@@ -1384,7 +1466,13 @@ impl<'s> Compiler<'s> {
                     "set `auth` or an `Authorization` header, not both",
                 );
             }
-            let headers = self.compile_headers(std::mem::take(&mut raw.headers), &context);
+            let (headers, templated_headers) =
+                self.compile_headers(std::mem::take(&mut raw.headers), &context);
+            let request = RequestTemplates {
+                url: url_template,
+                query: raw.query.take().unwrap_or_default().into_iter().collect(),
+                headers: templated_headers,
+            };
             let on: Cow<'static, [ItemEvent]> = match raw.on {
                 Some(on) if on.get_ref().is_empty() => {
                     self.problem(
@@ -1406,10 +1494,14 @@ impl<'s> Compiler<'s> {
                 url.url(),
                 &method,
                 &headers,
-                body.as_ref().map(|body| body.value.as_str()),
+                body.as_ref(),
                 &rules,
                 paging.as_ref(),
+                &request,
+                incremental.as_ref(),
             );
+            let templated =
+                request.url.is_some() || !request.query.is_empty() || !request.headers.is_empty();
             endpoints.push(Arc::new(Endpoint {
                 name: raw.name.into_inner().into(),
                 url,
@@ -1419,6 +1511,8 @@ impl<'s> Compiler<'s> {
                 transport,
                 paging: paging.map(Box::new),
                 body,
+                request: templated.then(|| Box::new(request)),
+                incremental: incremental.map(Box::new),
                 schedule,
                 timeout: raw
                     .timeout
@@ -1451,15 +1545,32 @@ impl<'s> Compiler<'s> {
 
     /// Header values with `${...}` expanded, all marked sensitive: a
     /// literal value is as likely a key as one from the environment.
-    /// Errors name the header, never its value.
+    /// Errors name the header, never its value. Templated values are
+    /// returned apart, to be rendered at each poll.
     fn compile_headers(
         &mut self,
         raw: BTreeMap<HeaderKey, Spanned<String>>,
         context: &Option<String>,
-    ) -> HeaderMap {
+    ) -> (HeaderMap, Vec<(HeaderName, Text)>) {
         let mut headers = HeaderMap::new();
+        let mut templated = Vec::new();
         for (name, text) in raw {
             let start = text.span().start;
+            let Ok(header) = HeaderName::from_str(&name.0) else {
+                // Checked while deserialising.
+                continue;
+            };
+            if template::is_template(text.get_ref()) {
+                match text.get_ref().parse::<Text>() {
+                    Ok(template) => templated.push((header, template)),
+                    Err(message) => self.problem(
+                        start,
+                        context.clone(),
+                        format!("invalid value for header `{}`: {message}", name.0),
+                    ),
+                }
+                continue;
+            }
             let value = expand_env(text.get_ref()).and_then(|value| {
                 HeaderValue::from_str(&value).map_err(|_| {
                     format!(
@@ -1468,17 +1579,80 @@ impl<'s> Compiler<'s> {
                     )
                 })
             });
-            match (HeaderName::from_str(&name.0), value) {
-                (Ok(name), Ok(mut value)) => {
+            match value {
+                Ok(mut value) => {
                     value.set_sensitive(true);
-                    headers.insert(name, value);
+                    headers.insert(header, value);
                 }
-                (_, Err(message)) => self.problem(start, context.clone(), message),
-                // Checked while deserialising.
-                (Err(_), Ok(_)) => {}
+                Err(message) => self.problem(start, context.clone(), message),
             }
         }
-        headers
+        (headers, templated)
+    }
+
+    /// `mode` and `cursor`: an incremental endpoint needs `items` and
+    /// `key`, and has no use for what compares one answer with the last.
+    fn compile_incremental(
+        &mut self,
+        raw: &mut EndpointConfig,
+        broken: &Broken,
+        context: &Option<String>,
+    ) -> Option<Incremental> {
+        let mode = raw.mode.take();
+        let cursor = raw.cursor.take();
+        let Some(mode) = mode.filter(|mode| *mode.get_ref() == EndpointMode::Incremental) else {
+            if let Some(cursor) = cursor {
+                self.problem(
+                    cursor.span().start,
+                    context.clone(),
+                    "`cursor` is for `mode = \"incremental\"`: set it too",
+                );
+            }
+            return None;
+        };
+        let missing: Vec<&str> = [("items", raw.items.is_none()), ("key", raw.key.is_none())]
+            .into_iter()
+            .filter(|(key, missing)| *missing && !broken.contains(key))
+            .map(|(key, _)| key)
+            .collect();
+        if !missing.is_empty() {
+            self.problem(
+                mode.span().start,
+                context.clone(),
+                format!(
+                    "`mode = \"incremental\"` makes an event of each item: set `{}` too (e.g. `items = \".[]\"`, `key = \".id\"`)",
+                    missing.join("` and `")
+                ),
+            );
+        }
+        let unused = [
+            ("on", raw.on.as_ref().map(|v| v.span())),
+            ("batch", raw.batch.as_ref().map(|v| v.span())),
+            (
+                "when_previous",
+                raw.when_previous.as_ref().map(|v| v.span()),
+            ),
+            ("keep_history", raw.keep_history.as_ref().map(|v| v.span())),
+        ];
+        for (key, span) in unused {
+            if let Some(span) = span {
+                self.problem(
+                    span.start,
+                    context.clone(),
+                    format!("`{key}` is not used with `mode = \"incremental\"`: every item is `item.added`, and no document is kept"),
+                );
+            }
+        }
+        if raw.when.is_some() {
+            self.problem(
+                mode.span().start,
+                context.clone(),
+                "`when` is not used with `mode = \"incremental\"`: narrow the items with `items` instead",
+            );
+        }
+        Some(Incremental {
+            cursor: cursor.map(Spanned::into_inner),
+        })
     }
 
     /// The extraction rules, checked for keys that cannot go together:
@@ -1824,13 +1998,16 @@ fn table_name(table: &Spanned<DeValue<'_>>) -> Option<(String, usize)> {
     Some((name.get_ref().as_str()?.to_string(), name.span().start))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn definition_hash(
     url: &url::Url,
     method: &reqwest::Method,
     headers: &HeaderMap,
-    body: Option<&str>,
+    body: Option<&Text>,
     rules: &Rules,
     paging: Option<&Paging>,
+    request: &RequestTemplates,
+    incremental: Option<&Incremental>,
 ) -> [u8; 32] {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -1843,7 +2020,7 @@ fn definition_hash(
         field(name.as_str().as_bytes());
         field(value.as_bytes());
     }
-    field(body.unwrap_or_default().as_bytes());
+    field(body.map(Text::definition).unwrap_or_default().as_bytes());
     for pointer in &rules.ignore {
         field(pointer.as_bytes());
     }
@@ -1879,6 +2056,29 @@ fn definition_hash(
         field(b"replace");
         field(pattern.as_str().as_bytes());
         field(replacement.as_bytes());
+    }
+    // A template's source, not its renderings: they change at every poll.
+    if let Some(url) = &request.url {
+        field(b"url template");
+        field(url.definition().as_bytes());
+    }
+    for (name, value) in &request.query {
+        field(b"query");
+        field(name.as_bytes());
+        field(value.definition().as_bytes());
+    }
+    for (name, value) in &request.headers {
+        field(b"header template");
+        field(name.as_str().as_bytes());
+        field(value.definition().as_bytes());
+    }
+    if let Some(incremental) = incremental {
+        field(b"incremental");
+        let cursor = incremental.cursor.as_ref().map(|cursor| match cursor {
+            Cursor::Filter(filter) => filter.source(),
+            Cursor::MaxKey(_) => "max_key",
+        });
+        field(cursor.unwrap_or_default().as_bytes());
     }
     hasher.finalize().into()
 }

@@ -127,14 +127,7 @@ impl FromStr for HttpUrl {
             true => format!("http://{UNRESOLVED}.invalid/"),
             false => expanded.value,
         };
-        let url =
-            url::Url::parse(&value).map_err(|err| format!("invalid URL `{written}`: {err}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "invalid URL `{written}`: scheme `{}` is not `http` or `https`",
-                url.scheme()
-            ));
-        }
+        let url = parse_http(&value, &written)?;
         let shown = if expanded.secret {
             match url::Url::parse(&expanded.masked) {
                 Ok(masked) => redact_url(&masked),
@@ -145,6 +138,29 @@ impl FromStr for HttpUrl {
         };
         Ok(HttpUrl { url, shown })
     }
+}
+
+impl HttpUrl {
+    /// A URL rendered from a template (see `config::template`): checked as
+    /// every URL, and shown as the template is, without its user-info
+    /// password.
+    pub fn rendered(url: &str, template: &str) -> Result<HttpUrl, String> {
+        let shown = redact_written_url(template);
+        let url = parse_http(url, &shown)?;
+        Ok(HttpUrl { url, shown })
+    }
+}
+
+/// `value` as an `http` or `https` URL; errors quote `written`.
+fn parse_http(value: &str, written: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|err| format!("invalid URL `{written}`: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "invalid URL `{written}`: scheme `{}` is not `http` or `https`",
+            url.scheme()
+        ));
+    }
+    Ok(url)
 }
 
 impl fmt::Debug for HttpUrl {
@@ -333,35 +349,62 @@ pub fn expand(text: &str) -> Result<Expanded, String> {
         secret: false,
         unresolved: false,
     };
+    for part in scan(text, &mut expanded.unresolved)? {
+        match part {
+            Part::Literal(literal) => {
+                expanded.value.push_str(&literal);
+                expanded.masked.push_str(&literal);
+            }
+            Part::Secret(value) => {
+                expanded.value.push_str(&value);
+                expanded.masked.push_str("***");
+                expanded.secret = true;
+            }
+        }
+    }
+    Ok(expanded)
+}
+
+/// A config string's text as written, or what one `${...}` in it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Literal(String),
+    Secret(String),
+}
+
+/// [`expand`] part by part, for a template, where a secret's value must
+/// stay a value and never become template source.
+pub fn expand_parts(text: &str) -> Result<Vec<Part>, String> {
+    scan(text, &mut false)
+}
+
+fn scan(text: &str, unresolved: &mut bool) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
     let mut rest = text;
     while let Some(start) = rest.find('$') {
-        let before = &rest[..start];
-        expanded.value.push_str(before);
-        expanded.masked.push_str(before);
+        literal.push_str(&rest[..start]);
         let after = &rest[start..];
         if let Some(tail) = after.strip_prefix("$${") {
-            expanded.value.push_str("${");
-            expanded.masked.push_str("${");
+            literal.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
             // Not quoted: the text around it may be a secret written inline.
             let end = tail
                 .find('}')
                 .ok_or("unclosed `${` (write `$${` for a literal `${`)")?;
-            let value = expand_or_note(&tail[..end], &mut expanded.unresolved)?;
-            expanded.value.push_str(&value);
-            expanded.masked.push_str("***");
-            expanded.secret = true;
+            let value = expand_or_note(&tail[..end], unresolved)?;
+            parts.push(Part::Literal(std::mem::take(&mut literal)));
+            parts.push(Part::Secret(value));
             rest = &tail[end + 1..];
         } else {
-            expanded.value.push('$');
-            expanded.masked.push('$');
+            literal.push('$');
             rest = &after[1..];
         }
     }
-    expanded.value.push_str(rest);
-    expanded.masked.push_str(rest);
-    Ok(expanded)
+    literal.push_str(rest);
+    parts.push(Part::Literal(literal));
+    Ok(parts)
 }
 
 /// The value of what one `${...}` holds.

@@ -188,6 +188,12 @@ fn render_template(template: &Template, event: &Value) -> Result<Rendered, Strin
     })
 }
 
+/// A JSON value as a template sees it (see [`TemplateValue`]): for the
+/// request templates' `state.cursor`.
+pub fn template_value(value: &Value) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(TemplateValue(value)))
+}
+
 /// A JSON value as a template sees it. With serde_json's
 /// `arbitrary_precision`, a `Value`'s numbers serialise as maps holding
 /// their text, which only serde_json reads back as numbers; minijinja is

@@ -263,6 +263,14 @@ pub(super) struct Unhide<'a> {
 }
 
 impl Unhide<'_> {
+    /// For a transaction that is about to queue rows.
+    pub(super) fn new(store: &Store) -> Unhide<'_> {
+        Unhide {
+            store,
+            keys: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     /// Leaves the keys hidden: their flush failed.
     fn keep_hidden(self) {
         let keys = std::mem::take(&mut *lock(&self.keys));

@@ -54,6 +54,7 @@ use crate::extract::{Document, Kind};
 use crate::locks::{lock, read, write};
 
 mod commit;
+mod cursors;
 mod documents;
 mod encoding;
 mod migrate;
@@ -61,6 +62,7 @@ mod outbox;
 #[cfg(test)]
 mod tests;
 
+pub use cursors::{CursorCommit, CursorState};
 pub use documents::Stored;
 use documents::*;
 use encoding::*;
@@ -312,6 +314,8 @@ struct Trees {
     seen: sled::Tree,
     /// When each endpoint last polled (ms), as of the last checkpoint.
     polled: sled::Tree,
+    /// Incremental endpoints' cursors ([`CursorState`]).
+    cursors: sled::Tree,
 }
 
 impl Trees {
@@ -361,6 +365,7 @@ impl Trees {
             health: db.open_tree("health")?,
             seen: db.open_tree("seen")?,
             polled: db.open_tree("polled")?,
+            cursors: db.open_tree("cursors")?,
             db,
         })
     }

@@ -8,6 +8,7 @@ mod damage;
 mod delivery;
 mod disk;
 mod formats;
+mod incremental;
 mod numbers;
 mod pages;
 mod pipeline;

@@ -40,7 +40,9 @@ impl Setup {
         let store = Arc::new(Store::open(state.path()).unwrap());
         let client = pollhook::fetch::client().unwrap();
         for endpoint in &config.endpoints {
-            let observation = poll::observe(&client, &store, endpoint).await.unwrap();
+            let observation = poll::observe(&client, &store, endpoint, None)
+                .await
+                .unwrap();
             assert_eq!(
                 poll::apply(&store, endpoint, &observation).await.unwrap(),
                 1

@@ -109,6 +109,20 @@ fn leaks(seen: &Seen) -> Vec<String> {
     found
 }
 
+/// One request of `endpoint`, as a poll makes it now.
+async fn fetch_once(
+    client: &reqwest::Client,
+    endpoint: &pollhook::config::Endpoint,
+) -> Result<Fetched, FetchError> {
+    let vars = pollhook::config::Vars {
+        now_ms: pollhook::clock::now_ms(),
+        last_success_ms: None,
+        cursor: None,
+    };
+    let request = pollhook::request::render(endpoint, &vars).unwrap();
+    fetch::fetch(client, endpoint, &request, None).await
+}
+
 #[tokio::test]
 async fn a_redirect_to_another_origin_is_refused_and_gets_nothing() {
     let other = Recorder::start("").await;
@@ -116,9 +130,7 @@ async fn a_redirect_to_another_origin_is_refused_and_gets_nothing() {
     let config = endpoint_config(&api.url("/away"), "");
     let client = fetch::client().unwrap();
 
-    let error = fetch::fetch(&client, &config.endpoints[0], None)
-        .await
-        .unwrap_err();
+    let error = fetch_once(&client, &config.endpoints[0]).await.unwrap_err();
     assert!(
         matches!(&error, FetchError::Redirect { to, .. } if *to == format!("`http://{}`", other.address)),
         "{error:?}"
@@ -139,9 +151,7 @@ async fn with_follow_redirects_any_another_origin_gets_none_of_the_endpoints_hea
     let config = endpoint_config(&api.url("/away"), "follow_redirects = \"any\"");
     let client = fetch::client().unwrap();
 
-    let fetched = fetch::fetch(&client, &config.endpoints[0], None)
-        .await
-        .unwrap();
+    let fetched = fetch_once(&client, &config.endpoints[0]).await.unwrap();
     assert!(matches!(fetched, Fetched::Body { .. }), "{fetched:?}");
     let seen = other.seen();
     assert_eq!(seen.len(), 1, "{seen:#?}");
@@ -158,9 +168,7 @@ async fn a_redirect_within_the_origin_keeps_the_headers() {
     let config = endpoint_config(&api.url("/same"), "");
     let client = fetch::client().unwrap();
 
-    let fetched = fetch::fetch(&client, &config.endpoints[0], None)
-        .await
-        .unwrap();
+    let fetched = fetch_once(&client, &config.endpoints[0]).await.unwrap();
     assert!(matches!(fetched, Fetched::Body { .. }), "{fetched:?}");
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -175,13 +183,11 @@ async fn follow_redirects_none_and_redirect_loops_are_failed_polls() {
     let api = Recorder::start("/away").await;
     let client = fetch::client().unwrap();
     let none = endpoint_config(&api.url("/same"), "follow_redirects = \"none\"");
-    let error = fetch::fetch(&client, &none.endpoints[0], None)
-        .await
-        .unwrap_err();
+    let error = fetch_once(&client, &none.endpoints[0]).await.unwrap_err();
     assert!(matches!(error, FetchError::Redirect { .. }), "{error:?}");
 
     let looping = endpoint_config(&api.url("/away"), "");
-    let error = fetch::fetch(&client, &looping.endpoints[0], None)
+    let error = fetch_once(&client, &looping.endpoints[0])
         .await
         .unwrap_err();
     assert!(
@@ -192,9 +198,7 @@ async fn follow_redirects_none_and_redirect_loops_are_failed_polls() {
 
     let bad = Recorder::start("gopher://elsewhere/").await;
     let config = endpoint_config(&bad.url("/away"), "follow_redirects = \"any\"");
-    let error = fetch::fetch(&client, &config.endpoints[0], None)
-        .await
-        .unwrap_err();
+    let error = fetch_once(&client, &config.endpoints[0]).await.unwrap_err();
     assert!(matches!(error, FetchError::BadRedirect(_)), "{error:?}");
 }
 
