@@ -8,6 +8,7 @@ mod damage;
 mod delivery;
 mod disk;
 mod formats;
+mod mqtt;
 mod numbers;
 mod pages;
 mod pipeline;
