@@ -559,3 +559,31 @@ async fn credentials_are_used_and_never_shown() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn check_locates_every_mistake_in_mqtt_targets_without_secrets() {
+    let file = crate::cli::data("bad-mqtt.toml");
+    let output = crate::cli::run(&["check", "-c", file.to_str().unwrap()]).await;
+    let stderr = crate::cli::text(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let expected = [
+        "3:7: target `broker`: invalid URL `mqtt://pollhook:***@broker.local`: put the user name in `username`",
+        "8:10: target `ha`: `secret` is only used with an `http://` or `https://` url",
+        "9:12: target `ha`: `password` needs `username`",
+        "10:9: target `ha`: invalid `topic`: the topic `home/example/#` cannot be published on: it holds a wildcard",
+        "11:13: target `ha`: invalid `client_id`",
+        "12:17: target `ha`: invalid type: string \"yes\", expected a boolean",
+        "17:9: target `templated`: invalid `topic`: syntax error",
+        "22:9: target `hook`: `topic` is only used with an `mqtt://` or `mqtts://` url",
+        "23:17: target `hook`: `homeassistant` is only used with an `mqtt://` or `mqtts://` url",
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(expected) {
+        assert!(
+            line.contains(&format!("bad-mqtt.toml:{expected}")),
+            "expected `{expected}` in `{line}`"
+        );
+    }
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}
