@@ -35,7 +35,8 @@ fn mosquitto() -> PathBuf {
 
 /// A mosquitto of the test's own on a free port of 127.0.0.1. It keeps its
 /// sessions and retained messages on disk across a restart, as a real
-/// broker does.
+/// broker does (in the test's temp dir, so started as root it keeps its
+/// user instead of becoming `mosquitto`, who could not write there).
 struct Broker {
     port: u16,
     dir: tempfile::TempDir,
@@ -44,6 +45,11 @@ struct Broker {
 
 impl Broker {
     async fn start() -> Broker {
+        Broker::start_with("").await
+    }
+
+    /// With `extra` lines for its listener (`certfile`, ...).
+    async fn start_with(extra: &str) -> Broker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -54,7 +60,7 @@ impl Broker {
             dir.path().join("mosquitto.conf"),
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nlog_dest stderr\nlog_type error\n",
+                 persistence_location {}/\nuser root\nlog_dest stderr\nlog_type error\n{extra}\n",
                 dir.path().display()
             ),
         )
@@ -586,4 +592,56 @@ async fn check_locates_every_mistake_in_mqtt_targets_without_secrets() {
         );
     }
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_checks_the_brokers_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let certificate = params.signed_by(&key, &ca).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let cert_file = write("cert.pem", certificate.pem());
+    let key_file = write("key.pem", key.serialize_pem());
+    let broker = Broker::start_with(&format!(
+        "certfile {}\nkeyfile {}",
+        cert_file.display(),
+        key_file.display()
+    ))
+    .await;
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let config = write(
+        "pollhook.toml",
+        format!(
+            "[[target]]\nname = \"tls\"\nurl = \"{url}\"\n\n\
+             [[endpoint]]\nname = \"data\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n"
+        ),
+    );
+    let test = |trusted: bool| {
+        let mut command = crate::cli::binary();
+        command.args(["test", "tls", "-c", config.to_str().unwrap()]);
+        if trusted {
+            command.env("SSL_CERT_FILE", &ca_file);
+        }
+        command.output()
+    };
+    let output = test(false).await.unwrap();
+    let printed = crate::cli::text(&output.stdout) + &crate::cli::text(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "an unknown CA is refused: {printed}"
+    );
+    let output = test(true).await.unwrap();
+    let printed = crate::cli::text(&output.stdout) + &crate::cli::text(&output.stderr);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("sent pollhook.test"), "{printed}");
 }

@@ -112,7 +112,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
-    _stop: Arc<DropGuard>,
+    stop: CancellationToken,
+    _stop_when_dropped: Arc<DropGuard>,
 }
 
 impl Connection {
@@ -136,18 +137,24 @@ impl Connection {
         tokio::spawn(run(eventloop, shared.clone(), stop.clone()));
         Connection {
             shared,
-            _stop: Arc::new(stop.drop_guard()),
+            stop: stop.clone(),
+            _stop_when_dropped: Arc::new(stop.drop_guard()),
         }
     }
 
-    /// Says `offline` (when speaking for the daemon and connected) and
-    /// disconnects; the broker then keeps the last will to itself.
+    /// Says `offline` (when speaking for the daemon) and disconnects; the
+    /// broker then keeps the last will to itself. A connection not up yet
+    /// is dropped instead: a DISCONNECT after an `online` could leave
+    /// `online` standing, where the broker now sends the last will.
     pub async fn close(&self) {
-        if self.shared.store.is_some() && *self.shared.link.borrow() == Link::Up {
-            let offline = self.shared.queue(&messages::status_message(false));
-            if let Ok(ack) = offline {
-                let _ = tokio::time::timeout(CLOSE_WAIT, ack).await;
-            }
+        if *self.shared.link.borrow() != Link::Up {
+            self.stop.cancel();
+            return;
+        }
+        if self.shared.store.is_some()
+            && let Ok(ack) = self.shared.queue(&messages::status_message(false))
+        {
+            let _ = tokio::time::timeout(CLOSE_WAIT, ack).await;
         }
         let _ = self.shared.client.try_disconnect();
     }
@@ -459,8 +466,11 @@ async fn run(mut eventloop: EventLoop, shared: Arc<Shared>, stop: CancellationTo
                     waiting.connected = false;
                     // Whatever rumqttc kept to resend (and what was queued
                     // since) goes: the dispatcher retries those attempts.
+                    // So do its buffered events: a stale packet id would
+                    // hand a later publish's PUBACK to the wrong attempt.
                     eventloop.clean();
                     eventloop.pending.clear();
+                    eventloop.state.events.clear();
                     waiting.fail_all(&why);
                     let was_up = *shared.link.borrow() == Link::Up;
                     shared.link.send_replace(Link::Down(why.clone()));
