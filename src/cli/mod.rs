@@ -559,8 +559,9 @@ async fn test_target(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         next_attempt_ms: event.timestamp_ms,
         ..Default::default()
     };
-    let client = crate::deliver::client()?;
-    let attempt = crate::deliver::attempt(&client, target, &row).await;
+    let link = crate::deliver::Link::open(&crate::deliver::client()?, target, None);
+    let attempt = link.attempt(target, &row).await;
+    link.close().await;
     outln!(
         "sent {} {} to `{}` ({}) in {} ms",
         event.kind,

@@ -25,6 +25,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
+use crate::deliver::mqtt::{MqttTarget, messages::DEFAULT_TOPIC};
 use crate::deliver::retry::RetryPolicy;
 use crate::event_type::{self, EventTypes};
 pub use crate::extract::Format;
@@ -37,8 +38,8 @@ pub use diff::{Changes, ConfigDiff};
 use template::UrlText;
 pub use template::{Text, Vars};
 pub use values::{
-    Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, WebhookSecret,
-    expand_env, redact_url, redact_written_url,
+    Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, TargetUrl,
+    WebhookSecret, expand_env, redact_url, redact_written_url,
 };
 
 /// Where the daemon looks when neither `-c` nor `POLLHOOK_CONFIG` says otherwise.
@@ -429,8 +430,8 @@ impl FromStr for Pattern {
 #[serde(deny_unknown_fields)]
 struct TargetConfig {
     name: Spanned<String>,
-    /// Required, as an endpoint's.
-    url: Option<HttpUrl>,
+    /// Required, as an endpoint's: `http(s)://` or `mqtt(s)://`.
+    url: Option<Spanned<TargetUrl>>,
     secret: Option<Spanned<WebhookSecret>>,
     /// Several secrets sign with each, for rotation.
     secrets: Option<Spanned<Vec<Spanned<WebhookSecret>>>>,
@@ -452,7 +453,23 @@ struct TargetConfig {
     content_type: Option<Spanned<ContentType>>,
     /// The event types this target takes (default: all), `*` patterns allowed.
     events: Option<Spanned<Vec<Spanned<String>>>>,
-    auth: Option<Auth>,
+    auth: Option<Spanned<Auth>>,
+    /// MQTT: the broker's credentials, the client id, each event's topic
+    /// (a template) and Home Assistant discovery.
+    username: Option<Spanned<EnvString>>,
+    password: Option<Spanned<EnvString>>,
+    client_id: Option<Spanned<String>>,
+    topic: Option<Spanned<String>>,
+    homeassistant: Option<Spanned<bool>>,
+}
+
+/// The keys only an MQTT target has, as written.
+struct MqttKeys {
+    username: Option<Spanned<EnvString>>,
+    password: Option<Spanned<EnvString>>,
+    client_id: Option<Spanned<String>>,
+    topic: Option<Spanned<String>>,
+    homeassistant: Option<Spanned<bool>>,
 }
 
 /// `format` on a target, as written.
@@ -665,11 +682,31 @@ impl Endpoint {
     }
 }
 
+/// An MQTT target learns the endpoints whose events it takes, to publish
+/// their state (and discovery configs) whenever it connects.
+fn serve_endpoints(mut target: Target, endpoints: &[Arc<Endpoint>]) -> Arc<Target> {
+    if let TargetKind::Mqtt(mqtt) = &mut target.kind {
+        mqtt.endpoints = endpoints
+            .iter()
+            .filter(|endpoint| {
+                endpoint
+                    .targets
+                    .iter()
+                    .any(|subscription| subscription.target == target.name)
+            })
+            .map(|endpoint| endpoint.name.to_string())
+            .collect();
+    }
+    Arc::new(target)
+}
+
 /// Where webhooks go.
 #[derive(Debug, PartialEq)]
 pub struct Target {
     pub name: String,
+    /// The webhook's URL, or the MQTT broker's (`mqtt(s)://`, see `kind`).
     pub url: HttpUrl,
+    pub kind: TargetKind,
     /// Each signs every delivery; several during a rotation.
     pub secrets: Vec<WebhookSecret>,
     pub timeout: Duration,
@@ -686,6 +723,15 @@ pub struct Target {
     pub events: EventTypes,
     /// Sent as `Authorization` with every delivery.
     pub auth: Option<Auth>,
+}
+
+/// What a target's URL reaches, with what only that kind has.
+#[derive(Debug, PartialEq)]
+pub enum TargetKind {
+    /// A webhook: each event is POSTed.
+    Http,
+    /// An MQTT broker: each event is published.
+    Mqtt(Box<MqttTarget>),
 }
 
 /// One of an endpoint's targets, with the event types it takes.
@@ -965,6 +1011,10 @@ impl<'s> Compiler<'s> {
             &target_names,
             &known_targets,
         );
+        let targets = targets
+            .into_iter()
+            .map(|target| serve_endpoints(target, &endpoints))
+            .collect();
 
         let top = top?;
         let max_concurrent_polls = self
@@ -1061,7 +1111,7 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    fn compile_targets(&mut self, tables: Vec<Spanned<DeValue<'s>>>) -> Vec<Arc<Target>> {
+    fn compile_targets(&mut self, tables: Vec<Spanned<DeValue<'s>>>) -> Vec<Target> {
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         for table in tables {
@@ -1082,7 +1132,23 @@ impl<'s> Compiler<'s> {
                 continue;
             };
             self.check_name(&raw.name, &context);
-            let url = self.required_url(raw.url, &broken, table_start, &context);
+            let url = raw.url.map(|url| url.into_inner().0);
+            let url = self.required_url(url, &broken, table_start, &context);
+            let http_only = [
+                ("secret", raw.secret.as_ref().map(|key| key.span().start)),
+                ("secrets", raw.secrets.as_ref().map(|key| key.span().start)),
+                ("auth", raw.auth.as_ref().map(|key| key.span().start)),
+            ];
+            let mqtt_keys = MqttKeys {
+                username: raw.username,
+                password: raw.password,
+                client_id: raw.client_id,
+                topic: raw.topic,
+                homeassistant: raw.homeassistant,
+            };
+            let kind = url.as_ref().map(|url| {
+                self.compile_kind(url, raw.name.get_ref(), mqtt_keys, &http_only, &context)
+            });
             let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.into_iter().collect();
             if let Some(more) = raw.secrets {
                 if more.get_ref().is_empty() {
@@ -1144,12 +1210,13 @@ impl<'s> Compiler<'s> {
                 &context,
             );
             let events = self.compile_events(raw.events, &context);
-            let Some(url) = url else {
+            let (Some(url), Some(kind)) = (url, kind) else {
                 continue;
             };
-            targets.push(Arc::new(Target {
+            targets.push(Target {
                 name: raw.name.into_inner(),
                 url,
+                kind,
                 secrets,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
                 retry,
@@ -1158,10 +1225,110 @@ impl<'s> Compiler<'s> {
                 min_spacing: raw.rate.map(|rate| rate.0),
                 format,
                 events,
-                auth: raw.auth,
-            }));
+                auth: raw.auth.map(Spanned::into_inner),
+            });
         }
         targets
+    }
+
+    /// Whether a target is a webhook or an MQTT broker, and the keys that
+    /// mean something for only one of them.
+    fn compile_kind(
+        &mut self,
+        url: &HttpUrl,
+        name: &str,
+        keys: MqttKeys,
+        http_only: &[(&str, Option<usize>)],
+        context: &Option<String>,
+    ) -> TargetKind {
+        let tls = match url.url().scheme() {
+            "mqtt" => false,
+            "mqtts" => true,
+            _ => {
+                let stray = [
+                    ("username", keys.username.as_ref().map(|key| key.span())),
+                    ("password", keys.password.as_ref().map(|key| key.span())),
+                    ("client_id", keys.client_id.as_ref().map(|key| key.span())),
+                    ("topic", keys.topic.as_ref().map(|key| key.span())),
+                    (
+                        "homeassistant",
+                        keys.homeassistant.as_ref().map(|key| key.span()),
+                    ),
+                ];
+                for (key, span) in stray {
+                    if let Some(span) = span {
+                        self.problem(
+                            span.start,
+                            context.clone(),
+                            format!("`{key}` is only used with an `mqtt://` or `mqtts://` url"),
+                        );
+                    }
+                }
+                return TargetKind::Http;
+            }
+        };
+        for (key, offset) in http_only {
+            if let Some(offset) = offset {
+                self.problem(
+                    *offset,
+                    context.clone(),
+                    format!(
+                        "`{key}` is only used with an `http://` or `https://` url; an MQTT broker checks `username` and `password`"
+                    ),
+                );
+            }
+        }
+        if let (None, Some(password)) = (&keys.username, &keys.password) {
+            self.problem(
+                password.span().start,
+                context.clone(),
+                "`password` needs `username`: MQTT sends no password without a user name",
+            );
+        }
+        let client_id = match keys.client_id {
+            Some(id) => {
+                let text = id.get_ref();
+                if text.is_empty() || text.len() > 65_535 || text.chars().any(char::is_control) {
+                    self.problem(
+                        id.span().start,
+                        context.clone(),
+                        "invalid `client_id`: use 1 to 65,535 bytes without control characters",
+                    );
+                }
+                id.into_inner()
+            }
+            None => format!("pollhook-{name}"),
+        };
+        let topic = match keys.topic {
+            Some(topic) => {
+                if let Err(error) =
+                    crate::deliver::mqtt::messages::check_topic_template(topic.get_ref())
+                {
+                    self.problem(
+                        topic.span().start,
+                        context.clone(),
+                        format!("invalid `topic`: {error}"),
+                    );
+                }
+                topic.into_inner()
+            }
+            None => DEFAULT_TOPIC.to_string(),
+        };
+        let secret =
+            |value: Option<Spanned<EnvString>>| value.map(|value| value.into_inner().value);
+        TargetKind::Mqtt(Box::new(MqttTarget {
+            host: url.url().host_str().unwrap_or_default().to_string(),
+            port: url.url().port().unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
+            username: secret(keys.username),
+            password: secret(keys.password),
+            client_id,
+            topic,
+            homeassistant: keys
+                .homeassistant
+                .is_some_and(|homeassistant| *homeassistant.get_ref()),
+            endpoints: Vec::new(),
+        }))
     }
 
     /// A target's `events`: each pattern must name at least one type.

@@ -38,6 +38,7 @@ deserialize_from_str!(
     HumanDuration,
     SpanOfTime,
     HttpUrl,
+    TargetUrl,
     ByteSize,
     EnvString,
     WebhookSecret
@@ -118,25 +119,7 @@ impl FromStr for HttpUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let expanded = expand(text)?;
-        // The expanded text may hold a token: quote only what the user
-        // wrote, and not even its password.
-        let written = redact_written_url(text);
-        let value = match expanded.unresolved {
-            // Never requested: only commands that poll nothing allow it.
-            true => format!("http://{UNRESOLVED}.invalid/"),
-            false => expanded.value,
-        };
-        let url = parse_http(&value, &written)?;
-        let shown = if expanded.secret {
-            match url::Url::parse(&expanded.masked) {
-                Ok(masked) => redact_url(&masked),
-                Err(_) => redact_written_url(&expanded.masked),
-            }
-        } else {
-            redact_url(&url)
-        };
-        Ok(HttpUrl { url, shown })
+        parse_url(text, &["http", "https"])
     }
 }
 
@@ -146,18 +129,77 @@ impl HttpUrl {
     /// password.
     pub fn rendered(url: &str, template: &str) -> Result<HttpUrl, String> {
         let shown = redact_written_url(template);
-        let url = parse_http(url, &shown)?;
+        let url = parse_scheme(url, &shown, &["http", "https"])?;
         Ok(HttpUrl { url, shown })
     }
 }
 
-/// `value` as an `http` or `https` URL; errors quote `written`.
-fn parse_http(value: &str, written: &str) -> Result<url::Url, String> {
+/// A target's `url`: `http(s)://` for a webhook, `mqtt(s)://` for an MQTT
+/// broker (whose user name and password have keys of their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUrl(pub HttpUrl);
+
+impl FromStr for TargetUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parsed = parse_url(text, &["http", "https", "mqtt", "mqtts"])?;
+        let url = parsed.url();
+        if matches!(url.scheme(), "mqtt" | "mqtts") {
+            let written = redact_written_url(text);
+            let problem = if url.host_str().is_none_or(str::is_empty) {
+                Some("it names no broker host")
+            } else if !url.username().is_empty() || url.password().is_some() {
+                Some("put the user name in `username` and the password in `password`")
+            } else if !matches!(url.path(), "" | "/") || url.query().is_some() {
+                Some("a broker URL has no path or query; the topic goes in `topic`")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(format!("invalid URL `{written}`: {problem}"));
+            }
+        }
+        Ok(TargetUrl(parsed))
+    }
+}
+
+/// Parses an absolute URL with one of `schemes` after `${...}` expansion.
+fn parse_url(text: &str, schemes: &[&str]) -> Result<HttpUrl, String> {
+    let expanded = expand(text)?;
+    // The expanded text may hold a token: quote only what the user
+    // wrote, and not even its password.
+    let written = redact_written_url(text);
+    let value = match expanded.unresolved {
+        // Never requested: only commands that poll nothing allow it.
+        true => format!("http://{UNRESOLVED}.invalid/"),
+        false => expanded.value,
+    };
+    let url = parse_scheme(&value, &written, schemes)?;
+    let shown = if expanded.secret {
+        match url::Url::parse(&expanded.masked) {
+            Ok(masked) => redact_url(&masked),
+            Err(_) => redact_written_url(&expanded.masked),
+        }
+    } else {
+        redact_url(&url)
+    };
+    Ok(HttpUrl { url, shown })
+}
+
+/// `value` as a URL with one of `schemes`; errors quote `written`.
+fn parse_scheme(value: &str, written: &str, schemes: &[&str]) -> Result<url::Url, String> {
     let url = url::Url::parse(value).map_err(|err| format!("invalid URL `{written}`: {err}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
+    if !schemes.contains(&url.scheme()) {
+        let names: Vec<String> = schemes.iter().map(|scheme| format!("`{scheme}`")).collect();
+        let (last, rest) = names.split_last().expect("at least one scheme");
         return Err(format!(
-            "invalid URL `{written}`: scheme `{}` is not `http` or `https`",
-            url.scheme()
+            "invalid URL `{written}`: scheme `{}` is not {}{last}",
+            url.scheme(),
+            match rest.is_empty() {
+                true => String::new(),
+                false => format!("{} or ", rest.join(", ")),
+            }
         ));
     }
     Ok(url)

@@ -170,12 +170,8 @@ fn render_template(template: &Template, event: &Value) -> Result<Rendered, Strin
         "timestamp": event["timestamp"],
         "summary": summary(event),
     });
-    let text = environment()
-        .render_str(
-            &template.source,
-            minijinja::Value::from(minijinja::value::Serde(TemplateValue(&context))),
-        )
-        .map_err(|error| format!("cannot render the template: {}", template_error(&error)))?;
+    let text = render_text(&template.source, &context)
+        .map_err(|error| format!("cannot render the template: {error}"))?;
     let content_type = match &template.content_type {
         Some(content_type) => content_type.clone(),
         None if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() => JSON.into(),
@@ -192,6 +188,14 @@ fn render_template(template: &Template, event: &Value) -> Result<Rendered, Strin
 /// request templates' `state.cursor`.
 pub fn template_value(value: &Value) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(TemplateValue(value)))
+}
+
+/// Renders a template (checked by [`check_template`]) over a JSON context,
+/// as every template of a target is rendered.
+pub fn render_text(source: &str, context: &Value) -> Result<String, String> {
+    environment()
+        .render_str(source, template_value(context))
+        .map_err(|error| template_error(&error))
 }
 
 /// A JSON value as a template sees it. With serde_json's

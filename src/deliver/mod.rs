@@ -1,7 +1,8 @@
 //! Delivering outbox rows to targets.
 //!
 //! One dispatcher task per target reads only from the outbox, signs each
-//! row with a fresh timestamp, POSTs it, and removes it only after a 2xx;
+//! row with a fresh timestamp, POSTs it (or publishes it to an MQTT broker,
+//! see [`mqtt`]), and removes it only after a 2xx (or a PUBACK);
 //! a failure reschedules it, an exhausted schedule moves it to the dead
 //! letters, a 410 pauses the target. A row is never in two attempts at once.
 //! A row is written in its target's format ([`format`](mod@format)) just
@@ -10,6 +11,7 @@
 //! back in memory for a while, since the store still says it is due.
 
 pub mod format;
+pub mod mqtt;
 pub mod retry;
 pub mod sign;
 
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::clock;
-use crate::config::Target;
+use crate::config::{Target, TargetKind};
 use crate::metrics::Metrics;
 use crate::store::{
     AttemptRecord, Fate, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError,
@@ -57,6 +59,44 @@ pub struct Attempt {
     /// sent: retrying cannot help, the row goes to the dead letters (a
     /// replay after the config is fixed sends it).
     pub unsendable: bool,
+    /// The receiver acknowledged it without an HTTP status (an MQTT PUBACK).
+    pub acknowledged: bool,
+}
+
+/// How a dispatcher reaches its target; clones share the connection.
+#[derive(Clone)]
+pub enum Link {
+    Http(reqwest::Client),
+    Mqtt(mqtt::Connection),
+}
+
+impl Link {
+    /// The way to `target`: the shared HTTP client, or a connection of the
+    /// target's own to its MQTT broker, which speaks for the daemon when
+    /// given the store (see [`mqtt`]).
+    pub fn open(client: &reqwest::Client, target: &Arc<Target>, store: Option<Arc<Store>>) -> Link {
+        match &target.kind {
+            TargetKind::Http => Link::Http(client.clone()),
+            TargetKind::Mqtt(mqtt) => {
+                Link::Mqtt(mqtt::Connection::open(target.clone(), mqtt, store))
+            }
+        }
+    }
+
+    /// Sends one row to its target.
+    pub async fn attempt(&self, target: &Target, row: &OutboxRow) -> Attempt {
+        match self {
+            Link::Http(client) => attempt(client, target, row).await,
+            Link::Mqtt(connection) => connection.attempt(row).await,
+        }
+    }
+
+    /// Ends a connection of the target's own, saying goodbye.
+    pub async fn close(&self) {
+        if let Link::Mqtt(connection) = self {
+            connection.close().await;
+        }
+    }
 }
 
 /// POSTs one row to its target, signed with a fresh timestamp.
@@ -72,6 +112,7 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
         error: None,
         duration: Duration::ZERO,
         unsendable: false,
+        acknowledged: false,
     };
     let rendered = match format::render(&target.format, &row.body) {
         Ok(rendered) => rendered,
@@ -164,6 +205,8 @@ fn record(
     row.attempts += 1;
     let action = if attempt.unsendable {
         RetryAction::Dead
+    } else if attempt.acknowledged {
+        RetryAction::Success
     } else {
         retry::decide(
             attempt.status,
@@ -257,7 +300,7 @@ type Finished = (OutboxKey, OutboxRow, Attempt);
 /// The dispatcher of one target.
 struct TargetTask {
     store: Arc<Store>,
-    client: reqwest::Client,
+    link: Link,
     target: Arc<Target>,
     metrics: Arc<Metrics>,
     /// The row each running attempt works on, by task.
@@ -346,9 +389,10 @@ pub async fn run_target(
             "target is paused: its events stay queued; run `pollhook resume {}` to deliver again", target.name
         );
     }
+    let link = Link::open(&client, &target, Some(store.clone()));
     let mut task = TargetTask {
         store,
-        client,
+        link,
         target,
         metrics,
         in_flight: HashMap::new(),
@@ -398,6 +442,7 @@ pub async fn run_target(
     if tokio::time::timeout(grace, drain).await.is_err() {
         warn!(target = %task.target.name, "deliveries still in flight after the grace period; they stay queued");
     }
+    task.link.close().await;
     task.delivered
 }
 
@@ -483,11 +528,11 @@ impl TargetTask {
                 }
             }
             self.last_start = Some(Instant::now());
-            let client = self.client.clone();
+            let link = self.link.clone();
             let target = self.target.clone();
             let running = key.clone();
             let handle = self.attempts.spawn(async move {
-                let result = attempt(&client, &target, &row).await;
+                let result = link.attempt(&target, &row).await;
                 (key, row, result)
             });
             self.in_flight.insert(handle.id(), running);

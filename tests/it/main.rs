@@ -9,6 +9,7 @@ mod delivery;
 mod disk;
 mod formats;
 mod incremental;
+mod mqtt;
 mod numbers;
 mod pages;
 mod pipeline;
