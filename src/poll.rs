@@ -71,6 +71,7 @@ impl Observation {
 /// Polls `endpoint` and compares with its snapshot. Writes nothing.
 pub async fn observe(
     client: &reqwest::Client,
+    tokens: &crate::oauth::Tokens,
     store: &Store,
     endpoint: &Endpoint,
 ) -> Result<Observation, PollError> {
@@ -84,7 +85,7 @@ pub async fn observe(
         last_modified: snapshot.last_modified.clone(),
     });
     let (bytes, content_type, validators) =
-        match fetch::fetch(client, endpoint, validators.as_ref()).await? {
+        match fetch::fetch(client, tokens, endpoint, validators.as_ref()).await? {
             Fetched::NotModified if same_definition.is_some() => {
                 return Ok(Observation::Unchanged { refreshed: None });
             }

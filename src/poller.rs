@@ -38,6 +38,8 @@ use crate::store::Store;
 pub struct Poller {
     pub store: Arc<Store>,
     clients: crate::fetch::Clients,
+    /// OAuth2 access tokens, shared by the endpoints of one token source.
+    tokens: crate::oauth::Tokens,
     /// The global cap on polls in flight.
     permits: Semaphore,
     /// The per-host caps and spacing.
@@ -100,8 +102,9 @@ impl PollState {
 impl Poller {
     pub fn new(store: Arc<Store>, config: &Config) -> Result<Poller, reqwest::Error> {
         Ok(Poller {
+            tokens: crate::oauth::Tokens::new(store.clone()),
             store,
-            clients: crate::fetch::Clients::new()?,
+            clients: crate::fetch::Clients::for_polls()?,
             permits: Semaphore::new(config.max_concurrent_polls),
             hosts: Hosts::new(config.per_host, config.per_host_spacing),
         })
@@ -123,8 +126,11 @@ impl Poller {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            let client = self.clients.get(endpoint).map_err(PollError::from)?;
-            poll::observe(&client, &self.store, endpoint).await
+            let client = self
+                .clients
+                .get(endpoint.transport.as_deref())
+                .map_err(|why| PollError::from(FetchError::Request(why)))?;
+            poll::observe(&client, &self.tokens, &self.store, endpoint).await
         };
         let observed = tokio::select! {
             _ = cancel.cancelled() => return Report {
@@ -214,7 +220,10 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             _ => None,
         },
         PollError::Fetch(
-            FetchError::TooLarge { .. } | FetchError::Redirect { .. } | FetchError::Auth(_),
+            FetchError::TooLarge { .. }
+            | FetchError::Redirect { .. }
+            | FetchError::Auth(_)
+            | FetchError::Token { .. },
         ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,

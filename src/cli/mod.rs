@@ -467,7 +467,7 @@ fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
 async fn deliver_until_drained(store: &Arc<Store>, config: &Config) -> anyhow::Result<()> {
     let dispatch = crate::deliver::Dispatch {
         store: store.clone(),
-        client: crate::deliver::client()?,
+        clients: crate::deliver::clients()?,
         metrics: Arc::new(crate::metrics::Metrics::default()),
         grace: config.shutdown_grace,
     };
@@ -553,8 +553,8 @@ async fn test_target(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         next_attempt_ms: event.timestamp_ms,
         ..Default::default()
     };
-    let client = crate::deliver::client()?;
-    let attempt = crate::deliver::attempt(&client, target, &row).await;
+    let clients = crate::deliver::clients()?;
+    let attempt = crate::deliver::attempt(&clients, target, &row).await;
     outln!(
         "sent {} {} to `{}` ({}) in {} ms",
         event.kind,

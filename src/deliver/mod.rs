@@ -26,20 +26,24 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::Target;
+use crate::fetch::Clients;
 use crate::metrics::Metrics;
 use crate::store::{
     AttemptRecord, Fate, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError,
 };
 use retry::RetryAction;
 
-/// The client every delivery shares. Redirects are not followed: a 3xx
-/// is a failed delivery, as the Standard Webhooks guidance says.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
+/// The clients deliveries share: one, and one per target with a proxy or
+/// TLS settings of its own. Redirects are not followed: a 3xx is a failed
+/// delivery, as the Standard Webhooks guidance says.
+pub fn clients() -> Result<Arc<Clients>, reqwest::Error> {
+    Clients::new(|| {
+        reqwest::Client::builder()
+            .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+    })
+    .map(Arc::new)
 }
 
 /// What one POST returned.
@@ -60,7 +64,7 @@ pub struct Attempt {
 }
 
 /// POSTs one row to its target, signed with a fresh timestamp.
-pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow) -> Attempt {
+pub async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Attempt {
     let started = Instant::now();
     let at_ms = clock::now_ms();
     let timestamp = at_ms / 1000;
@@ -81,6 +85,15 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
                 target.format.name()
             ));
             attempt.unsendable = true;
+            attempt.duration = started.elapsed();
+            return attempt;
+        }
+    };
+    let client = match clients.get(target.transport.as_deref()) {
+        Ok(client) => client,
+        Err(error) => {
+            // Retried: the file may be back at the next attempt.
+            attempt.error = Some(error);
             attempt.duration = started.elapsed();
             return attempt;
         }
@@ -257,7 +270,7 @@ type Finished = (OutboxKey, OutboxRow, Attempt);
 /// The dispatcher of one target.
 struct TargetTask {
     store: Arc<Store>,
-    client: reqwest::Client,
+    clients: Arc<Clients>,
     target: Arc<Target>,
     metrics: Arc<Metrics>,
     /// The row each running attempt works on, by task.
@@ -306,7 +319,7 @@ pub enum Until {
 #[derive(Clone)]
 pub struct Dispatch {
     pub store: Arc<Store>,
-    pub client: reqwest::Client,
+    pub clients: Arc<Clients>,
     pub metrics: Arc<Metrics>,
     /// How long attempts in flight may finish once the dispatcher stops.
     pub grace: Duration,
@@ -326,7 +339,7 @@ pub async fn run_target(
 ) -> usize {
     let Dispatch {
         store,
-        client,
+        clients,
         metrics,
         grace,
     } = dispatch;
@@ -348,7 +361,7 @@ pub async fn run_target(
     }
     let mut task = TargetTask {
         store,
-        client,
+        clients,
         target,
         metrics,
         in_flight: HashMap::new(),
@@ -483,11 +496,11 @@ impl TargetTask {
                 }
             }
             self.last_start = Some(Instant::now());
-            let client = self.client.clone();
+            let clients = self.clients.clone();
             let target = self.target.clone();
             let running = key.clone();
             let handle = self.attempts.spawn(async move {
-                let result = attempt(&client, &target, &row).await;
+                let result = attempt(&clients, &target, &row).await;
                 (key, row, result)
             });
             self.in_flight.insert(handle.id(), running);

@@ -115,8 +115,10 @@ async fn a_redirect_to_another_origin_is_refused_and_gets_nothing() {
     let api = Recorder::start(&other.url("/landing")).await;
     let config = endpoint_config(&api.url("/away"), "");
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
 
-    let error = fetch::fetch(&client, &config.endpoints[0], None)
+    let error = fetch::fetch(&client, &tokens, &config.endpoints[0], None)
         .await
         .unwrap_err();
     assert!(
@@ -138,8 +140,10 @@ async fn with_follow_redirects_any_another_origin_gets_none_of_the_endpoints_hea
     let api = Recorder::start(&other.url("/landing")).await;
     let config = endpoint_config(&api.url("/away"), "follow_redirects = \"any\"");
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
 
-    let fetched = fetch::fetch(&client, &config.endpoints[0], None)
+    let fetched = fetch::fetch(&client, &tokens, &config.endpoints[0], None)
         .await
         .unwrap();
     assert!(matches!(fetched, Fetched::Body { .. }), "{fetched:?}");
@@ -157,8 +161,10 @@ async fn a_redirect_within_the_origin_keeps_the_headers() {
     let api = Recorder::start("").await;
     let config = endpoint_config(&api.url("/same"), "");
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
 
-    let fetched = fetch::fetch(&client, &config.endpoints[0], None)
+    let fetched = fetch::fetch(&client, &tokens, &config.endpoints[0], None)
         .await
         .unwrap();
     assert!(matches!(fetched, Fetched::Body { .. }), "{fetched:?}");
@@ -174,14 +180,16 @@ async fn a_redirect_within_the_origin_keeps_the_headers() {
 async fn follow_redirects_none_and_redirect_loops_are_failed_polls() {
     let api = Recorder::start("/away").await;
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
     let none = endpoint_config(&api.url("/same"), "follow_redirects = \"none\"");
-    let error = fetch::fetch(&client, &none.endpoints[0], None)
+    let error = fetch::fetch(&client, &tokens, &none.endpoints[0], None)
         .await
         .unwrap_err();
     assert!(matches!(error, FetchError::Redirect { .. }), "{error:?}");
 
     let looping = endpoint_config(&api.url("/away"), "");
-    let error = fetch::fetch(&client, &looping.endpoints[0], None)
+    let error = fetch::fetch(&client, &tokens, &looping.endpoints[0], None)
         .await
         .unwrap_err();
     assert!(
@@ -192,7 +200,7 @@ async fn follow_redirects_none_and_redirect_loops_are_failed_polls() {
 
     let bad = Recorder::start("gopher://elsewhere/").await;
     let config = endpoint_config(&bad.url("/away"), "follow_redirects = \"any\"");
-    let error = fetch::fetch(&client, &config.endpoints[0], None)
+    let error = fetch::fetch(&client, &tokens, &config.endpoints[0], None)
         .await
         .unwrap_err();
     assert!(matches!(error, FetchError::BadRedirect(_)), "{error:?}");
