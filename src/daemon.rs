@@ -624,6 +624,7 @@ async fn poll_task(
                 status.counts.polled(result, at_ms);
                 status.last_poll_ms = Some(at_ms);
                 status.last_error = None;
+                status.last_warning.clone_from(&report.warning);
                 status.consecutive_failures = 0;
             });
             regular()
@@ -661,6 +662,7 @@ async fn poll_task(
                 status.counts.polled(PollResult::Failed, at_ms);
                 status.last_poll_ms = Some(at_ms);
                 status.last_error = Some(error_text);
+                status.last_warning = None;
                 status.consecutive_failures = failures;
             });
             next

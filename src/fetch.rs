@@ -42,6 +42,9 @@ pub enum Fetched {
         validators: Validators,
         /// The `Link` header's `rel="next"`, resolved.
         next_link: Option<url::Url>,
+        /// Something the operator should know of, though the poll worked
+        /// (more pages than `max_pages`): logged, and shown in status.
+        warning: Option<String>,
     },
 }
 
@@ -178,6 +181,7 @@ pub async fn fetch(
     // Later pages may change while the first does not: never conditional.
     let mut page = fetch_page(client, tokens, endpoint, endpoint.url.url(), None).await?;
     let mut pages = Vec::new();
+    let mut warning = None;
     loop {
         let Fetched::Body {
             bytes, next_link, ..
@@ -193,10 +197,12 @@ pub async fn fetch(
         pages.push(value);
         let Some(next) = next else { break };
         if pages.len() >= paging.max_pages {
-            tracing::warn!(
-                max_pages = paging.max_pages,
-                "more pages than `max_pages`: the rest are not compared"
+            let cut = format!(
+                "more pages than `max_pages` ({}): the rest are not compared",
+                paging.max_pages
             );
+            tracing::warn!("{cut}");
+            warning = Some(cut);
             break;
         }
         if !same_origin(endpoint.url.url(), &next) {
@@ -231,6 +237,7 @@ pub async fn fetch(
         content_type,
         validators,
         next_link: None,
+        warning,
     })
 }
 
@@ -458,6 +465,7 @@ async fn send(
         content_type,
         validators,
         next_link,
+        warning: None,
     })
 }
 

@@ -68,12 +68,25 @@ impl Observation {
     }
 }
 
-/// Polls `endpoint` and compares with its snapshot. Writes nothing.
+/// Polls `endpoint` and compares with its snapshot, with the fetch's
+/// warning if it had one ([`Fetched::Body`]). Writes nothing.
 pub async fn observe(
     client: &reqwest::Client,
     tokens: &crate::oauth::Tokens,
     store: &Store,
     endpoint: &Endpoint,
+) -> Result<(Observation, Option<String>), PollError> {
+    let mut warning = None;
+    let observation = compare(client, tokens, store, endpoint, &mut warning).await?;
+    Ok((observation, warning))
+}
+
+async fn compare(
+    client: &reqwest::Client,
+    tokens: &crate::oauth::Tokens,
+    store: &Store,
+    endpoint: &Endpoint,
+    warning: &mut Option<String>,
 ) -> Result<Observation, PollError> {
     let previous = store.snapshot(&endpoint.name)?;
     // Validators taken with another definition describe another resource.
@@ -101,8 +114,12 @@ pub async fn observe(
                 bytes,
                 content_type,
                 validators,
+                warning: fetched,
                 ..
-            } => (bytes, content_type, validators),
+            } => {
+                *warning = fetched;
+                (bytes, content_type, validators)
+            }
         };
     let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
     let now_ms = clock::now_ms();

@@ -69,6 +69,8 @@ pub struct Report {
     /// After a failure: the wait before its quick retry, if it gets one.
     /// `None`: the next try is the next regular poll.
     pub retry_in: Option<Duration>,
+    /// What a poll that worked warned of (more pages than `max_pages`).
+    pub warning: Option<String>,
 }
 
 #[derive(Debug)]
@@ -139,17 +141,20 @@ impl Poller {
                 queued: 0,
                 failures: state.health.failures(),
                 retry_in: None,
+                warning: None,
             },
             observed = observe => observed,
         };
         let committed = match (observed, mode) {
-            (Ok(observation), Mode::Commit) => poll::apply(&self.store, endpoint, &observation)
-                .await
-                .map(|queued| (observation, queued))
-                .map_err(PollError::from),
-            (observed, _) => observed.map(|observation| (observation, 0)),
+            (Ok((observation, warning)), Mode::Commit) => {
+                poll::apply(&self.store, endpoint, &observation)
+                    .await
+                    .map(|queued| (observation, warning, queued))
+                    .map_err(PollError::from)
+            }
+            (observed, _) => observed.map(|(observation, warning)| (observation, warning, 0)),
         };
-        let (observation, mut queued) = match committed {
+        let (observation, warning, mut queued) = match committed {
             Ok(committed) => committed,
             Err(error) => {
                 let retry_in = match (mode, retryable(&error)) {
@@ -175,6 +180,7 @@ impl Poller {
                     events,
                     failures,
                     retry_in,
+                    warning: None,
                 };
             }
         };
@@ -203,6 +209,7 @@ impl Poller {
             queued,
             failures: 0,
             retry_in: None,
+            warning,
         }
     }
 }

@@ -129,6 +129,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
         "FAILURES",
         "PENDING",
         "LAST ERROR",
+        "NOTES",
     ])];
     for view in &views {
         table.push(vec![
@@ -142,6 +143,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             view.consecutive_failures.to_string(),
             view.pending_deliveries.to_string(),
             view.last_error.clone().unwrap_or_else(|| "-".to_string()),
+            notes(view),
         ]);
     }
     print_table(&table)?;
@@ -574,5 +576,19 @@ mod tests {
             query([("ids", "x&target=other".to_string())]),
             "?ids=x%26target%3Dother"
         );
+    }
+}
+
+/// The `NOTES` of `status`: an endpoint's marks and its last poll's warning.
+fn notes(view: &EndpointView) -> String {
+    let notes: Vec<&str> = view
+        .marks
+        .iter()
+        .map(String::as_str)
+        .chain(view.last_warning.as_deref())
+        .collect();
+    match notes.is_empty() {
+        true => "-".to_string(),
+        false => notes.join("; "),
     }
 }

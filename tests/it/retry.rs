@@ -41,7 +41,7 @@ impl Setup {
         let client = pollhook::fetch::client().unwrap();
         let tokens = pollhook::oauth::Tokens::new(store.clone());
         for endpoint in &config.endpoints {
-            let observation = poll::observe(&client, &tokens, &store, endpoint)
+            let (observation, _) = poll::observe(&client, &tokens, &store, endpoint)
                 .await
                 .unwrap();
             assert_eq!(
