@@ -40,8 +40,9 @@ pub enum Fetched {
         bytes: Vec<u8>,
         content_type: Option<String>,
         validators: Validators,
-        /// The `Link` header's `rel="next"`, resolved.
-        next_link: Option<url::Url>,
+        /// The `Link` header's `rel="next"`, resolved (boxed: most
+        /// responses have none).
+        next_link: Option<Box<url::Url>>,
         /// Something the operator should know of, though the poll worked
         /// (more pages than `max_pages`): logged, and shown in status.
         warning: Option<String>,
@@ -193,7 +194,8 @@ pub async fn fetch(
         let failed = |why: String| FetchError::Page { page: number, why };
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|error| failed(format!("not JSON: {error}")))?;
-        let next = next_page(endpoint, &paging.next, &value, next_link.as_ref()).map_err(failed)?;
+        let next =
+            next_page(endpoint, &paging.next, &value, next_link.as_deref()).map_err(failed)?;
         pages.push(value);
         let Some(next) = next else { break };
         if pages.len() >= paging.max_pages {
@@ -438,6 +440,7 @@ async fn send(
             links
                 .get("next")
                 .and_then(|next| url.join(&next.raw_uri).ok())
+                .map(Box::new)
         });
     let validators = Validators {
         etag: header(ETAG),

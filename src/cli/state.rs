@@ -558,6 +558,20 @@ fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The `NOTES` of `status`: an endpoint's marks and its last poll's warning.
+fn notes(view: &EndpointView) -> String {
+    let notes: Vec<&str> = view
+        .marks
+        .iter()
+        .map(String::as_str)
+        .chain(view.last_warning.as_deref())
+        .collect();
+    match notes.is_empty() {
+        true => "-".to_string(),
+        false => notes.join("; "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,19 +590,5 @@ mod tests {
             query([("ids", "x&target=other".to_string())]),
             "?ids=x%26target%3Dother"
         );
-    }
-}
-
-/// The `NOTES` of `status`: an endpoint's marks and its last poll's warning.
-fn notes(view: &EndpointView) -> String {
-    let notes: Vec<&str> = view
-        .marks
-        .iter()
-        .map(String::as_str)
-        .chain(view.last_warning.as_deref())
-        .collect();
-    match notes.is_empty() {
-        true => "-".to_string(),
-        false => notes.join("; "),
     }
 }

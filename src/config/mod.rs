@@ -2259,6 +2259,19 @@ headers = { Authorization = "Bearer PHSECRET\u0001", X-Key = "${POLLHOOK_TEST_SU
         assert!(!format!("{:?}", literal.endpoints[0]).contains("PHSECRET"));
     }
 
+    #[test]
+    fn oauth2_secrets_never_show_in_debug() {
+        let config = Config::compile(
+            "[[endpoint]]\nname = \"a\"\nurl = \"http://h/\"\nevery = \"1m\"\n\
+             auth = { oauth2 = { token_url = \"http://h/t\", client_id = \"PHSECRET-ID\", client_secret = \"PHSECRET-CS\", refresh_token = \"PHSECRET-RT\", params = { audience = \"PHSECRET-P\" } } }\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let shown = format!("{:?}", config.endpoints[0]);
+        assert!(shown.contains("OAuth2"), "{shown}");
+        assert!(!shown.contains("PHSECRET"), "{shown}");
+    }
+
     /// A mistake is reported once, where it is, not again as what follows
     /// from it elsewhere.
     #[test]
