@@ -317,8 +317,6 @@ struct Trees {
     seen: sled::Tree,
     /// When each endpoint last polled (ms), as of the last checkpoint.
     polled: sled::Tree,
-    /// Rotated OAuth2 refresh tokens, by token source.
-    tokens: sled::Tree,
 }
 
 impl Trees {
@@ -368,7 +366,6 @@ impl Trees {
             health: db.open_tree("health")?,
             seen: db.open_tree("seen")?,
             polled: db.open_tree("polled")?,
-            tokens: db.open_tree("tokens")?,
             db,
         })
     }

@@ -2,8 +2,14 @@
 //! tokens accepts only the newest: losing it to a restart would lock the
 //! endpoint out until someone configures a fresh one, so it is kept here
 //! (a tree added without a schema step: older stores simply have none).
+//! The tree is opened when it is used, not with the store: making a tree
+//! costs sled a write, which every store would pay for a few endpoints'
+//! sake.
 
 use super::*;
+
+/// The tree's name.
+const TREE: &str = "tokens";
 
 /// The refresh token a token server rotated to, and which configured one
 /// it replaces: when the configured one changes, the configured one wins.
@@ -25,7 +31,8 @@ impl Store {
     pub fn rotated_token(&self, key: &[u8; 32]) -> Result<Option<RotatedToken>, StoreError> {
         self.watched(|trees| {
             trees
-                .tokens
+                .db
+                .open_tree(TREE)?
                 .get(key)?
                 // Not `decode_json`: its error could quote the token.
                 .map(|bytes| {
@@ -46,7 +53,7 @@ impl Store {
         token: &RotatedToken,
     ) -> Result<(), StoreError> {
         self.watched(|trees| {
-            trees.tokens.insert(key, encode_json(token))?;
+            trees.db.open_tree(TREE)?.insert(key, encode_json(token))?;
             Ok(())
         })?;
         self.flush().await

@@ -886,7 +886,9 @@ async fn a_restart_resumes_each_schedule_from_its_last_poll() {
         store
             .record_polls([
                 ("recent", started_ms - 5 * minute),
-                ("due", started_ms - hour + 300),
+                // Due 2 s from now: a start slower than that (a loaded
+                // machine) would find it overdue, spread over a minute.
+                ("due", started_ms - hour + 2000),
                 ("overdue", started_ms - 24 * hour),
             ])
             .unwrap();
