@@ -341,7 +341,7 @@ async fn one_pass(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Result
     let started = Instant::now();
     let dispatch = pollhook::deliver::Dispatch {
         store: store.clone(),
-        client: pollhook::deliver::client()?,
+        clients: pollhook::deliver::clients()?,
         metrics: Arc::new(pollhook::metrics::Metrics::default()),
         grace: config.shutdown_grace,
     };

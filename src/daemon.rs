@@ -158,7 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shared: shared.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
-        delivery_client: deliver::client()?,
+        delivery_clients: deliver::clients()?,
         config: Arc::new(config.clone()),
         polls: Polls::default(),
         targets: HashMap::new(),
@@ -292,7 +292,7 @@ struct Running {
     shared: Arc<Shared>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    delivery_client: reqwest::Client,
+    delivery_clients: Arc<crate::fetch::Clients>,
     config: Arc<Config>,
     polls: Polls,
     targets: HashMap<String, Dispatcher>,
@@ -435,7 +435,7 @@ impl Running {
         let wake = self.shared.wakes.insert(&target.name);
         let dispatch = deliver::Dispatch {
             store: self.shared.store.clone(),
-            client: self.delivery_client.clone(),
+            clients: self.delivery_clients.clone(),
             metrics: self.shared.metrics.clone(),
             grace: self.config.shutdown_grace,
         };
@@ -624,6 +624,7 @@ async fn poll_task(
                 status.counts.polled(result, at_ms);
                 status.last_poll_ms = Some(at_ms);
                 status.last_error = None;
+                status.last_warning.clone_from(&report.warning);
                 status.consecutive_failures = 0;
             });
             regular()
@@ -661,6 +662,7 @@ async fn poll_task(
                 status.counts.polled(PollResult::Failed, at_ms);
                 status.last_poll_ms = Some(at_ms);
                 status.last_error = Some(error_text);
+                status.last_warning = None;
                 status.consecutive_failures = failures;
             });
             next

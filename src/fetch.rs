@@ -17,8 +17,9 @@ use reqwest::header::{
     ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
 
-use crate::config::{Endpoint, FollowRedirects, Paginate, Transport};
+use crate::config::{Endpoint, EndpointAuth, FollowRedirects, Paginate, Transport};
 use crate::jq::Jq;
+use crate::oauth::Tokens;
 use crate::request::Request;
 
 /// Redirects followed in one poll before it fails.
@@ -40,8 +41,12 @@ pub enum Fetched {
         bytes: Vec<u8>,
         content_type: Option<String>,
         validators: Validators,
-        /// The `Link` header's `rel="next"`, resolved.
-        next_link: Option<url::Url>,
+        /// The `Link` header's `rel="next"`, resolved (boxed: most
+        /// responses have none).
+        next_link: Option<Box<url::Url>>,
+        /// Something the operator should know of, though the poll worked
+        /// (more pages than `max_pages`): logged, and shown in status.
+        warning: Option<String>,
     },
 }
 
@@ -67,6 +72,9 @@ pub enum FetchError {
     /// `auth` could not be read (a missing token file); nothing was sent.
     #[error("cannot send `auth`: {0}")]
     Auth(String),
+    /// The OAuth2 token server gave no token; `url` as it may be shown.
+    #[error("cannot get an OAuth2 token from {url}: {why}")]
+    Token { url: String, why: String },
     /// A page of a paged list could not be followed.
     #[error("page {page}: {why}")]
     Page { page: usize, why: String },
@@ -75,73 +83,83 @@ pub enum FetchError {
     Template(String),
 }
 
-/// The clients polls share: one for the endpoints with no transport
-/// options of their own (it honours `HTTP_PROXY`, `HTTPS_PROXY` and
-/// `NO_PROXY`, and trusts the bundled and the system's CAs), one per
-/// distinct [`Transport`], made when an endpoint first needs it.
+/// The clients requests share: one for those with no transport options of
+/// their own (it honours `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`, and
+/// trusts the bundled and the system's CAs), one per distinct
+/// [`Transport`], made when a request first needs it. Polls and deliveries
+/// each have their own, from their own [`reqwest::ClientBuilder`].
 pub struct Clients {
+    builder: fn() -> reqwest::ClientBuilder,
     default: reqwest::Client,
     by_transport: std::sync::Mutex<std::collections::HashMap<Transport, reqwest::Client>>,
 }
 
 impl Clients {
-    pub fn new() -> Result<Clients, reqwest::Error> {
+    /// The clients of polls.
+    pub fn for_polls() -> Result<Clients, reqwest::Error> {
+        Clients::new(builder)
+    }
+
+    pub fn new(builder: fn() -> reqwest::ClientBuilder) -> Result<Clients, reqwest::Error> {
         Ok(Clients {
-            default: client()?,
+            builder,
+            default: builder().build()?,
             by_transport: Default::default(),
         })
     }
 
-    /// The client for `endpoint`'s requests.
-    pub fn get(&self, endpoint: &Endpoint) -> Result<reqwest::Client, FetchError> {
-        let Some(transport) = &endpoint.transport else {
+    /// The client for requests that travel by `transport`; an error says
+    /// why it cannot be made (a `ca_file` gone since the config was read).
+    pub fn get(&self, transport: Option<&Transport>) -> Result<reqwest::Client, String> {
+        let Some(transport) = transport else {
             return Ok(self.default.clone());
         };
         let mut by_transport = crate::locks::lock(&self.by_transport);
         if let Some(client) = by_transport.get(transport) {
             return Ok(client.clone());
         }
-        let made = transport.client().map_err(FetchError::Request)?;
-        by_transport.insert((**transport).clone(), made.clone());
+        let made = with_transport((self.builder)(), transport)?;
+        by_transport.insert(transport.clone(), made.clone());
         Ok(made)
     }
 }
 
-impl Transport {
-    fn client(&self) -> Result<reqwest::Client, String> {
-        let mut builder = builder();
-        if let Some(proxy) = &self.proxy {
-            let proxy = reqwest::Proxy::all(proxy.url().clone()).map_err(|error| {
-                format!(
-                    "cannot use the proxy `{}`: {}",
-                    proxy.shown(),
-                    crate::error_chain(&error.without_url())
-                )
-            })?;
-            builder = builder.proxy(proxy);
-        }
-        if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|error| format!("cannot read `ca_file` `{}`: {error}", path.display()))?;
-            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|error| format!("`ca_file` `{}`: {error}", path.display()))?
-            {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        if self.insecure {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        builder.build().map_err(|error| crate::error_chain(&error))
+/// A client with `transport`'s proxy and TLS settings.
+fn with_transport(
+    mut builder: reqwest::ClientBuilder,
+    transport: &Transport,
+) -> Result<reqwest::Client, String> {
+    if let Some(proxy) = &transport.proxy {
+        let proxy = reqwest::Proxy::all(proxy.url().clone()).map_err(|error| {
+            format!(
+                "cannot use the proxy `{}`: {}",
+                proxy.shown(),
+                crate::error_chain(&error.without_url())
+            )
+        })?;
+        builder = builder.proxy(proxy);
     }
+    if let Some(path) = &transport.ca_file {
+        for certificate in crate::config::read_ca_file(path)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some(identity) = &transport.identity {
+        builder = builder.identity(identity.read()?);
+    }
+    if transport.insecure {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder.build().map_err(|error| crate::error_chain(&error))
 }
 
-/// The client every poll shares. It follows no redirects itself: see
-/// [`fetch`].
+/// The client of polls with no transport options of their own.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
     builder().build()
 }
 
+/// What every poll's client is built from. It follows no redirects itself:
+/// see [`fetch`].
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
@@ -158,16 +176,18 @@ fn builder() -> reqwest::ClientBuilder {
 /// `endpoint.timeout` covers the whole poll, redirects included.
 pub async fn fetch(
     client: &reqwest::Client,
+    tokens: &Tokens,
     endpoint: &Endpoint,
     request: &Request<'_>,
     validators: Option<&Validators>,
 ) -> Result<Fetched, FetchError> {
     let Some(paging) = &endpoint.paging else {
-        return fetch_page(client, endpoint, request, &request.url, validators).await;
+        return fetch_page(client, tokens, endpoint, request, &request.url, validators).await;
     };
     // Later pages may change while the first does not: never conditional.
-    let mut page = fetch_page(client, endpoint, request, &request.url, None).await?;
+    let mut page = fetch_page(client, tokens, endpoint, request, &request.url, None).await?;
     let mut pages = Vec::new();
+    let mut warning = None;
     loop {
         let Fetched::Body {
             bytes, next_link, ..
@@ -180,14 +200,16 @@ pub async fn fetch(
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|error| failed(format!("not JSON: {error}")))?;
         let next =
-            next_page(&request.url, &paging.next, &value, next_link.as_ref()).map_err(failed)?;
+            next_page(&request.url, &paging.next, &value, next_link.as_deref()).map_err(failed)?;
         pages.push(value);
         let Some(next) = next else { break };
         if pages.len() >= paging.max_pages {
-            tracing::warn!(
-                max_pages = paging.max_pages,
-                "more pages than `max_pages`: the rest are not compared"
+            let cut = format!(
+                "more pages than `max_pages` ({}): the rest are not compared",
+                paging.max_pages
             );
+            tracing::warn!("{cut}");
+            warning = Some(cut);
             break;
         }
         if !same_origin(endpoint.url.url(), &next) {
@@ -196,7 +218,7 @@ pub async fn fetch(
                 next.origin().ascii_serialization()
             )));
         }
-        page = fetch_page(client, endpoint, request, &next, None).await?;
+        page = fetch_page(client, tokens, endpoint, request, &next, None).await?;
     }
     let Fetched::Body {
         content_type,
@@ -222,6 +244,7 @@ pub async fn fetch(
         content_type,
         validators,
         next_link: None,
+        warning,
     })
 }
 
@@ -273,13 +296,41 @@ fn next_page(
     }
 }
 
-/// One request, redirects followed, to `start`.
+/// One request to `start` with the endpoint's `auth`; with OAuth2, a 401
+/// renews the token and the request is made once more with the new one.
 async fn fetch_page(
+    client: &reqwest::Client,
+    tokens: &Tokens,
+    endpoint: &Endpoint,
+    request: &Request<'_>,
+    start: &url::Url,
+    validators: Option<&Validators>,
+) -> Result<Fetched, FetchError> {
+    let Some(auth) = endpoint.auth.as_deref() else {
+        return send(client, endpoint, request, start, validators, None).await;
+    };
+    let timeout = endpoint.timeout;
+    let header = tokens.authorization(client, auth, timeout, None).await?;
+    match send(client, endpoint, request, start, validators, Some(&header)).await {
+        Err(FetchError::Status { status: 401, .. }) if matches!(auth, EndpointAuth::OAuth2(_)) => {
+            let renewed = tokens
+                .authorization(client, auth, timeout, Some(&header))
+                .await?;
+            send(client, endpoint, request, start, validators, Some(&renewed)).await
+        }
+        sent => sent,
+    }
+}
+
+/// One request, redirects followed, to `start`, with `authorization` for
+/// the endpoint's origin.
+async fn send(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     sent: &Request<'_>,
     start: &url::Url,
     validators: Option<&Validators>,
+    authorization: Option<&HeaderValue>,
 ) -> Result<Fetched, FetchError> {
     let deadline = tokio::time::Instant::now() + endpoint.timeout;
     let classify = |error: reqwest::Error| {
@@ -308,9 +359,8 @@ async fn fetch_page(
             if let Some(headers) = &sent.headers {
                 request = request.headers(HeaderMap::clone(headers));
             }
-            if let Some(auth) = &endpoint.auth {
-                let header = auth.header().map_err(FetchError::Auth)?;
-                request = request.header(reqwest::header::AUTHORIZATION, header);
+            if let Some(authorization) = authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
             }
             if let Some(validators) = validators {
                 if let Some(etag) = &validators.etag {
@@ -396,6 +446,7 @@ async fn fetch_page(
             links
                 .get("next")
                 .and_then(|next| url.join(&next.raw_uri).ok())
+                .map(Box::new)
         });
     let validators = Validators {
         etag: header(ETAG),
@@ -423,6 +474,7 @@ async fn fetch_page(
         content_type,
         validators,
         next_link,
+        warning: None,
     })
 }
 

@@ -6,6 +6,8 @@
 //! - [`schedule`]: when each endpoint is polled next (pure).
 //! - [`request`]: the request one poll sends, its templates rendered (pure).
 //! - [`fetch`]: one HTTP request, streamed and capped, conditional.
+//! - [`oauth`]: the `Authorization` of a poll; OAuth2 tokens, cached and
+//!   shared.
 //! - [`extract`]: response body → canonical document (pure).
 //! - [`number`]: the canonical text of a JSON number, exact whatever its
 //!   size (pure).
@@ -46,6 +48,7 @@ pub mod jq;
 pub mod locks;
 pub mod metrics;
 pub mod number;
+pub mod oauth;
 pub mod poll;
 pub mod poller;
 pub mod request;

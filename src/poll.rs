@@ -82,16 +82,48 @@ impl Observation {
 }
 
 /// Polls `endpoint` and compares with its snapshot (an incremental one:
-/// takes its new items). Writes nothing. `last_success_ms` is what its
+/// takes its new items), with the fetch's warning if it had one
+/// ([`Fetched::Body`]). Writes nothing. `last_success_ms` is what its
 /// templates call `last_success`.
 pub async fn observe(
     client: &reqwest::Client,
+    tokens: &crate::oauth::Tokens,
     store: &Store,
     endpoint: &Endpoint,
     last_success_ms: Option<u64>,
+) -> Result<(Observation, Option<String>), PollError> {
+    let mut warning = None;
+    let observation = compare(
+        client,
+        tokens,
+        store,
+        endpoint,
+        last_success_ms,
+        &mut warning,
+    )
+    .await?;
+    Ok((observation, warning))
+}
+
+async fn compare(
+    client: &reqwest::Client,
+    tokens: &crate::oauth::Tokens,
+    store: &Store,
+    endpoint: &Endpoint,
+    last_success_ms: Option<u64>,
+    warning: &mut Option<String>,
 ) -> Result<Observation, PollError> {
     if let Some(incremental) = &endpoint.incremental {
-        return advance(client, store, endpoint, incremental, last_success_ms).await;
+        return advance(
+            client,
+            tokens,
+            store,
+            endpoint,
+            incremental,
+            last_success_ms,
+            warning,
+        )
+        .await;
     }
     let vars = Vars {
         now_ms: clock::now_ms(),
@@ -109,7 +141,7 @@ pub async fn observe(
         last_modified: snapshot.last_modified.clone(),
     });
     let (bytes, content_type, validators) =
-        match fetch::fetch(client, endpoint, &request, validators.as_ref()).await? {
+        match fetch::fetch(client, tokens, endpoint, &request, validators.as_ref()).await? {
             Fetched::NotModified if same_definition.is_some() => {
                 return Ok(Observation::Unchanged { refreshed: None });
             }
@@ -125,8 +157,12 @@ pub async fn observe(
                 bytes,
                 content_type,
                 validators,
+                warning: fetched,
                 ..
-            } => (bytes, content_type, validators),
+            } => {
+                *warning = fetched;
+                (bytes, content_type, validators)
+            }
         };
     let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
     let now_ms = clock::now_ms();
@@ -253,10 +289,12 @@ pub async fn observe(
 /// is kept. `Unchanged` when there is nothing new to write.
 async fn advance(
     client: &reqwest::Client,
+    tokens: &crate::oauth::Tokens,
     store: &Store,
     endpoint: &Endpoint,
     incremental: &Incremental,
     last_success_ms: Option<u64>,
+    warning: &mut Option<String>,
 ) -> Result<Observation, PollError> {
     // A cursor of another definition belongs to another feed.
     let previous = store
@@ -271,8 +309,15 @@ async fn advance(
     };
     let request = request::render(endpoint, &vars).map_err(FetchError::Template)?;
     // Never conditional: each answer is a new question.
-    let bytes = match fetch::fetch(client, endpoint, &request, None).await? {
-        Fetched::Body { bytes, .. } => bytes,
+    let bytes = match fetch::fetch(client, tokens, endpoint, &request, None).await? {
+        Fetched::Body {
+            bytes,
+            warning: fetched,
+            ..
+        } => {
+            *warning = fetched;
+            bytes
+        }
         Fetched::NotModified => {
             return Err(FetchError::Status {
                 status: 304,

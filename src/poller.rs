@@ -38,6 +38,8 @@ use crate::store::Store;
 pub struct Poller {
     pub store: Arc<Store>,
     clients: crate::fetch::Clients,
+    /// OAuth2 access tokens, shared by the endpoints of one token source.
+    tokens: crate::oauth::Tokens,
     /// The global cap on polls in flight.
     permits: Semaphore,
     /// The per-host caps and spacing.
@@ -67,6 +69,8 @@ pub struct Report {
     /// After a failure: the wait before its quick retry, if it gets one.
     /// `None`: the next try is the next regular poll.
     pub retry_in: Option<Duration>,
+    /// What a poll that worked warned of (more pages than `max_pages`).
+    pub warning: Option<String>,
 }
 
 #[derive(Debug)]
@@ -111,8 +115,9 @@ impl PollState {
 impl Poller {
     pub fn new(store: Arc<Store>, config: &Config) -> Result<Poller, reqwest::Error> {
         Ok(Poller {
+            tokens: crate::oauth::Tokens::new(store.clone()),
             store,
-            clients: crate::fetch::Clients::new()?,
+            clients: crate::fetch::Clients::for_polls()?,
             permits: Semaphore::new(config.max_concurrent_polls),
             hosts: Hosts::new(config.per_host, config.per_host_spacing),
         })
@@ -135,8 +140,18 @@ impl Poller {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            let client = self.clients.get(endpoint).map_err(PollError::from)?;
-            poll::observe(&client, &self.store, endpoint, last_success_ms).await
+            let client = self
+                .clients
+                .get(endpoint.transport.as_deref())
+                .map_err(|why| PollError::from(FetchError::Request(why)))?;
+            poll::observe(
+                &client,
+                &self.tokens,
+                &self.store,
+                endpoint,
+                last_success_ms,
+            )
+            .await
         };
         let observed = tokio::select! {
             _ = cancel.cancelled() => return Report {
@@ -145,17 +160,20 @@ impl Poller {
                 queued: 0,
                 failures: state.health.failures(),
                 retry_in: None,
+                warning: None,
             },
             observed = observe => observed,
         };
         let committed = match (observed, mode) {
-            (Ok(observation), Mode::Commit) => poll::apply(&self.store, endpoint, &observation)
-                .await
-                .map(|queued| (observation, queued))
-                .map_err(PollError::from),
-            (observed, _) => observed.map(|observation| (observation, 0)),
+            (Ok((observation, warning)), Mode::Commit) => {
+                poll::apply(&self.store, endpoint, &observation)
+                    .await
+                    .map(|queued| (observation, warning, queued))
+                    .map_err(PollError::from)
+            }
+            (observed, _) => observed.map(|(observation, warning)| (observation, warning, 0)),
         };
-        let (observation, mut queued) = match committed {
+        let (observation, warning, mut queued) = match committed {
             Ok(committed) => committed,
             Err(error) => {
                 let retry_in = match (mode, retryable(&error)) {
@@ -181,6 +199,7 @@ impl Poller {
                     events,
                     failures,
                     retry_in,
+                    warning: None,
                 };
             }
         };
@@ -210,6 +229,7 @@ impl Poller {
             queued,
             failures: 0,
             retry_in: None,
+            warning,
         }
     }
 }
@@ -230,7 +250,8 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             FetchError::TooLarge { .. }
             | FetchError::Redirect { .. }
             | FetchError::Auth(_)
-            | FetchError::Template(_),
+            | FetchError::Template(_)
+            | FetchError::Token { .. },
         ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,

@@ -28,6 +28,8 @@ pub struct EndpointStatus {
     pub endpoint: Arc<Endpoint>,
     pub last_poll_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// What the last poll warned of, though it worked.
+    pub last_warning: Option<String>,
     pub consecutive_failures: u32,
     pub next_poll_ms: Option<u64>,
     pub counts: EndpointCounts,
@@ -127,6 +129,7 @@ impl EndpointStatus {
             endpoint,
             last_poll_ms: None,
             last_error: None,
+            last_warning: None,
             consecutive_failures: 0,
             next_poll_ms: None,
             counts: EndpointCounts::default(),

@@ -26,6 +26,12 @@ pub struct EndpointView {
     pub targets: Vec<String>,
     pub last_poll_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// What the last poll warned of, though it worked.
+    #[serde(default)]
+    pub last_warning: Option<String>,
+    /// Settings an operator should see at a glance: `tls_insecure`.
+    #[serde(default)]
+    pub marks: Vec<String>,
     pub consecutive_failures: u32,
     pub next_poll_ms: Option<u64>,
     pub version: Option<u64>,
@@ -56,6 +62,14 @@ impl EndpointView {
                 .collect(),
             last_poll_ms: status.and_then(|status| status.last_poll_ms),
             last_error: status.and_then(|status| status.last_error.clone()),
+            last_warning: status.and_then(|status| status.last_warning.clone()),
+            marks: endpoint
+                .transport
+                .as_ref()
+                .filter(|transport| transport.insecure)
+                .map(|_| "tls_insecure".to_string())
+                .into_iter()
+                .collect(),
             consecutive_failures: status.map_or(0, |status| status.consecutive_failures),
             next_poll_ms: status.and_then(|status| status.next_poll_ms),
             version: snapshot.map(|snapshot| snapshot.version),

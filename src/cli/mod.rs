@@ -473,7 +473,7 @@ fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
 async fn deliver_until_drained(store: &Arc<Store>, config: &Config) -> anyhow::Result<()> {
     let dispatch = crate::deliver::Dispatch {
         store: store.clone(),
-        client: crate::deliver::client()?,
+        clients: crate::deliver::clients()?,
         metrics: Arc::new(crate::metrics::Metrics::default()),
         grace: config.shutdown_grace,
     };
@@ -559,7 +559,7 @@ async fn test_target(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         next_attempt_ms: event.timestamp_ms,
         ..Default::default()
     };
-    let link = crate::deliver::Link::open(&crate::deliver::client()?, target, None);
+    let link = crate::deliver::Link::open(&crate::deliver::clients()?, target, None);
     let attempt = link.attempt(target, &row).await;
     link.close().await;
     outln!(

@@ -130,6 +130,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
         "FAILURES",
         "PENDING",
         "LAST ERROR",
+        "NOTES",
     ])];
     for view in &views {
         table.push(vec![
@@ -144,6 +145,7 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
             view.consecutive_failures.to_string(),
             view.pending_deliveries.to_string(),
             view.last_error.clone().unwrap_or_else(|| "-".to_string()),
+            notes(view),
         ]);
     }
     print_table(&table)?;
@@ -556,6 +558,20 @@ fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
         outln!("{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+/// The `NOTES` of `status`: an endpoint's marks and its last poll's warning.
+fn notes(view: &EndpointView) -> String {
+    let notes: Vec<&str> = view
+        .marks
+        .iter()
+        .map(String::as_str)
+        .chain(view.last_warning.as_deref())
+        .collect();
+    match notes.is_empty() {
+        true => "-".to_string(),
+        false => notes.join("; "),
+    }
 }
 
 #[cfg(test)]

@@ -38,8 +38,8 @@ pub use diff::{Changes, ConfigDiff};
 use template::UrlText;
 pub use template::{Text, Vars};
 pub use values::{
-    Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, TargetUrl,
-    WebhookSecret, expand_env, redact_url, redact_written_url,
+    Auth, ByteSize, EndpointAuth, EnvString, HttpUrl, HumanDuration, OAuth2, ProxyUrl,
+    RereadSecret, SpanOfTime, TargetUrl, WebhookSecret, expand_env, redact_url, redact_written_url,
 };
 
 /// Where the daemon looks when neither `-c` nor `POLLHOOK_CONFIG` says otherwise.
@@ -162,9 +162,11 @@ struct DefaultsConfig {
     fail_for: Option<SpanOfTime>,
     follow_redirects: Option<FollowRedirects>,
     seen: Option<Spanned<SeenConfig>>,
-    auth: Option<Auth>,
-    proxy: Option<HttpUrl>,
-    ca_file: Option<PathBuf>,
+    auth: Option<EndpointAuth>,
+    proxy: Option<ProxyUrl>,
+    ca_file: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
     tls_insecure: Option<bool>,
 }
 
@@ -182,11 +184,13 @@ struct EndpointConfig {
     /// the header instead of quoting its value.
     #[serde(default)]
     headers: BTreeMap<HeaderKey, Spanned<String>>,
-    auth: Option<Auth>,
-    /// `http://` or `https://`, credentials allowed (`${...}`).
-    proxy: Option<HttpUrl>,
-    /// Relative to the config file's folder.
-    ca_file: Option<PathBuf>,
+    auth: Option<EndpointAuth>,
+    /// `http://`, `https://` or `socks5://`, credentials allowed (`${...}`).
+    proxy: Option<ProxyUrl>,
+    /// These three relative to the config file's folder.
+    ca_file: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
     tls_insecure: Option<bool>,
     paginate: Option<Spanned<PaginateConfig>>,
     max_pages: Option<Spanned<usize>>,
@@ -352,16 +356,82 @@ pub enum Paginate {
     Cursor { cursor: Jq, param: String },
 }
 
-/// How an endpoint's requests reach its server, when not as every other
-/// endpoint's: polls with the same share a client.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// How an endpoint's or a target's requests reach its server, when not
+/// as every other's: requests with the same share a client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Transport {
     /// Instead of `HTTP_PROXY`/`HTTPS_PROXY`.
-    pub proxy: Option<HttpUrl>,
+    pub proxy: Option<ProxyUrl>,
     /// PEM certificates trusted besides the bundled and the system's CAs.
     pub ca_file: Option<PathBuf>,
+    /// `client_cert` and `client_key`: mutual TLS.
+    pub identity: Option<ClientIdentity>,
     /// `tls_insecure`: no certificate check at all.
     pub insecure: bool,
+}
+
+/// The PEM files of a client certificate and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The CA certificates of a `ca_file`; an error names the file.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|error| format!("cannot read `ca_file` `{}`: {error}", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certificates) if !certificates.is_empty() => Ok(certificates),
+        _ => Err(format!(
+            "`ca_file` `{}` holds no PEM certificate",
+            path.display()
+        )),
+    }
+}
+
+impl ClientIdentity {
+    /// The certificate and key, read and parsed; an error names the files,
+    /// never what they hold.
+    pub fn read(&self) -> Result<reqwest::Identity, String> {
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|error| format!("cannot read `{key}` `{}`: {error}", path.display()))
+        };
+        let mut pem = read("client_cert", &self.cert)?;
+        pem.push(b'\n');
+        pem.extend(read("client_key", &self.key)?);
+        reqwest::Identity::from_pem(&pem).map_err(|_| {
+            format!(
+                "`client_cert` `{}` and `client_key` `{}` must hold a PEM certificate and its private key",
+                self.cert.display(),
+                self.key.display()
+            )
+        })
+    }
+}
+
+/// The keys of a table that say how its requests travel, as written.
+#[derive(Debug, Default, Clone)]
+struct TransportKeys {
+    proxy: Option<ProxyUrl>,
+    ca_file: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    tls_insecure: Option<bool>,
+}
+
+/// Takes the [`TransportKeys`] out of a table's raw config.
+macro_rules! transport_keys {
+    ($raw:expr) => {
+        TransportKeys {
+            proxy: $raw.proxy.take(),
+            ca_file: $raw.ca_file.take(),
+            client_cert: $raw.client_cert.take(),
+            client_key: $raw.client_key.take(),
+            tls_insecure: $raw.tls_insecure.take(),
+        }
+    };
 }
 
 /// [`Paginate`] with its page limit.
@@ -454,6 +524,11 @@ struct TargetConfig {
     /// The event types this target takes (default: all), `*` patterns allowed.
     events: Option<Spanned<Vec<Spanned<String>>>>,
     auth: Option<Spanned<Auth>>,
+    proxy: Option<ProxyUrl>,
+    ca_file: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    tls_insecure: Option<bool>,
     /// MQTT: the broker's credentials, the client id, each event's topic
     /// (a template) and Home Assistant discovery.
     username: Option<Spanned<EnvString>>,
@@ -602,7 +677,7 @@ pub struct Endpoint {
     /// logs never show it.
     pub headers: Option<Box<HeaderMap>>,
     /// Sent as `Authorization` to the endpoint's origin only.
-    pub auth: Option<Box<Auth>>,
+    pub auth: Option<Box<EndpointAuth>>,
     /// Its own proxy or TLS trust; `None`: the shared client's.
     pub transport: Option<Box<Transport>>,
     /// A paged list: every page is fetched and they are compared as one.
@@ -723,6 +798,8 @@ pub struct Target {
     pub events: EventTypes,
     /// Sent as `Authorization` with every delivery.
     pub auth: Option<Auth>,
+    /// Its own proxy or TLS settings; `None`: the shared client's.
+    pub transport: Option<Box<Transport>>,
 }
 
 /// What a target's URL reaches, with what only that kind has.
@@ -964,7 +1041,7 @@ impl<'s> Compiler<'s> {
         let target_tables = self.take_array_of_tables(&mut root, "target");
 
         let root_span = 0..self.source.len();
-        let (top, broken) = match self
+        let (mut top, broken) = match self
             .deserialize_table::<TopConfig>(Spanned::new(root_span, DeValue::Table(root)), &None)
         {
             Some((top, broken)) => (Some(top), broken),
@@ -976,6 +1053,11 @@ impl<'s> Compiler<'s> {
             || ["defaults", "defaults.every", "defaults.cron"]
                 .iter()
                 .any(|key| broken.contains(key));
+        let default_transport = top
+            .as_mut()
+            .map(|top| transport_keys!(top.defaults))
+            .unwrap_or_default();
+        self.check_transport_files(&default_transport, None, &Some("defaults".into()));
         let empty_defaults = DefaultsConfig::default();
         let defaults = top
             .as_ref()
@@ -1007,6 +1089,7 @@ impl<'s> Compiler<'s> {
         let endpoints = self.compile_endpoints(
             endpoint_tables,
             defaults,
+            &default_transport,
             defaults_broken,
             &target_names,
             &known_targets,
@@ -1127,18 +1210,29 @@ impl<'s> Compiler<'s> {
                 );
             }
             let table_start = table.span().start;
-            let Some((raw, broken)) = self.deserialize_table::<TargetConfig>(table, &context)
+            let Some((mut raw, broken)) = self.deserialize_table::<TargetConfig>(table, &context)
             else {
                 continue;
             };
-            self.check_name(&raw.name, &context);
-            let url = raw.url.map(|url| url.into_inner().0);
-            let url = self.required_url(url, &broken, table_start, &context);
             let http_only = [
                 ("secret", raw.secret.as_ref().map(|key| key.span().start)),
                 ("secrets", raw.secrets.as_ref().map(|key| key.span().start)),
                 ("auth", raw.auth.as_ref().map(|key| key.span().start)),
+                ("ca_file", raw.ca_file.as_ref().map(|key| key.span().start)),
+                (
+                    "client_cert",
+                    raw.client_cert.as_ref().map(|key| key.span().start),
+                ),
+                (
+                    "client_key",
+                    raw.client_key.as_ref().map(|key| key.span().start),
+                ),
             ];
+            let transport =
+                self.compile_transport(transport_keys!(raw), None, table_start, &context);
+            self.check_name(&raw.name, &context);
+            let url = raw.url.map(|url| url.into_inner().0);
+            let url = self.required_url(url, &broken, table_start, &context);
             let mqtt_keys = MqttKeys {
                 username: raw.username,
                 password: raw.password,
@@ -1226,6 +1320,7 @@ impl<'s> Compiler<'s> {
                 format,
                 events,
                 auth: raw.auth.map(Spanned::into_inner),
+                transport,
             });
         }
         targets
@@ -1486,6 +1581,7 @@ impl<'s> Compiler<'s> {
         &mut self,
         tables: Vec<Spanned<DeValue<'s>>>,
         defaults: &DefaultsConfig,
+        default_transport: &TransportKeys,
         defaults_broken: bool,
         target_names: &Arc<[Subscription]>,
         known_targets: &HashSet<String>,
@@ -1586,25 +1682,12 @@ impl<'s> Compiler<'s> {
                 .in_range(fail_after, "fail_after", 0..=MAX_FAIL_AFTER, &context)
                 .unwrap_or(DEFAULT_FAIL_AFTER);
             let seen = self.compile_seen(&raw, defaults, &context);
-            let transport = Transport {
-                proxy: raw.proxy.take().or_else(|| defaults.proxy.clone()),
-                ca_file: raw
-                    .ca_file
-                    .take()
-                    .or_else(|| defaults.ca_file.clone())
-                    .map(|path| self.dir.join(path)),
-                insecure: raw.tls_insecure.or(defaults.tls_insecure).unwrap_or(false),
-            };
-            if transport.insecure {
-                self.warning(
-                    table_start,
-                    context.clone(),
-                    "`tls_insecure = true`: its certificate is not checked, so anyone on the way can read and change its answers",
-                );
-            }
-            let transport =
-                (transport.proxy.is_some() || transport.ca_file.is_some() || transport.insecure)
-                    .then(|| Box::new(transport));
+            let transport = self.compile_transport(
+                transport_keys!(raw),
+                Some(default_transport),
+                table_start,
+                &context,
+            );
             let paging = self.compile_paging(raw.paginate.take(), raw.max_pages.take(), &context);
             let incremental = self.compile_incremental(&mut raw, &broken, &context);
             let when_previous = match raw.when_previous.take() {
@@ -2068,6 +2151,89 @@ impl<'s> Compiler<'s> {
         }
     }
 
+    /// A table's transport: its own keys (checked), else the inherited
+    /// ones; `None` when it has none, and shares the default client.
+    fn compile_transport(
+        &mut self,
+        own: TransportKeys,
+        inherited: Option<&TransportKeys>,
+        table_start: usize,
+        context: &Option<String>,
+    ) -> Option<Box<Transport>> {
+        self.check_transport_files(&own, inherited, context);
+        let inherited = inherited.cloned().unwrap_or_default();
+        let path = |key: Option<Spanned<PathBuf>>| key.map(|path| self.dir.join(path.get_ref()));
+        let identity = match (
+            path(own.client_cert.or(inherited.client_cert)),
+            path(own.client_key.or(inherited.client_key)),
+        ) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+            // Reported by the check.
+            _ => None,
+        };
+        let transport = Transport {
+            proxy: own.proxy.or(inherited.proxy),
+            ca_file: path(own.ca_file.or(inherited.ca_file)),
+            identity,
+            insecure: own.tls_insecure.or(inherited.tls_insecure).unwrap_or(false),
+        };
+        if transport.insecure {
+            self.warning(
+                table_start,
+                context.clone(),
+                "`tls_insecure = true`: its certificate is not checked, so anyone on the way can read and change its answers",
+            );
+        }
+        (transport != Transport::default()).then(|| Box::new(transport))
+    }
+
+    /// Reads the files a table's own transport keys name, so that a
+    /// missing or broken one is a config error, not a failed poll later.
+    /// A key pair half inherited is checked where its own half is written.
+    fn check_transport_files(
+        &mut self,
+        own: &TransportKeys,
+        inherited: Option<&TransportKeys>,
+        context: &Option<String>,
+    ) {
+        if let Some(ca_file) = &own.ca_file
+            && let Err(error) = read_ca_file(&self.dir.join(ca_file.get_ref()))
+        {
+            self.problem(ca_file.span().start, context.clone(), error);
+        }
+        let Some(written) = own.client_cert.as_ref().or(own.client_key.as_ref()) else {
+            return;
+        };
+        let inherited = |key: fn(&TransportKeys) -> &Option<Spanned<PathBuf>>| {
+            inherited.and_then(|inherited| key(inherited).as_ref())
+        };
+        let cert = own
+            .client_cert
+            .as_ref()
+            .or(inherited(|keys| &keys.client_cert));
+        let key = own
+            .client_key
+            .as_ref()
+            .or(inherited(|keys| &keys.client_key));
+        let message = match (cert, key) {
+            (Some(cert), Some(key)) => ClientIdentity {
+                cert: self.dir.join(cert.get_ref()),
+                key: self.dir.join(key.get_ref()),
+            }
+            .read()
+            .err(),
+            (Some(_), None) => {
+                Some("`client_cert` needs `client_key`: the file of its private key".to_string())
+            }
+            (None, _) => {
+                Some("`client_key` needs `client_cert`: the file of its certificate".to_string())
+            }
+        };
+        if let Some(message) = message {
+            self.problem(written.span().start, context.clone(), message);
+        }
+    }
+
     /// A table's `url`, reported when it is missing (but not when it was
     /// there and bad: that is reported already).
     fn required_url(
@@ -2467,6 +2633,19 @@ headers = { Authorization = "Bearer PHSECRET\u0001", X-Key = "${POLLHOOK_TEST_SU
         )
         .unwrap();
         assert!(!format!("{:?}", literal.endpoints[0]).contains("PHSECRET"));
+    }
+
+    #[test]
+    fn oauth2_secrets_never_show_in_debug() {
+        let config = Config::compile(
+            "[[endpoint]]\nname = \"a\"\nurl = \"http://h/\"\nevery = \"1m\"\n\
+             auth = { oauth2 = { token_url = \"http://h/t\", client_id = \"PHSECRET-ID\", client_secret = \"PHSECRET-CS\", refresh_token = \"PHSECRET-RT\", params = { audience = \"PHSECRET-P\" } } }\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let shown = format!("{:?}", config.endpoints[0]);
+        assert!(shown.contains("OAuth2"), "{shown}");
+        assert!(!shown.contains("PHSECRET"), "{shown}");
     }
 
     /// A mistake is reported once, where it is, not again as what follows

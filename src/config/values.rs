@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, de};
+use sha2::{Digest, Sha256};
 
 /// Deserialises any `FromStr` value from a TOML string, keeping its error text.
 fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -38,6 +39,7 @@ deserialize_from_str!(
     HumanDuration,
     SpanOfTime,
     HttpUrl,
+    ProxyUrl,
     TargetUrl,
     ByteSize,
     EnvString,
@@ -196,13 +198,44 @@ fn parse_scheme(value: &str, written: &str, schemes: &[&str]) -> Result<url::Url
         return Err(format!(
             "invalid URL `{written}`: scheme `{}` is not {}{last}",
             url.scheme(),
-            match rest.is_empty() {
-                true => String::new(),
-                false => format!("{} or ", rest.join(", ")),
+            match rest.len() {
+                0 => String::new(),
+                1 => format!("{} or ", rest[0]),
+                _ => format!("{}, or ", rest.join(", ")),
             }
         ));
     }
     Ok(url)
+}
+
+/// A proxy's URL: an [`HttpUrl`] that may also be `socks5://` (names
+/// resolved here) or `socks5h://` (names resolved by the proxy).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ProxyUrl(HttpUrl);
+
+impl ProxyUrl {
+    /// The URL, credentials included: never show it.
+    pub fn url(&self) -> &url::Url {
+        self.0.url()
+    }
+
+    pub fn shown(&self) -> &str {
+        self.0.shown()
+    }
+}
+
+impl FromStr for ProxyUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_url(text, &["http", "https", "socks5", "socks5h"]).map(ProxyUrl)
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
+    }
 }
 
 impl fmt::Debug for HttpUrl {
@@ -720,11 +753,23 @@ mod tests {
     }
 }
 
-/// `auth` on an endpoint, in `[defaults]` or on a target: how requests
+/// `auth` as written: the kinds an endpoint may have.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum AuthConfig {
+    Basic {
+        username: RereadSecret,
+        password: RereadSecret,
+    },
+    Bearer(RereadSecret),
+    OAuth2(OAuth2Config),
+}
+
+/// `auth` on a target, or an endpoint's `basic` or `bearer`: how requests
 /// prove who sends them. Its secrets are read again at every request, so a
 /// token file that is rotated just works; they are checked once at load.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "AuthConfig")]
 pub enum Auth {
     /// `auth = { basic = { username = "me", password = "${file:/etc/pollhook/pw}" } }`
     Basic {
@@ -733,6 +778,154 @@ pub enum Auth {
     },
     /// `auth = { bearer = "${file:/run/secrets/token}" }`
     Bearer(RereadSecret),
+}
+
+impl TryFrom<AuthConfig> for Auth {
+    type Error = &'static str;
+
+    fn try_from(raw: AuthConfig) -> Result<Auth, &'static str> {
+        match raw {
+            AuthConfig::Basic { username, password } => Ok(Auth::Basic { username, password }),
+            AuthConfig::Bearer(token) => Ok(Auth::Bearer(token)),
+            // Deliveries would need the token cache and its retry on 401.
+            AuthConfig::OAuth2(_) => {
+                Err("`oauth2` is for endpoints: a target takes `basic` or `bearer`")
+            }
+        }
+    }
+}
+
+/// `auth` on an endpoint or in `[defaults]`: a fixed secret, or OAuth2.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AuthConfig")]
+pub enum EndpointAuth {
+    Fixed(Auth),
+    OAuth2(Box<OAuth2>),
+}
+
+impl TryFrom<AuthConfig> for EndpointAuth {
+    type Error = String;
+
+    fn try_from(raw: AuthConfig) -> Result<EndpointAuth, String> {
+        match raw {
+            AuthConfig::OAuth2(oauth2) => {
+                OAuth2::try_from(oauth2).map(|oauth2| EndpointAuth::OAuth2(Box::new(oauth2)))
+            }
+            fixed => Auth::try_from(fixed)
+                .map(EndpointAuth::Fixed)
+                .map_err(str::to_string),
+        }
+    }
+}
+
+/// `auth = { oauth2 = { ... } }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuth2Config {
+    token_url: HttpUrl,
+    client_id: EnvString,
+    client_secret: Option<RereadSecret>,
+    refresh_token: Option<RereadSecret>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, EnvString>,
+}
+
+/// The form fields the grants set themselves: `params` may not.
+const OAUTH2_FIELDS: [&str; 5] = [
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "scope",
+    "refresh_token",
+];
+
+/// OAuth2 access tokens: the client-credentials grant, or with
+/// `refresh_token` the refresh-token grant. Endpoints whose token requests
+/// are the same ([`OAuth2::key`]) share their tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    pub token_url: HttpUrl,
+    pub client_id: String,
+    /// Read again at each token request, as other secrets.
+    pub client_secret: Option<RereadSecret>,
+    /// The configured one; the token server may rotate it (see the store).
+    pub refresh_token: Option<RereadSecret>,
+    pub scopes: Vec<String>,
+    /// More form fields (`audience`), in name order.
+    pub params: Vec<(String, String)>,
+}
+
+impl TryFrom<OAuth2Config> for OAuth2 {
+    type Error = String;
+
+    fn try_from(raw: OAuth2Config) -> Result<OAuth2, String> {
+        if raw.client_secret.is_none() && raw.refresh_token.is_none() {
+            return Err("`oauth2` needs `client_secret` (the client-credentials grant) or `refresh_token` (the refresh-token grant)".into());
+        }
+        if raw.client_id.value.trim().is_empty() {
+            return Err("`oauth2.client_id` is empty".into());
+        }
+        if let Some(name) = raw
+            .params
+            .keys()
+            .find(|name| OAUTH2_FIELDS.contains(&name.as_str()))
+        {
+            return Err(format!(
+                "`oauth2.params` may not set `{name}`: the grant sets it (scopes go in `scopes`)"
+            ));
+        }
+        Ok(OAuth2 {
+            token_url: raw.token_url,
+            client_id: raw.client_id.value,
+            client_secret: raw.client_secret,
+            refresh_token: raw.refresh_token,
+            scopes: raw.scopes,
+            params: raw
+                .params
+                .into_iter()
+                .map(|(name, value)| (name, value.value))
+                .collect(),
+        })
+    }
+}
+
+impl OAuth2 {
+    /// What makes two endpoints' token requests the same, hashed: they
+    /// share a token, and a rotated refresh token is stored under it.
+    pub fn key(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        field(self.token_url.url().as_str().as_bytes());
+        field(self.client_id.as_bytes());
+        field(match self.refresh_token {
+            Some(_) => b"refresh_token",
+            None => b"client_credentials",
+        });
+        for scope in &self.scopes {
+            field(b"scope");
+            field(scope.as_bytes());
+        }
+        for (name, value) in &self.params {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+        hasher.finalize().into()
+    }
+}
+
+impl fmt::Debug for OAuth2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuth2")
+            .field("token_url", &self.token_url)
+            .field("client_id", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Auth {

@@ -28,20 +28,24 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::{Target, TargetKind};
+use crate::fetch::Clients;
 use crate::metrics::Metrics;
 use crate::store::{
     AttemptRecord, Fate, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError,
 };
 use retry::RetryAction;
 
-/// The client every delivery shares. Redirects are not followed: a 3xx
-/// is a failed delivery, as the Standard Webhooks guidance says.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
+/// The clients deliveries share: one, and one per target with a proxy or
+/// TLS settings of its own. Redirects are not followed: a 3xx is a failed
+/// delivery, as the Standard Webhooks guidance says.
+pub fn clients() -> Result<Arc<Clients>, reqwest::Error> {
+    Clients::new(|| {
+        reqwest::Client::builder()
+            .user_agent(concat!("pollhook/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+    })
+    .map(Arc::new)
 }
 
 /// What one POST returned.
@@ -66,17 +70,17 @@ pub struct Attempt {
 /// How a dispatcher reaches its target; clones share the connection.
 #[derive(Clone)]
 pub enum Link {
-    Http(reqwest::Client),
+    Http(Arc<Clients>),
     Mqtt(mqtt::Connection),
 }
 
 impl Link {
-    /// The way to `target`: the shared HTTP client, or a connection of the
-    /// target's own to its MQTT broker, which speaks for the daemon when
-    /// given the store (see [`mqtt`]).
-    pub fn open(client: &reqwest::Client, target: &Arc<Target>, store: Option<Arc<Store>>) -> Link {
+    /// The way to `target`: the shared HTTP clients, or a connection of
+    /// the target's own to its MQTT broker, which speaks for the daemon
+    /// when given the store (see [`mqtt`]).
+    pub fn open(clients: &Arc<Clients>, target: &Arc<Target>, store: Option<Arc<Store>>) -> Link {
         match &target.kind {
-            TargetKind::Http => Link::Http(client.clone()),
+            TargetKind::Http => Link::Http(clients.clone()),
             TargetKind::Mqtt(mqtt) => {
                 Link::Mqtt(mqtt::Connection::open(target.clone(), mqtt, store))
             }
@@ -86,7 +90,7 @@ impl Link {
     /// Sends one row to its target.
     pub async fn attempt(&self, target: &Target, row: &OutboxRow) -> Attempt {
         match self {
-            Link::Http(client) => attempt(client, target, row).await,
+            Link::Http(clients) => attempt(clients, target, row).await,
             Link::Mqtt(connection) => connection.attempt(row).await,
         }
     }
@@ -100,7 +104,7 @@ impl Link {
 }
 
 /// POSTs one row to its target, signed with a fresh timestamp.
-pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow) -> Attempt {
+pub async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Attempt {
     let started = Instant::now();
     let at_ms = clock::now_ms();
     let timestamp = at_ms / 1000;
@@ -122,6 +126,15 @@ pub async fn attempt(client: &reqwest::Client, target: &Target, row: &OutboxRow)
                 target.format.name()
             ));
             attempt.unsendable = true;
+            attempt.duration = started.elapsed();
+            return attempt;
+        }
+    };
+    let client = match clients.get(target.transport.as_deref()) {
+        Ok(client) => client,
+        Err(error) => {
+            // Retried: the file may be back at the next attempt.
+            attempt.error = Some(error);
             attempt.duration = started.elapsed();
             return attempt;
         }
@@ -349,7 +362,7 @@ pub enum Until {
 #[derive(Clone)]
 pub struct Dispatch {
     pub store: Arc<Store>,
-    pub client: reqwest::Client,
+    pub clients: Arc<Clients>,
     pub metrics: Arc<Metrics>,
     /// How long attempts in flight may finish once the dispatcher stops.
     pub grace: Duration,
@@ -369,7 +382,7 @@ pub async fn run_target(
 ) -> usize {
     let Dispatch {
         store,
-        client,
+        clients,
         metrics,
         grace,
     } = dispatch;
@@ -389,7 +402,7 @@ pub async fn run_target(
             "target is paused: its events stay queued; run `pollhook resume {}` to deliver again", target.name
         );
     }
-    let link = Link::open(&client, &target, Some(store.clone()));
+    let link = Link::open(&clients, &target, Some(store.clone()));
     let mut task = TargetTask {
         store,
         link,

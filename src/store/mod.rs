@@ -13,6 +13,8 @@
 //!   attempt; capped per target.
 //! - `attempts`: target name, 0, sequence → [`AttemptRecord`], a bounded log.
 //! - `paused`: target name → [`Pause`], for targets that answered 410 Gone.
+//! - `tokens`: an OAuth2 token source's key → [`RotatedToken`], the refresh
+//!   token its server rotated to, which replaces the configured one.
 //!
 //! The documents are files in `documents/`, one per kept version, in 256
 //! directories by their name's first byte, each starting with its kind,
@@ -34,8 +36,9 @@
 //! One `Store`, its parts by concern: opening, health and recovery here;
 //! `documents` (snapshots and document files), `commit` (a change's one
 //! transaction, group commit), `outbox` (the queue, `due` index, dead
-//! letters, attempt log, pauses), `migrate` (older schemas) and
-//! `encoding` (how records are written).
+//! letters, attempt log, pauses), `tokens` (rotated OAuth2 refresh
+//! tokens), `migrate` (older schemas) and `encoding` (how records are
+//! written).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
@@ -61,12 +64,14 @@ mod migrate;
 mod outbox;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 pub use cursors::{CursorCommit, CursorState};
 pub use documents::Stored;
 use documents::*;
 use encoding::*;
 use outbox::*;
+pub use tokens::RotatedToken;
 
 /// The on-disk format this build reads and writes. 1: documents in the
 /// `history` tree; 2: documents in files, described by a `versions` tree;

@@ -9,7 +9,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use crate::cli::{binary, text};
-use crate::support::serve;
+use pollhook::config::Config;
+
+use crate::support::{Daemon, eventually, serve};
 
 /// A GitHub-like API: `/releases?page=N`, two releases a page, three
 /// pages, `Link: <...?page=N+1>; rel="next"` on all but the last, page
@@ -180,4 +182,74 @@ async fn paging_mistakes_are_config_errors() {
         stderr.contains("pollhook.toml:10:13: endpoint `b`: `max_pages` is for paged lists"),
         "{stderr}"
     );
+}
+
+/// What an operator should see at a glance is in status, from the admin
+/// API and in `pollhook status`: the last poll's `max_pages` warning, and
+/// a `tls_insecure` endpoint's mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_max_pages_warning_and_the_tls_insecure_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, _) = paged_api(None).await;
+    let path = dir.path().join("pollhook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[endpoint]]\nname = \"list\"\nurl = \"{api}/releases\"\nevery = \"100ms\"\n\
+             paginate = {{ next = \"link\" }}\nmax_pages = 2\n\
+             [[endpoint]]\nname = \"device\"\nurl = \"{api}/items\"\nevery = \"100ms\"\ntls_insecure = true\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(Config::load(&path).unwrap());
+    let file = dir.path().join("admin.addr");
+    eventually("the admin API listens", || file.exists()).await;
+    let admin = format!("http://{}", std::fs::read_to_string(&file).unwrap().trim());
+    let view = |name: &'static str| {
+        let url = format!("{admin}/api/v1/endpoints/{name}");
+        async move {
+            let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let mut list = serde_json::Value::Null;
+    for _ in 0..500 {
+        list = view("list").await;
+        if !list["last_warning"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        list["last_warning"],
+        "more pages than `max_pages` (2): the rest are not compared"
+    );
+    assert_eq!(list["marks"], serde_json::json!([]));
+    assert_eq!(
+        view("device").await["marks"],
+        serde_json::json!(["tls_insecure"])
+    );
+
+    let output = binary()
+        .args(["status", "-c", path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    daemon.stop().await;
+    let table = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("list").ends_with("more pages than `max_pages` (2): the rest are not compared"),
+        "{table}"
+    );
+    assert!(line("device").ends_with("tls_insecure"), "{table}");
 }

@@ -39,8 +39,9 @@ impl Setup {
         let config = config(state.path(), &text);
         let store = Arc::new(Store::open(state.path()).unwrap());
         let client = pollhook::fetch::client().unwrap();
+        let tokens = pollhook::oauth::Tokens::new(store.clone());
         for endpoint in &config.endpoints {
-            let observation = poll::observe(&client, &store, endpoint, None)
+            let (observation, _) = poll::observe(&client, &tokens, &store, endpoint, None)
                 .await
                 .unwrap();
             assert_eq!(
@@ -65,7 +66,7 @@ impl Setup {
         let shutdown = CancellationToken::new();
         let dispatch = deliver::Dispatch {
             store: self.store.clone(),
-            client: deliver::client().unwrap(),
+            clients: deliver::clients().unwrap(),
             metrics: Arc::new(pollhook::metrics::Metrics::default()),
             grace: Duration::from_secs(10),
         };

@@ -112,6 +112,7 @@ fn leaks(seen: &Seen) -> Vec<String> {
 /// One request of `endpoint`, as a poll makes it now.
 async fn fetch_once(
     client: &reqwest::Client,
+    tokens: &pollhook::oauth::Tokens,
     endpoint: &pollhook::config::Endpoint,
 ) -> Result<Fetched, FetchError> {
     let vars = pollhook::config::Vars {
@@ -120,7 +121,7 @@ async fn fetch_once(
         cursor: None,
     };
     let request = pollhook::request::render(endpoint, &vars).unwrap();
-    fetch::fetch(client, endpoint, &request, None).await
+    fetch::fetch(client, tokens, endpoint, &request, None).await
 }
 
 #[tokio::test]
@@ -129,8 +130,12 @@ async fn a_redirect_to_another_origin_is_refused_and_gets_nothing() {
     let api = Recorder::start(&other.url("/landing")).await;
     let config = endpoint_config(&api.url("/away"), "");
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
 
-    let error = fetch_once(&client, &config.endpoints[0]).await.unwrap_err();
+    let error = fetch_once(&client, &tokens, &config.endpoints[0])
+        .await
+        .unwrap_err();
     assert!(
         matches!(&error, FetchError::Redirect { to, .. } if *to == format!("`http://{}`", other.address)),
         "{error:?}"
@@ -150,8 +155,12 @@ async fn with_follow_redirects_any_another_origin_gets_none_of_the_endpoints_hea
     let api = Recorder::start(&other.url("/landing")).await;
     let config = endpoint_config(&api.url("/away"), "follow_redirects = \"any\"");
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
 
-    let fetched = fetch_once(&client, &config.endpoints[0]).await.unwrap();
+    let fetched = fetch_once(&client, &tokens, &config.endpoints[0])
+        .await
+        .unwrap();
     assert!(matches!(fetched, Fetched::Body { .. }), "{fetched:?}");
     let seen = other.seen();
     assert_eq!(seen.len(), 1, "{seen:#?}");
@@ -167,8 +176,12 @@ async fn a_redirect_within_the_origin_keeps_the_headers() {
     let api = Recorder::start("").await;
     let config = endpoint_config(&api.url("/same"), "");
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
 
-    let fetched = fetch_once(&client, &config.endpoints[0]).await.unwrap();
+    let fetched = fetch_once(&client, &tokens, &config.endpoints[0])
+        .await
+        .unwrap();
     assert!(matches!(fetched, Fetched::Body { .. }), "{fetched:?}");
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -182,12 +195,16 @@ async fn a_redirect_within_the_origin_keeps_the_headers() {
 async fn follow_redirects_none_and_redirect_loops_are_failed_polls() {
     let api = Recorder::start("/away").await;
     let client = fetch::client().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = crate::support::tokens(state.path());
     let none = endpoint_config(&api.url("/same"), "follow_redirects = \"none\"");
-    let error = fetch_once(&client, &none.endpoints[0]).await.unwrap_err();
+    let error = fetch_once(&client, &tokens, &none.endpoints[0])
+        .await
+        .unwrap_err();
     assert!(matches!(error, FetchError::Redirect { .. }), "{error:?}");
 
     let looping = endpoint_config(&api.url("/away"), "");
-    let error = fetch_once(&client, &looping.endpoints[0])
+    let error = fetch_once(&client, &tokens, &looping.endpoints[0])
         .await
         .unwrap_err();
     assert!(
@@ -198,7 +215,9 @@ async fn follow_redirects_none_and_redirect_loops_are_failed_polls() {
 
     let bad = Recorder::start("gopher://elsewhere/").await;
     let config = endpoint_config(&bad.url("/away"), "follow_redirects = \"any\"");
-    let error = fetch_once(&client, &config.endpoints[0]).await.unwrap_err();
+    let error = fetch_once(&client, &tokens, &config.endpoints[0])
+        .await
+        .unwrap_err();
     assert!(matches!(error, FetchError::BadRedirect(_)), "{error:?}");
 }
 

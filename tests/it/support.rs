@@ -474,6 +474,12 @@ pub const FAST_RETRY: &str = r#"["50ms", "50ms", "50ms", "50ms", "50ms", "50ms",
     "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms",
     "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms", "50ms"]"#;
 
+/// The OAuth2 token cache of polls, over a store in `state_dir`: for tests
+/// that fetch without a poller.
+pub fn tokens(state_dir: &Path) -> pollhook::oauth::Tokens {
+    pollhook::oauth::Tokens::new(Arc::new(pollhook::store::Store::open(state_dir).unwrap()))
+}
+
 /// A config whose state lives in `state_dir`; `body` holds the tables.
 pub fn config(state_dir: &Path, body: &str) -> Config {
     // The admin table goes last: `body` may start with top-level keys.
