@@ -25,7 +25,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
 use crate::deliver::retry::RetryPolicy;
-use crate::event_type::{self, EventTypes};
+use crate::event_type::{self, EVENT_DEAD, EventTypes, TARGET_FAILING, TARGET_RECOVERED};
 pub use crate::extract::Format;
 use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
@@ -34,8 +34,8 @@ use crate::schedule::Schedule;
 use crate::seen::{self, SeenLimit};
 pub use diff::{Changes, ConfigDiff};
 pub use values::{
-    Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, WebhookSecret,
-    expand_env, redact_url, redact_written_url,
+    Auth, ByteSize, EnvString, HttpUrl, HumanDuration, RereadSecret, SpanOfTime, TargetUrl,
+    WebhookSecret, expand_env, redact_url, redact_written_url,
 };
 
 /// Where the daemon looks when neither `-c` nor `POLLHOOK_CONFIG` says otherwise.
@@ -50,6 +50,9 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PARALLEL: usize = 4;
 const DEFAULT_PER_HOST: usize = 2;
 const DEFAULT_FAIL_AFTER: u32 = 3;
+/// How long a target's attempts must have failed before `target.failing`:
+/// a receiver restarting for a minute is not worth waking anyone.
+const DEFAULT_TARGET_FAIL_FOR: Duration = Duration::from_secs(5 * 60);
 /// The sane range of each number a config holds: past it, a value is a
 /// typo, and some (a semaphore's size) would crash the daemon.
 const MAX_CONCURRENT_POLLS: usize = 100_000;
@@ -359,8 +362,23 @@ impl FromStr for Pattern {
 #[serde(deny_unknown_fields)]
 struct TargetConfig {
     name: Spanned<String>,
-    /// Required, as an endpoint's.
-    url: Option<HttpUrl>,
+    /// Required, as an endpoint's: `http(s)://` for webhooks, `smtp(s)://`
+    /// for email.
+    url: Option<TargetUrl>,
+    /// HTTP: `POST` unless set.
+    method: Option<Spanned<HttpMethod>>,
+    /// HTTP: sent with every delivery; checked as an endpoint's are.
+    #[serde(default)]
+    headers: BTreeMap<HeaderKey, Spanned<String>>,
+    /// Email: the sender and the recipients.
+    from: Option<Spanned<Mailbox>>,
+    to: Option<Spanned<Recipients>>,
+    /// Email: a minijinja template for the subject (default: the summary).
+    subject: Option<Spanned<String>>,
+    /// Failed attempts in a row, over at least `fail_for`, before
+    /// `target.failing` goes to the targets that take it.
+    fail_after: Option<Spanned<u32>>,
+    fail_for: Option<SpanOfTime>,
     secret: Option<Spanned<WebhookSecret>>,
     /// Several secrets sign with each, for rotation.
     secrets: Option<Spanned<Vec<Spanned<WebhookSecret>>>>,
@@ -382,7 +400,57 @@ struct TargetConfig {
     content_type: Option<Spanned<ContentType>>,
     /// The event types this target takes (default: all), `*` patterns allowed.
     events: Option<Spanned<Vec<Spanned<String>>>>,
-    auth: Option<Auth>,
+    /// HTTP: `Authorization`; email: `basic` is the SMTP login.
+    auth: Option<Spanned<Auth>>,
+}
+
+/// An email address, with or without a name (`Ops <ops@example.com>`).
+#[derive(Debug, Clone)]
+struct Mailbox(lettre::message::Mailbox);
+
+impl FromStr for Mailbox {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map(Mailbox)
+            .map_err(|error| format!("invalid email address `{text}`: {error}"))
+    }
+}
+
+/// `to`: one address, or a list of them.
+#[derive(Debug, Clone)]
+struct Recipients(Vec<lettre::message::Mailbox>);
+
+impl<'de> Deserialize<'de> for Recipients {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Recipients;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an email address or a list of them")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Recipients, E> {
+                let Mailbox(address) = text.parse().map_err(E::custom)?;
+                Ok(Recipients(vec![address]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Recipients, A::Error> {
+                let mut addresses = Vec::new();
+                while let Some(text) = seq.next_element::<String>()? {
+                    let Mailbox(address) = text.parse().map_err(serde::de::Error::custom)?;
+                    addresses.push(address);
+                }
+                Ok(Recipients(addresses))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `format` on a target, as written.
@@ -393,6 +461,7 @@ enum FormatName {
     Slack,
     Discord,
     Ntfy,
+    Apprise,
     Template,
 }
 
@@ -475,7 +544,8 @@ deserialize_via_from_str!(
     Rate,
     AdminListen,
     Pattern,
-    ContentType
+    ContentType,
+    Mailbox
 );
 
 /// A validated configuration, ready to run.
@@ -592,7 +662,15 @@ impl Endpoint {
 #[derive(Debug, PartialEq)]
 pub struct Target {
     pub name: String,
-    pub url: HttpUrl,
+    /// `{event_id}` in it stands for each event's id (see
+    /// `deliver::target_url`).
+    pub url: TargetUrl,
+    /// HTTP: how events are sent (`POST`, or `PUT` for Matrix).
+    pub method: reqwest::Method,
+    /// HTTP: sent with every delivery, every value marked sensitive.
+    pub headers: HeaderMap,
+    /// Set for an `smtp://` or `smtps://` URL: events go by email.
+    pub email: Option<Box<Email>>,
     /// Each signs every delivery; several during a rotation.
     pub secrets: Vec<WebhookSecret>,
     pub timeout: Duration,
@@ -607,8 +685,25 @@ pub struct Target {
     pub format: TargetFormat,
     /// The event types it takes, from `events`.
     pub events: EventTypes,
-    /// Sent as `Authorization` with every delivery.
+    /// Sent as `Authorization` with every delivery; email: the SMTP login
+    /// (`basic` only).
     pub auth: Option<Auth>,
+    /// Failed attempts in a row before `target.failing`; 0: never.
+    pub fail_after: u32,
+    /// And how long they must have been failing.
+    pub fail_for: Duration,
+    /// The other targets that take this one's health events
+    /// (`target.failing`, `target.recovered`, `event.dead`); never itself.
+    pub watchers: Vec<Subscription>,
+}
+
+/// How an email target writes its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub from: lettre::message::Mailbox,
+    pub to: Vec<lettre::message::Mailbox>,
+    /// A minijinja template over what a `template` sees; `None`: the summary.
+    pub subject: Option<String>,
 }
 
 /// One of an endpoint's targets, with the event types it takes.
@@ -985,7 +1080,7 @@ impl<'s> Compiler<'s> {
     }
 
     fn compile_targets(&mut self, tables: Vec<Spanned<DeValue<'s>>>) -> Vec<Arc<Target>> {
-        let mut targets = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         let mut seen = HashSet::new();
         for table in tables {
             let context = table_context("target", &table);
@@ -1000,14 +1095,25 @@ impl<'s> Compiler<'s> {
                 );
             }
             let table_start = table.span().start;
-            let Some((raw, broken)) = self.deserialize_table::<TargetConfig>(table, &context)
+            let Some((mut raw, broken)) = self.deserialize_table::<TargetConfig>(table, &context)
             else {
                 continue;
             };
             self.check_name(&raw.name, &context);
-            let url = self.required_url(raw.url, &broken, table_start, &context);
-            let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.into_iter().collect();
-            if let Some(more) = raw.secrets {
+            let url = self.required_url(raw.url.take(), &broken, table_start, &context);
+            // Before the keys are taken: email refuses them.
+            let http_only = [
+                ("method", raw.method.as_ref().map(|v| v.span().start)),
+                (
+                    "headers",
+                    raw.headers.values().next().map(|v| v.span().start),
+                ),
+                ("secret", raw.secret.as_ref().map(|v| v.span().start)),
+                ("secrets", raw.secrets.as_ref().map(|v| v.span().start)),
+            ];
+            let format_start = raw.format.as_ref().map(|format| format.span().start);
+            let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.take().into_iter().collect();
+            if let Some(more) = raw.secrets.take() {
                 if more.get_ref().is_empty() {
                     self.problem(
                         more.span().start,
@@ -1026,7 +1132,7 @@ impl<'s> Compiler<'s> {
             }
             let secrets: Vec<WebhookSecret> =
                 secrets.into_iter().map(Spanned::into_inner).collect();
-            let retry = match (raw.retry, raw.max_attempts) {
+            let retry = match (raw.retry.take(), raw.max_attempts.take()) {
                 (Some(_), Some(max)) => {
                     self.problem(
                         max.span().start,
@@ -1060,19 +1166,81 @@ impl<'s> Compiler<'s> {
                 )
                 .unwrap_or(DEFAULT_PARALLEL);
             let format = self.compile_format(
-                raw.format,
-                raw.template,
-                raw.template_file,
-                raw.content_type,
+                raw.format.take(),
+                raw.template.take(),
+                raw.template_file.take(),
+                raw.content_type.take(),
                 &context,
             );
-            let events = self.compile_events(raw.events, &context);
+            let events = self.compile_events(raw.events.take(), &context);
+            let fail_after = self
+                .in_range(
+                    raw.fail_after.as_ref(),
+                    "fail_after",
+                    0..=MAX_FAIL_AFTER,
+                    &context,
+                )
+                .unwrap_or(DEFAULT_FAIL_AFTER);
+            let by_email = url.as_ref().is_some_and(TargetUrl::is_email);
+            let email = match by_email {
+                true => {
+                    for (key, offset) in http_only {
+                        if let Some(offset) = offset {
+                            self.problem(
+                                offset,
+                                context.clone(),
+                                format!(
+                                    "`{key}` is for HTTP targets, not email (`smtp://`, `smtps://`)"
+                                ),
+                            );
+                        }
+                    }
+                    self.compile_email(&mut raw, &format, format_start, &context)
+                }
+                false => {
+                    self.only_for_email(&raw, &context);
+                    None
+                }
+            };
+            if raw.auth.is_some()
+                && let Some(name) = raw
+                    .headers
+                    .keys()
+                    .find(|name| name.0.eq_ignore_ascii_case("authorization"))
+            {
+                let start = raw.headers[name].span().start;
+                self.problem(
+                    start,
+                    context.clone(),
+                    "set `auth` or an `Authorization` header, not both",
+                );
+            }
+            if let Some((name, value)) = raw
+                .headers
+                .iter()
+                .find(|(name, _)| name.0.starts_with("webhook-"))
+            {
+                self.problem(
+                    value.span().start,
+                    context.clone(),
+                    format!(
+                        "header `{}` is pollhook's own: Standard Webhooks' `webhook-*` headers are set for every delivery",
+                        name.0
+                    ),
+                );
+            }
+            let headers = self.compile_headers(std::mem::take(&mut raw.headers), &context);
             let Some(url) = url else {
                 continue;
             };
-            targets.push(Arc::new(Target {
+            targets.push(Target {
                 name: raw.name.into_inner(),
                 url,
+                method: raw
+                    .method
+                    .map_or(reqwest::Method::POST, |method| method.into_inner().0),
+                headers,
+                email,
                 secrets,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
                 retry,
@@ -1081,10 +1249,128 @@ impl<'s> Compiler<'s> {
                 min_spacing: raw.rate.map(|rate| rate.0),
                 format,
                 events,
-                auth: raw.auth,
-            }));
+                auth: raw.auth.map(Spanned::into_inner),
+                fail_after,
+                fail_for: raw.fail_for.map_or(DEFAULT_TARGET_FAIL_FOR, |d| d.0),
+                watchers: Vec::new(),
+            });
         }
-        targets
+        let health_types = [TARGET_FAILING, TARGET_RECOVERED, EVENT_DEAD]
+            .iter()
+            .fold(EventTypes::NONE, |types, kind| {
+                types.union(EventTypes::matching(kind))
+            });
+        let watchers: Vec<Subscription> = targets
+            .iter()
+            .filter(|target| target.events.overlaps(health_types))
+            .map(|target| Subscription {
+                target: target.name.clone(),
+                events: target.events,
+            })
+            .collect();
+        for target in &mut targets {
+            target.watchers = watchers
+                .iter()
+                .filter(|watcher| watcher.target != target.name)
+                .cloned()
+                .collect();
+        }
+        targets.into_iter().map(Arc::new).collect()
+    }
+
+    /// An email target's `from`, `to` and `subject`; a `format` email cannot
+    /// take, a bearer token.
+    fn compile_email(
+        &mut self,
+        raw: &mut TargetConfig,
+        format: &TargetFormat,
+        format_start: Option<usize>,
+        context: &Option<String>,
+    ) -> Option<Box<Email>> {
+        if !matches!(format, TargetFormat::Standard | TargetFormat::Template(_)) {
+            self.problem(
+                format_start.unwrap_or(0),
+                context.clone(),
+                format!(
+                    "`format = \"{}\"` is for HTTP targets; email is plain text: the summary and what changed, or a `template`",
+                    format.name()
+                ),
+            );
+        }
+        if let Some(auth) = &raw.auth
+            && matches!(auth.get_ref(), Auth::Bearer(_))
+        {
+            self.problem(
+                auth.span().start,
+                context.clone(),
+                "email logs in with `auth = { basic = { username = ..., password = ... } }`, not a bearer token",
+            );
+        }
+        let subject = raw.subject.take().and_then(|subject| {
+            let start = subject.span().start;
+            let source = subject.into_inner();
+            match format::check_template(&source) {
+                Ok(()) => Some(source),
+                Err(error) => {
+                    self.problem(
+                        start,
+                        context.clone(),
+                        format!("invalid `subject`: {error}"),
+                    );
+                    None
+                }
+            }
+        });
+        let to = match raw.to.take() {
+            Some(to) if to.get_ref().0.is_empty() => {
+                self.problem(
+                    to.span().start,
+                    context.clone(),
+                    "`to` is empty: list at least one address",
+                );
+                None
+            }
+            Some(to) => Some(to.into_inner().0),
+            None => {
+                self.problem(
+                    raw.name.span().start,
+                    context.clone(),
+                    "an email target needs `to`: who gets the messages",
+                );
+                None
+            }
+        };
+        let from = raw.from.take().map(|from| from.into_inner().0);
+        if from.is_none() {
+            self.problem(
+                raw.name.span().start,
+                context.clone(),
+                "an email target needs `from`: the sender's address",
+            );
+        }
+        Some(Box::new(Email {
+            from: from?,
+            to: to?,
+            subject,
+        }))
+    }
+
+    /// `from`, `to` and `subject` on a target that does not send email.
+    fn only_for_email(&mut self, raw: &TargetConfig, context: &Option<String>) {
+        let email_only = [
+            ("from", raw.from.as_ref().map(|v| v.span().start)),
+            ("to", raw.to.as_ref().map(|v| v.span().start)),
+            ("subject", raw.subject.as_ref().map(|v| v.span().start)),
+        ];
+        for (key, offset) in email_only {
+            if let Some(offset) = offset {
+                self.problem(
+                    offset,
+                    context.clone(),
+                    format!("`{key}` is for email targets (`url = \"smtp://...\"`)"),
+                );
+            }
+        }
     }
 
     /// A target's `events`: each pattern must name at least one type.
@@ -1094,7 +1380,7 @@ impl<'s> Compiler<'s> {
         context: &Option<String>,
     ) -> EventTypes {
         let Some(patterns) = events else {
-            return EventTypes::ALL;
+            return EventTypes::POLLS;
         };
         if patterns.get_ref().is_empty() {
             self.problem(
@@ -1102,7 +1388,7 @@ impl<'s> Compiler<'s> {
                 context.clone(),
                 "`events` is empty: the target would take nothing; list event types or remove it",
             );
-            return EventTypes::ALL;
+            return EventTypes::POLLS;
         }
         let mut types = EventTypes::NONE;
         for pattern in patterns.into_inner() {
@@ -1163,6 +1449,7 @@ impl<'s> Compiler<'s> {
             FormatName::Slack => TargetFormat::Slack,
             FormatName::Discord => TargetFormat::Discord,
             FormatName::Ntfy => TargetFormat::Ntfy,
+            FormatName::Apprise => TargetFormat::Apprise,
             FormatName::Template => {
                 let source = match (template, template_file) {
                     (Some(_), Some(file)) => {
@@ -1316,7 +1603,7 @@ impl<'s> Compiler<'s> {
                         target_names
                             .iter()
                             .find(|subscription| subscription.target == name)
-                            .map_or(EventTypes::ALL, |subscription| subscription.events)
+                            .map_or(EventTypes::POLLS, |subscription| subscription.events)
                     };
                     names
                         .iter()
@@ -1729,13 +2016,13 @@ impl<'s> Compiler<'s> {
 
     /// A table's `url`, reported when it is missing (but not when it was
     /// there and bad: that is reported already).
-    fn required_url(
+    fn required_url<U>(
         &mut self,
-        url: Option<HttpUrl>,
+        url: Option<U>,
         broken: &Broken,
         table_start: usize,
         context: &Option<String>,
-    ) -> Option<HttpUrl> {
+    ) -> Option<U> {
         if url.is_none() && !broken.contains("url") {
             self.problem(table_start, context.clone(), "missing field `url`");
         }

@@ -38,6 +38,7 @@ deserialize_from_str!(
     HumanDuration,
     SpanOfTime,
     HttpUrl,
+    TargetUrl,
     ByteSize,
     EnvString,
     WebhookSecret
@@ -118,6 +119,13 @@ impl FromStr for HttpUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        HttpUrl::parse_with_schemes(text, &["http", "https"])
+    }
+}
+
+impl HttpUrl {
+    /// Parses `text` after expansion, as a URL of one of `schemes`.
+    fn parse_with_schemes(text: &str, schemes: &[&str]) -> Result<HttpUrl, String> {
         let expanded = expand(text)?;
         // The expanded text may hold a token: quote only what the user
         // wrote, and not even its password.
@@ -129,10 +137,13 @@ impl FromStr for HttpUrl {
         };
         let url =
             url::Url::parse(&value).map_err(|err| format!("invalid URL `{written}`: {err}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        if !schemes.contains(&url.scheme()) {
+            let names: Vec<String> = schemes.iter().map(|scheme| format!("`{scheme}`")).collect();
+            let (last, others) = names.split_last().expect("at least one scheme");
             return Err(format!(
-                "invalid URL `{written}`: scheme `{}` is not `http` or `https`",
-                url.scheme()
+                "invalid URL `{written}`: scheme `{}` is not {} or {last}",
+                url.scheme(),
+                others.join(", ")
             ));
         }
         let shown = if expanded.secret {
@@ -144,6 +155,45 @@ impl FromStr for HttpUrl {
             redact_url(&url)
         };
         Ok(HttpUrl { url, shown })
+    }
+}
+
+/// Where a target's events go: an `http`/`https` URL for webhooks, or
+/// `smtp` (STARTTLS) / `smtps` (TLS) for email; shown as [`HttpUrl`] is.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TargetUrl(HttpUrl);
+
+/// The schemes a target's `url` may have.
+const TARGET_SCHEMES: [&str; 4] = ["http", "https", "smtp", "smtps"];
+
+impl TargetUrl {
+    /// The URL events go to, secrets included: never show it.
+    pub fn url(&self) -> &url::Url {
+        self.0.url()
+    }
+
+    /// The URL as it may be shown.
+    pub fn shown(&self) -> &str {
+        self.0.shown()
+    }
+
+    /// Whether events go by email (`smtp://`, `smtps://`).
+    pub fn is_email(&self) -> bool {
+        matches!(self.url().scheme(), "smtp" | "smtps")
+    }
+}
+
+impl FromStr for TargetUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        HttpUrl::parse_with_schemes(text, &TARGET_SCHEMES).map(TargetUrl)
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown())
     }
 }
 

@@ -66,6 +66,7 @@ impl Setup {
             client: deliver::client().unwrap(),
             metrics: Arc::new(pollhook::metrics::Metrics::default()),
             grace: Duration::from_secs(10),
+            wakes: Arc::default(),
         };
         let task = tokio::spawn(deliver::run_target(
             dispatch,
