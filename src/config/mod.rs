@@ -1195,7 +1195,7 @@ impl<'s> Compiler<'s> {
                             );
                         }
                     }
-                    self.compile_email(&mut raw, &format, format_start, &context)
+                    self.compile_email(&mut raw, &broken, &format, format_start, &context)
                 }
                 false => {
                     self.only_for_email(&raw, &context);
@@ -1283,6 +1283,7 @@ impl<'s> Compiler<'s> {
     fn compile_email(
         &mut self,
         raw: &mut TargetConfig,
+        broken: &Broken,
         format: &TargetFormat,
         format_start: Option<usize>,
         context: &Option<String>,
@@ -1331,6 +1332,8 @@ impl<'s> Compiler<'s> {
                 None
             }
             Some(to) => Some(to.into_inner().0),
+            // Reported already, as a bad value.
+            None if broken.contains("to") => None,
             None => {
                 self.problem(
                     raw.name.span().start,
@@ -1341,7 +1344,7 @@ impl<'s> Compiler<'s> {
             }
         };
         let from = raw.from.take().map(|from| from.into_inner().0);
-        if from.is_none() {
+        if from.is_none() && !broken.contains("from") {
             self.problem(
                 raw.name.span().start,
                 context.clone(),
@@ -2290,6 +2293,39 @@ targets = ["nowhere"]
     }
 
     #[test]
+    fn email_targets_and_what_they_show() {
+        let source = "[[target]]\nname = \"mail\"\nurl = \"smtps://me:url-secret@mail.example.com\"\n\
+             from = \"pollhook@example.com\"\nto = \"Ops <ops@example.com>\"\n\
+             auth = { basic = { username = \"me\", password = \"auth-secret\" } }\n\
+             [[target]]\nname = \"hook\"\nurl = \"http://127.0.0.1:1/hook\"\n\
+             headers = { X-Key = \"header-secret\" }\nevents = [\"event.dead\"]\n\
+             [[target]]\nname = \"ops\"\nurl = \"http://127.0.0.1:1/ops\"\nevents = [\"target.*\"]\n\
+             [[endpoint]]\nname = \"e\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n";
+        let config = Config::compile(source, Path::new("c.toml")).unwrap();
+        let email = config.targets[0].email.as_deref().unwrap();
+        assert_eq!(email.from.email.to_string(), "pollhook@example.com");
+        assert_eq!(email.to.len(), 1);
+        assert_eq!(email.to[0].name.as_deref(), Some("Ops"));
+        assert_eq!(config.targets[0].method, reqwest::Method::POST);
+        assert!(config.targets[1].email.is_none());
+        let shown = format!("{config:?}");
+        for secret in ["url-secret", "auth-secret", "header-secret"] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        // Each target's watchers: the others that take its health events.
+        let watchers = |index: usize| -> Vec<&str> {
+            config.targets[index]
+                .watchers
+                .iter()
+                .map(|watcher| watcher.target.as_str())
+                .collect()
+        };
+        assert_eq!(watchers(0), ["hook", "ops"]);
+        assert_eq!(watchers(1), ["ops"]);
+        assert_eq!(watchers(2), ["hook"]);
+    }
+
+    #[test]
     fn target_formats_and_their_mistakes() {
         let target = |extra: &str| {
             format!(
@@ -2308,6 +2344,7 @@ targets = ["nowhere"]
         assert_eq!(compiled("format = \"slack\""), TargetFormat::Slack);
         assert_eq!(compiled("format = \"discord\""), TargetFormat::Discord);
         assert_eq!(compiled("format = \"ntfy\""), TargetFormat::Ntfy);
+        assert_eq!(compiled("format = \"apprise\""), TargetFormat::Apprise);
         assert_eq!(
             compiled(
                 "format = \"template\"\ntemplate = \"{{ summary }}\"\ncontent_type = \"text/markdown\""
