@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::{Attempt, format};
 use crate::config::{Auth, Email, Target};
-use crate::store::OutboxRow;
+use crate::store::{OutboxRow, RESPONSE_KEEP};
 
 /// How a connection is secured, from the URL: see the module's docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub async fn attempt(target: &Target, email: &Email, row: &OutboxRow) -> Attempt
     match sent {
         Ok(response) => {
             attempt.status = Some(u16::from(response.code()));
-            attempt.response = response.message().collect::<Vec<_>>().join(" ");
+            attempt.response = kept(response.message().collect::<Vec<_>>().join(" "));
         }
         Err(error) => {
             attempt.status = error.status().map(u16::from);
@@ -154,6 +154,16 @@ fn credentials(target: &Target) -> Result<Option<Credentials>, String> {
     )))
 }
 
+/// The start of a server's reply, as the attempt log keeps HTTP answers.
+fn kept(mut reply: String) -> String {
+    let mut end = reply.len().min(RESPONSE_KEEP);
+    while !reply.is_char_boundary(end) {
+        end -= 1;
+    }
+    reply.truncate(end);
+    reply
+}
+
 /// What went wrong, for the attempt log: lettre's message names the reply
 /// or the connection's failure, never the credentials.
 fn describe(error: &lettre::transport::smtp::Error, timeout: Duration) -> String {
@@ -182,5 +192,13 @@ mod tests {
         check("smtp://LocalHost", (Security::StartTlsIfOffered, 587));
         check("smtp://localhost.example.com", (Security::StartTls, 587));
         check("smtp://10.0.0.1", (Security::StartTls, 587));
+    }
+
+    #[test]
+    fn a_long_reply_is_cut_between_characters() {
+        assert_eq!(kept("250 ok".into()), "250 ok");
+        let long = format!("a{}", "é".repeat(RESPONSE_KEEP));
+        let cut = kept(long);
+        assert!(cut.len() <= RESPONSE_KEEP && cut.len() >= RESPONSE_KEEP - 1);
     }
 }
