@@ -1110,6 +1110,10 @@ impl<'s> Compiler<'s> {
                 ),
                 ("secret", raw.secret.as_ref().map(|v| v.span().start)),
                 ("secrets", raw.secrets.as_ref().map(|v| v.span().start)),
+                (
+                    "content_type",
+                    raw.content_type.as_ref().map(|v| v.span().start),
+                ),
             ];
             let format_start = raw.format.as_ref().map(|format| format.span().start);
             let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.take().into_iter().collect();

@@ -350,6 +350,7 @@ name = "nobody"
 url = "smtps://mail.example.com"
 method = "PUT"
 fail_for = "soon"
+content_type = "text/html"
 
 [[target]]
 name = "ftp"
@@ -384,7 +385,8 @@ every = "1m"
         "pollhook.toml:20:8: target `nobody`: an email target needs `from`",
         "pollhook.toml:22:10: target `nobody`: `method` is for HTTP targets, not email",
         "pollhook.toml:23:12: target `nobody`:",
-        "pollhook.toml:27:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp` or `smtps`",
+        "pollhook.toml:24:16: target `nobody`: `content_type` is for HTTP targets, not email",
+        "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp` or `smtps`",
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
