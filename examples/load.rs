@@ -344,6 +344,7 @@ async fn one_pass(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Result
         clients: pollhook::deliver::clients()?,
         metrics: Arc::new(pollhook::metrics::Metrics::default()),
         grace: config.shutdown_grace,
+        wakes: Arc::default(),
     };
     let delivered: usize = pollhook::deliver::drain(&dispatch, &config.targets)
         .await

@@ -438,6 +438,7 @@ impl Running {
             clients: self.delivery_clients.clone(),
             metrics: self.shared.metrics.clone(),
             grace: self.config.shutdown_grace,
+            wakes: self.shared.wakes.clone(),
         };
         let dispatcher = deliver::run_target(
             dispatch,

@@ -15,8 +15,10 @@ use crate::extract::{Document, Kind};
 /// How a document changed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// RFC 6902 operations that turn the previous document into the current.
-    Json { patch: Value },
+    /// RFC 6902 operations that turn the previous document into the current,
+    /// and for each `replace` of a scalar the value it replaced (by path), so
+    /// that a message can say `/price 19.99 → 14.99`.
+    Json { patch: Value, replaced: Value },
     /// Item mode: what happened to each item, by key.
     Items(ItemChanges),
     /// A unified diff, `previous` → `current`.
@@ -54,7 +56,8 @@ impl ItemChanges {
     }
 
     /// The three lists as events carry them: `added` and `removed` as
-    /// `[{key, item}]`, `changed` as `[{key, item, patch}]`.
+    /// `[{key, item}]`, `changed` as `[{key, item, previous, patch}]`: the
+    /// item as it was too, so that a template can say "from → to".
     pub fn into_json(self) -> [Vec<Value>; 3] {
         let entries = |list: Vec<(Value, Value)>| -> Vec<Value> {
             list.into_iter()
@@ -65,7 +68,12 @@ impl ItemChanges {
             .changed
             .into_iter()
             .map(|change| {
-                serde_json::json!({ "key": change.key, "item": change.item, "patch": change.patch })
+                serde_json::json!({
+                    "key": change.key,
+                    "item": change.item,
+                    "previous": change.previous,
+                    "patch": change.patch,
+                })
             })
             .collect();
         [entries(self.added), entries(self.removed), changed]
@@ -89,10 +97,13 @@ pub fn diff(previous: Option<&Document>, current: &Document) -> Option<Change> {
                 Some(previous) => json_patch_between(&previous.canonical, &current.canonical),
                 None => current
                     .json()
-                    .map(|current| patch_value(&Value::Null, &current)),
+                    .map(|current| (patch_value(&Value::Null, &current), json!({}))),
             };
             // Only for bytes that are not JSON (a corrupt store): say so by hash.
-            patch.map_or_else(bytes_change, |patch| Change::Json { patch })
+            patch.map_or_else(bytes_change, |(patch, replaced)| Change::Json {
+                patch,
+                replaced,
+            })
         }
         (Kind::Items, Kind::Items) => match previous.map(Document::json) {
             // Stored bytes that are not JSON: not every item is new.
@@ -132,7 +143,7 @@ fn patch_value(previous: &Value, current: &Value) -> Value {
 /// only the ones that differ. On a 10 MiB document with one changed field
 /// this parses a few bytes instead of 20 MiB; with 10 % of a long list
 /// changed, it parses those items only.
-fn json_patch_between(previous: &[u8], current: &[u8]) -> Option<Value> {
+fn json_patch_between(previous: &[u8], current: &[u8]) -> Option<(Value, Value)> {
     let (mut pointer, previous_part, current_part) = match changed_container(previous, current) {
         Some(container) => (
             container.pointer,
@@ -149,7 +160,18 @@ fn json_patch_between(previous: &[u8], current: &[u8]) -> Option<Value> {
         &mut operations,
         0,
     )?;
-    Some(Value::Array(operations))
+    // `diff_canonical` marks each scalar it replaced with `was`: moved out
+    // here, so the patch stays plain RFC 6902.
+    let mut replaced = serde_json::Map::new();
+    for operation in &mut operations {
+        if let Some(fields) = operation.as_object_mut()
+            && let Some(was) = fields.remove("was")
+            && let Some(Value::String(path)) = fields.get("path")
+        {
+            replaced.insert(path.clone(), was);
+        }
+    }
+    Some((Value::Array(operations), Value::Object(replaced)))
 }
 
 /// Where two canonical documents differ: the innermost container holding
@@ -422,8 +444,12 @@ fn diff_canonical(
         _ => {
             let (before, after) = (parse(previous)?, parse(current)?);
             if before != after {
-                operations
-                    .push(json!({ "op": "replace", "path": pointer.as_str(), "value": after }));
+                let mut operation =
+                    json!({ "op": "replace", "path": pointer.as_str(), "value": after });
+                if !before.is_object() && !before.is_array() {
+                    operation["was"] = before;
+                }
+                operations.push(operation);
             }
         }
     }
@@ -714,7 +740,7 @@ mod tests {
         let check = |old: &str, new: &str, expected: Option<Value>| {
             let change = diff(Some(&json(old)), &json(new));
             let patch = change.map(|change| match change {
-                Change::Json { patch } => patch,
+                Change::Json { patch, .. } => patch,
                 other => panic!("expected a patch, got {other:?}"),
             });
             assert_eq!(patch, expected, "{old} -> {new}");
@@ -814,7 +840,7 @@ mod tests {
             let (old, new) = (json(old), json(new));
             let whole = patch_value(&old.json().unwrap(), &new.json().unwrap());
             assert_eq!(
-                json_patch_between(&old.canonical, &new.canonical),
+                json_patch_between(&old.canonical, &new.canonical).map(|(patch, _)| patch),
                 Some(whole),
                 "{} -> {}",
                 old.text(),
@@ -895,7 +921,8 @@ mod tests {
             }
             let (old_document, new_document) = (json(&old.to_string()), json(&new.to_string()));
             assert_eq!(
-                json_patch_between(&old_document.canonical, &new_document.canonical),
+                json_patch_between(&old_document.canonical, &new_document.canonical)
+                    .map(|(patch, _)| patch),
                 Some(patch_value(&old, &new)),
                 "{old} -> {new}"
             );
@@ -941,7 +968,8 @@ mod tests {
                 patch: json!([
                     {"op": "replace", "path": "/items/500/price", "value": 1},
                     {"op": "replace", "path": "/items/900/price", "value": 2},
-                ])
+                ]),
+                replaced: json!({"/items/500/price": 0, "/items/900/price": 0}),
             })
         );
     }
@@ -965,7 +993,7 @@ mod tests {
             let whole = patch_value(&old.json().unwrap(), &new.json().unwrap());
             assert!(!whole.as_array().unwrap().is_empty());
             assert_eq!(
-                json_patch_between(&old.canonical, &new.canonical),
+                json_patch_between(&old.canonical, &new.canonical).map(|(patch, _)| patch),
                 Some(whole)
             );
         }
@@ -1042,12 +1070,31 @@ mod tests {
     }
 
     #[test]
+    fn replaced_scalars_keep_their_previous_values() {
+        let change = diff(
+            Some(&json(
+                r#"{"price":19.99,"name":"a","tags":[1],"meta":{"x":1}}"#,
+            )),
+            &json(r#"{"price":14.99,"name":"b","tags":[1,2],"meta":{"x":{"y":1}}}"#),
+        );
+        let Some(Change::Json { replaced, .. }) = change else {
+            panic!("expected a patch, got {change:?}");
+        };
+        // Containers are not kept: only what a message can name.
+        assert_eq!(
+            replaced,
+            json!({"/price": 19.99, "/name": "a", "/meta/x": 1})
+        );
+    }
+
+    #[test]
     fn initial_event_carries_the_whole_document() {
         let change = diff(None, &json(r#"{"a":1}"#)).unwrap();
         assert_eq!(
             change,
             Change::Json {
-                patch: json!([{"op": "replace", "path": "", "value": {"a": 1}}])
+                patch: json!([{"op": "replace", "path": "", "value": {"a": 1}}]),
+                replaced: json!({}),
             }
         );
     }

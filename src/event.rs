@@ -2,7 +2,8 @@
 //!
 //! Types: `endpoint.changed` (a patch, diff or hashes), `item.added`,
 //! `item.removed`, `item.changed` and `items.changed` (item mode), and the
-//! health events `endpoint.failing` and `endpoint.recovered`.
+//! health events `endpoint.failing` and `endpoint.recovered`; the targets'
+//! own `target.failing`, `target.recovered` and `event.dead`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -77,8 +78,9 @@ pub fn for_change(
         data,
     };
     let items = match change {
-        Change::Json { patch } => {
-            return vec![event(ENDPOINT_CHANGED, base(json!({ "patch": patch })))];
+        Change::Json { patch, replaced } => {
+            let change = json!({ "patch": patch, "replaced": replaced });
+            return vec![event(ENDPOINT_CHANGED, base(change))];
         }
         Change::Text { diff } => {
             return vec![event(ENDPOINT_CHANGED, base(json!({ "diff": diff })))];
@@ -192,6 +194,69 @@ pub fn endpoint_recovered(endpoint: &Endpoint, health: &Failing, at_ms: u64) -> 
             "failures": health.failures,
             "since": crate::clock::rfc3339(health.since_ms),
             "recovered_at": crate::clock::rfc3339(at_ms),
+        }),
+    }
+}
+
+/// `target.failing`: a target's attempts have failed `fail_after` times in
+/// a row over at least `fail_for`. Goes to the other targets that take it.
+pub fn target_failing(target: &str, health: &Failing, at_ms: u64) -> Event {
+    Event {
+        id: new_id(),
+        kind: TARGET_FAILING,
+        timestamp_ms: at_ms,
+        data: json!({
+            "target": target,
+            "failures": health.failures,
+            "since": crate::clock::rfc3339(health.since_ms),
+            "error": health.error,
+            "status": health.status,
+        }),
+    }
+}
+
+/// `target.recovered`: the first delivery to a target after `target.failing`.
+pub fn target_recovered(target: &str, health: &Failing, at_ms: u64) -> Event {
+    Event {
+        id: new_id(),
+        kind: TARGET_RECOVERED,
+        timestamp_ms: at_ms,
+        data: json!({
+            "target": target,
+            "failures": health.failures,
+            "since": crate::clock::rfc3339(health.since_ms),
+            "recovered_at": crate::clock::rfc3339(at_ms),
+        }),
+    }
+}
+
+/// An event given up on: what `event.dead` says about it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetter<'a> {
+    pub target: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub endpoint: &'a str,
+    pub attempts: u32,
+    pub status: Option<u16>,
+    pub error: Option<&'a str>,
+}
+
+/// `event.dead`: an event's schedule ran out and it was dead-lettered.
+pub fn event_dead(dead: &DeadLetter<'_>, at_ms: u64) -> Event {
+    Event {
+        id: new_id(),
+        kind: EVENT_DEAD,
+        timestamp_ms: at_ms,
+        data: json!({
+            "endpoint": dead.endpoint,
+            "target": dead.target,
+            "event_id": dead.event_id,
+            "event_type": dead.event_type,
+            "attempts": dead.attempts,
+            "status": dead.status,
+            "error": dead.error,
+            "replay": format!("pollhook replay {}", dead.event_id),
         }),
     }
 }

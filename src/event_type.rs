@@ -8,11 +8,15 @@ pub const ITEM_CHANGED: &str = "item.changed";
 pub const ITEMS_CHANGED: &str = "items.changed";
 pub const ENDPOINT_FAILING: &str = "endpoint.failing";
 pub const ENDPOINT_RECOVERED: &str = "endpoint.recovered";
+pub const TARGET_FAILING: &str = "target.failing";
+pub const TARGET_RECOVERED: &str = "target.recovered";
+pub const EVENT_DEAD: &str = "event.dead";
 /// What `pollhook test TARGET` sends; every target takes it.
 pub const POLLHOOK_TEST: &str = "pollhook.test";
 
-/// Every event type a poll can make, in the order of [`EventTypes`]' bits.
-pub const TYPES: [&str; 7] = [
+/// Every event type, in the order of [`EventTypes`]' bits: first those a
+/// poll makes, then those the dispatchers make about the targets.
+pub const TYPES: [&str; 10] = [
     ENDPOINT_CHANGED,
     ITEM_ADDED,
     ITEM_REMOVED,
@@ -20,14 +24,24 @@ pub const TYPES: [&str; 7] = [
     ITEMS_CHANGED,
     ENDPOINT_FAILING,
     ENDPOINT_RECOVERED,
+    TARGET_FAILING,
+    TARGET_RECOVERED,
+    EVENT_DEAD,
 ];
+
+/// How many of [`TYPES`] a poll makes.
+const POLL_TYPES: usize = 7;
 
 /// A set of event types: what a target's `events` lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventTypes(u8);
+pub struct EventTypes(u16);
 
 impl EventTypes {
     pub const ALL: EventTypes = EventTypes((1 << TYPES.len()) - 1);
+    /// What a target without `events` takes: what the polls make. The
+    /// targets' own health goes only where `events` asks for it, since a
+    /// receiver that expects changes may not know what to do with it.
+    pub const POLLS: EventTypes = EventTypes((1 << POLL_TYPES) - 1);
     pub const NONE: EventTypes = EventTypes(0);
 
     /// The types a pattern names: a type (`item.added`), or one with `*`
@@ -43,6 +57,11 @@ impl EventTypes {
 
     pub fn union(self, other: EventTypes) -> EventTypes {
         EventTypes(self.0 | other.0)
+    }
+
+    /// Whether the two sets share a type.
+    pub fn overlaps(self, other: EventTypes) -> bool {
+        self.0 & other.0 != 0
     }
 
     pub fn is_empty(self) -> bool {
@@ -87,6 +106,13 @@ mod tests {
         assert!(changed.contains(ITEMS_CHANGED) && changed.contains(ENDPOINT_CHANGED));
         assert!(!changed.contains(ITEM_ADDED));
         assert_eq!(EventTypes::matching("*"), EventTypes::ALL);
+        let targets = EventTypes::matching("target.*").union(EventTypes::matching("event.dead"));
+        assert!(targets.contains(TARGET_FAILING) && targets.contains(EVENT_DEAD));
+        assert!(
+            !EventTypes::POLLS.contains(TARGET_RECOVERED)
+                && !EventTypes::POLLS.contains(EVENT_DEAD)
+        );
+        assert!(EventTypes::POLLS.contains(ENDPOINT_RECOVERED));
         assert_eq!(
             EventTypes::matching("endpoint.failing"),
             EventTypes::matching("endpoint.fail*")

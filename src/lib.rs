@@ -19,8 +19,10 @@
 //! - [`scheduler`]: the schedule's rules as a pure state machine.
 //! - [`store`]: the only module that opens sled: snapshots, history, outbox.
 //! - [`deliver`]: writes outbox rows in each target's format (envelope, Slack,
-//!   Discord, ntfy, template), signs and POSTs them, retrying until a 2xx,
-//!   or publishes them to an MQTT broker until its PUBACK.
+//!   Discord, ntfy, Apprise, template), signs and sends them (or emails
+//!   them, or publishes them to an MQTT broker), retrying until the
+//!   receiver acknowledges; a target's own health becomes events for the
+//!   others.
 //! - [`daemon`]: the schedule (a timer wheel, a task per running poll), one
 //!   dispatcher per target, and the supervisor that starts, reloads and
 //!   stops them.

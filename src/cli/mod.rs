@@ -476,6 +476,9 @@ async fn deliver_until_drained(store: &Arc<Store>, config: &Config) -> anyhow::R
         clients: crate::deliver::clients()?,
         metrics: Arc::new(crate::metrics::Metrics::default()),
         grace: config.shutdown_grace,
+        // Each drains on its own: rows queued for another are sent by it
+        // if it has not finished, else at the next start.
+        wakes: Arc::default(),
     };
     let delivered = crate::deliver::drain(&dispatch, &config.targets).await;
     for (target, delivered) in config.targets.iter().zip(delivered) {

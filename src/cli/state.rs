@@ -260,7 +260,7 @@ pub async fn history(
     }
     match crate::diff::diff(Some(&documents[0]), &documents[1]) {
         None => outln!("versions {from} and {to} are the same")?,
-        Some(crate::diff::Change::Json { patch }) => {
+        Some(crate::diff::Change::Json { patch, .. }) => {
             outln!("{}", serde_json::to_string_pretty(&patch)?)?
         }
         Some(crate::diff::Change::Items(items)) => {

@@ -27,7 +27,7 @@ use toml::de::{DeTable, DeValue};
 use crate::deliver::format::{self, TargetFormat, Template};
 use crate::deliver::mqtt::{MqttTarget, messages::DEFAULT_TOPIC};
 use crate::deliver::retry::RetryPolicy;
-use crate::event_type::{self, EventTypes};
+use crate::event_type::{self, EVENT_DEAD, EventTypes, TARGET_FAILING, TARGET_RECOVERED};
 pub use crate::extract::Format;
 use crate::extract::{ItemRules, Rules};
 use crate::jq::Jq;
@@ -54,6 +54,9 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PARALLEL: usize = 4;
 const DEFAULT_PER_HOST: usize = 2;
 const DEFAULT_FAIL_AFTER: u32 = 3;
+/// How long a target's attempts must have failed before `target.failing`:
+/// a receiver restarting for a minute is not worth waking anyone.
+const DEFAULT_TARGET_FAIL_FOR: Duration = Duration::from_secs(5 * 60);
 /// The sane range of each number a config holds: past it, a value is a
 /// typo, and some (a semaphore's size) would crash the daemon.
 const MAX_CONCURRENT_POLLS: usize = 100_000;
@@ -500,8 +503,23 @@ impl FromStr for Pattern {
 #[serde(deny_unknown_fields)]
 struct TargetConfig {
     name: Spanned<String>,
-    /// Required, as an endpoint's: `http(s)://` or `mqtt(s)://`.
+    /// Required, as an endpoint's: `http(s)://` for webhooks, `smtp(s)://`
+    /// for email, `mqtt(s)://` for an MQTT broker.
     url: Option<Spanned<TargetUrl>>,
+    /// HTTP: `POST` unless set.
+    method: Option<Spanned<HttpMethod>>,
+    /// HTTP: sent with every delivery; checked as an endpoint's are.
+    #[serde(default)]
+    headers: BTreeMap<HeaderKey, Spanned<String>>,
+    /// Email: the sender and the recipients.
+    from: Option<Spanned<Mailbox>>,
+    to: Option<Spanned<Recipients>>,
+    /// Email: a minijinja template for the subject (default: the summary).
+    subject: Option<Spanned<String>>,
+    /// Failed attempts in a row, over at least `fail_for`, before
+    /// `target.failing` goes to the targets that take it.
+    fail_after: Option<Spanned<u32>>,
+    fail_for: Option<SpanOfTime>,
     secret: Option<Spanned<WebhookSecret>>,
     /// Several secrets sign with each, for rotation.
     secrets: Option<Spanned<Vec<Spanned<WebhookSecret>>>>,
@@ -523,6 +541,7 @@ struct TargetConfig {
     content_type: Option<Spanned<ContentType>>,
     /// The event types this target takes (default: all), `*` patterns allowed.
     events: Option<Spanned<Vec<Spanned<String>>>>,
+    /// HTTP: `Authorization`; email: `basic` is the SMTP login.
     auth: Option<Spanned<Auth>>,
     proxy: Option<ProxyUrl>,
     ca_file: Option<Spanned<PathBuf>>,
@@ -547,6 +566,55 @@ struct MqttKeys {
     homeassistant: Option<Spanned<bool>>,
 }
 
+/// An email address, with or without a name (`Ops <ops@example.com>`).
+#[derive(Debug, Clone)]
+struct Mailbox(lettre::message::Mailbox);
+
+impl FromStr for Mailbox {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map(Mailbox)
+            .map_err(|error| format!("invalid email address `{text}`: {error}"))
+    }
+}
+
+/// `to`: one address, or a list of them.
+#[derive(Debug, Clone)]
+struct Recipients(Vec<lettre::message::Mailbox>);
+
+impl<'de> Deserialize<'de> for Recipients {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Recipients;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an email address or a list of them")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Recipients, E> {
+                let Mailbox(address) = text.parse().map_err(E::custom)?;
+                Ok(Recipients(vec![address]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Recipients, A::Error> {
+                let mut addresses = Vec::new();
+                while let Some(text) = seq.next_element::<String>()? {
+                    let Mailbox(address) = text.parse().map_err(serde::de::Error::custom)?;
+                    addresses.push(address);
+                }
+                Ok(Recipients(addresses))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// `format` on a target, as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -555,6 +623,7 @@ enum FormatName {
     Slack,
     Discord,
     Ntfy,
+    Apprise,
     Template,
 }
 
@@ -638,7 +707,8 @@ deserialize_via_from_str!(
     Rate,
     AdminListen,
     Pattern,
-    ContentType
+    ContentType,
+    Mailbox
 );
 
 /// A validated configuration, ready to run.
@@ -779,9 +849,15 @@ fn serve_endpoints(mut target: Target, endpoints: &[Arc<Endpoint>]) -> Arc<Targe
 #[derive(Debug, PartialEq)]
 pub struct Target {
     pub name: String,
-    /// The webhook's URL, or the MQTT broker's (`mqtt(s)://`, see `kind`).
+    /// The webhook's URL (`{event_id}` in it stands for each event's id, see
+    /// `deliver::target_url`), the MQTT broker's or the mail server's (see
+    /// `kind`).
     pub url: HttpUrl,
     pub kind: TargetKind,
+    /// HTTP: how events are sent (`POST`, or `PUT` for Matrix).
+    pub method: reqwest::Method,
+    /// HTTP: sent with every delivery, every value marked sensitive.
+    pub headers: HeaderMap,
     /// Each signs every delivery; several during a rotation.
     pub secrets: Vec<WebhookSecret>,
     pub timeout: Duration,
@@ -796,10 +872,27 @@ pub struct Target {
     pub format: TargetFormat,
     /// The event types it takes, from `events`.
     pub events: EventTypes,
-    /// Sent as `Authorization` with every delivery.
+    /// Sent as `Authorization` with every delivery; email: the SMTP login
+    /// (`basic` only).
     pub auth: Option<Auth>,
+    /// Failed attempts in a row before `target.failing`; 0: never.
+    pub fail_after: u32,
+    /// And how long they must have been failing.
+    pub fail_for: Duration,
+    /// The other targets that take this one's health events
+    /// (`target.failing`, `target.recovered`, `event.dead`); never itself.
+    pub watchers: Vec<Subscription>,
     /// Its own proxy or TLS settings; `None`: the shared client's.
     pub transport: Option<Box<Transport>>,
+}
+
+/// How an email target writes its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub from: lettre::message::Mailbox,
+    pub to: Vec<lettre::message::Mailbox>,
+    /// A minijinja template over what a `template` sees; `None`: the summary.
+    pub subject: Option<String>,
 }
 
 /// What a target's URL reaches, with what only that kind has.
@@ -809,6 +902,8 @@ pub enum TargetKind {
     Http,
     /// An MQTT broker: each event is published.
     Mqtt(Box<MqttTarget>),
+    /// A mail server: each event is an email.
+    Email(Box<Email>),
 }
 
 /// One of an endpoint's targets, with the event types it takes.
@@ -1195,7 +1290,7 @@ impl<'s> Compiler<'s> {
     }
 
     fn compile_targets(&mut self, tables: Vec<Spanned<DeValue<'s>>>) -> Vec<Target> {
-        let mut targets = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         let mut seen = HashSet::new();
         for table in tables {
             let context = table_context("target", &table);
@@ -1214,37 +1309,43 @@ impl<'s> Compiler<'s> {
             else {
                 continue;
             };
+            // Before the keys are taken: email and MQTT refuse them.
+            let start = |span: Option<std::ops::Range<usize>>| span.map(|span| span.start);
             let http_only = [
-                ("secret", raw.secret.as_ref().map(|key| key.span().start)),
-                ("secrets", raw.secrets.as_ref().map(|key| key.span().start)),
-                ("auth", raw.auth.as_ref().map(|key| key.span().start)),
-                ("ca_file", raw.ca_file.as_ref().map(|key| key.span().start)),
+                ("method", start(raw.method.as_ref().map(Spanned::span))),
+                (
+                    "headers",
+                    start(raw.headers.values().next().map(Spanned::span)),
+                ),
+                ("secret", start(raw.secret.as_ref().map(Spanned::span))),
+                ("secrets", start(raw.secrets.as_ref().map(Spanned::span))),
+                ("ca_file", start(raw.ca_file.as_ref().map(Spanned::span))),
                 (
                     "client_cert",
-                    raw.client_cert.as_ref().map(|key| key.span().start),
+                    start(raw.client_cert.as_ref().map(Spanned::span)),
                 ),
                 (
                     "client_key",
-                    raw.client_key.as_ref().map(|key| key.span().start),
+                    start(raw.client_key.as_ref().map(Spanned::span)),
                 ),
             ];
+            let content_type = start(raw.content_type.as_ref().map(Spanned::span));
+            let auth = start(raw.auth.as_ref().map(Spanned::span));
             let transport =
                 self.compile_transport(transport_keys!(raw), None, table_start, &context);
             self.check_name(&raw.name, &context);
-            let url = raw.url.map(|url| url.into_inner().0);
+            let url = raw.url.take().map(|url| url.into_inner().0);
             let url = self.required_url(url, &broken, table_start, &context);
             let mqtt_keys = MqttKeys {
-                username: raw.username,
-                password: raw.password,
-                client_id: raw.client_id,
-                topic: raw.topic,
-                homeassistant: raw.homeassistant,
+                username: raw.username.take(),
+                password: raw.password.take(),
+                client_id: raw.client_id.take(),
+                topic: raw.topic.take(),
+                homeassistant: raw.homeassistant.take(),
             };
-            let kind = url.as_ref().map(|url| {
-                self.compile_kind(url, raw.name.get_ref(), mqtt_keys, &http_only, &context)
-            });
-            let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.into_iter().collect();
-            if let Some(more) = raw.secrets {
+            let format_start = raw.format.as_ref().map(|format| format.span().start);
+            let mut secrets: Vec<Spanned<WebhookSecret>> = raw.secret.take().into_iter().collect();
+            if let Some(more) = raw.secrets.take() {
                 if more.get_ref().is_empty() {
                     self.problem(
                         more.span().start,
@@ -1263,7 +1364,7 @@ impl<'s> Compiler<'s> {
             }
             let secrets: Vec<WebhookSecret> =
                 secrets.into_iter().map(Spanned::into_inner).collect();
-            let retry = match (raw.retry, raw.max_attempts) {
+            let retry = match (raw.retry.take(), raw.max_attempts.take()) {
                 (Some(_), Some(max)) => {
                     self.problem(
                         max.span().start,
@@ -1297,19 +1398,105 @@ impl<'s> Compiler<'s> {
                 )
                 .unwrap_or(DEFAULT_PARALLEL);
             let format = self.compile_format(
-                raw.format,
-                raw.template,
-                raw.template_file,
-                raw.content_type,
+                raw.format.take(),
+                raw.template.take(),
+                raw.template_file.take(),
+                raw.content_type.take(),
                 &context,
             );
-            let events = self.compile_events(raw.events, &context);
+            let events = self.compile_events(raw.events.take(), &context);
+            let fail_after = self
+                .in_range(
+                    raw.fail_after.as_ref(),
+                    "fail_after",
+                    0..=MAX_FAIL_AFTER,
+                    &context,
+                )
+                .unwrap_or(DEFAULT_FAIL_AFTER);
+            let by_email = url
+                .as_ref()
+                .is_some_and(|url| matches!(url.url().scheme(), "smtp" | "smtps"));
+            let mqtt_only = [("auth", auth)];
+            let kind = match (&url, by_email) {
+                (None, _) => None,
+                (Some(url), false) => {
+                    self.only_for_email(&raw, &context);
+                    let refused = http_only.iter().chain(&mqtt_only).copied();
+                    Some(self.compile_kind(url, raw.name.get_ref(), mqtt_keys, refused, &context))
+                }
+                (Some(url), true) => {
+                    // Only to report stray MQTT keys: an email target.
+                    self.compile_kind(url, raw.name.get_ref(), mqtt_keys, [], &context);
+                    let refused = http_only
+                        .into_iter()
+                        .chain([("content_type", content_type)]);
+                    for (key, offset) in refused {
+                        if let Some(offset) = offset {
+                            self.problem(
+                                offset,
+                                context.clone(),
+                                format!(
+                                    "`{key}` is for HTTP targets, not email (`smtp://`, `smtps://`)"
+                                ),
+                            );
+                        }
+                    }
+                    self.compile_email(&mut raw, &broken, &format, format_start, &context)
+                        .map(TargetKind::Email)
+                }
+            };
+            if raw.auth.is_some()
+                && let Some(name) = raw
+                    .headers
+                    .keys()
+                    .find(|name| name.0.eq_ignore_ascii_case("authorization"))
+            {
+                let start = raw.headers[name].span().start;
+                self.problem(
+                    start,
+                    context.clone(),
+                    "set `auth` or an `Authorization` header, not both",
+                );
+            }
+            if let Some((name, value)) = raw
+                .headers
+                .iter()
+                .find(|(name, _)| name.0.starts_with("webhook-"))
+            {
+                self.problem(
+                    value.span().start,
+                    context.clone(),
+                    format!(
+                        "header `{}` is pollhook's own: Standard Webhooks' `webhook-*` headers are set for every delivery",
+                        name.0
+                    ),
+                );
+            }
+            if let Some((name, value)) = raw
+                .headers
+                .iter()
+                .find(|(_, value)| template::is_template(value.get_ref()))
+            {
+                self.problem(
+                    value.span().start,
+                    context.clone(),
+                    format!(
+                        "header `{}`: a target's headers are sent as written; templates are for an endpoint's requests",
+                        name.0
+                    ),
+                );
+            }
+            let (headers, _) = self.compile_headers(std::mem::take(&mut raw.headers), &context);
             let (Some(url), Some(kind)) = (url, kind) else {
                 continue;
             };
             targets.push(Target {
                 name: raw.name.into_inner(),
                 url,
+                method: raw
+                    .method
+                    .map_or(reqwest::Method::POST, |method| method.into_inner().0),
+                headers,
                 kind,
                 secrets,
                 timeout: raw.timeout.map_or(DEFAULT_TARGET_TIMEOUT, |t| t.0),
@@ -1320,10 +1507,131 @@ impl<'s> Compiler<'s> {
                 format,
                 events,
                 auth: raw.auth.map(Spanned::into_inner),
+                fail_after,
+                fail_for: raw.fail_for.map_or(DEFAULT_TARGET_FAIL_FOR, |d| d.0),
+                watchers: Vec::new(),
                 transport,
             });
         }
+        let health_types = [TARGET_FAILING, TARGET_RECOVERED, EVENT_DEAD]
+            .iter()
+            .fold(EventTypes::NONE, |types, kind| {
+                types.union(EventTypes::matching(kind))
+            });
+        let watchers: Vec<Subscription> = targets
+            .iter()
+            .filter(|target| target.events.overlaps(health_types))
+            .map(|target| Subscription {
+                target: target.name.clone(),
+                events: target.events,
+            })
+            .collect();
+        for target in &mut targets {
+            target.watchers = watchers
+                .iter()
+                .filter(|watcher| watcher.target != target.name)
+                .cloned()
+                .collect();
+        }
         targets
+    }
+
+    /// An email target's `from`, `to` and `subject`; a `format` email cannot
+    /// take, a bearer token.
+    fn compile_email(
+        &mut self,
+        raw: &mut TargetConfig,
+        broken: &Broken,
+        format: &TargetFormat,
+        format_start: Option<usize>,
+        context: &Option<String>,
+    ) -> Option<Box<Email>> {
+        if !matches!(format, TargetFormat::Standard | TargetFormat::Template(_)) {
+            self.problem(
+                format_start.unwrap_or(0),
+                context.clone(),
+                format!(
+                    "`format = \"{}\"` is for HTTP targets; email is plain text: the summary and what changed, or a `template`",
+                    format.name()
+                ),
+            );
+        }
+        if let Some(auth) = &raw.auth
+            && matches!(auth.get_ref(), Auth::Bearer(_))
+        {
+            self.problem(
+                auth.span().start,
+                context.clone(),
+                "email logs in with `auth = { basic = { username = ..., password = ... } }`, not a bearer token",
+            );
+        }
+        let subject = raw.subject.take().and_then(|subject| {
+            let start = subject.span().start;
+            let source = subject.into_inner();
+            match format::check_template(&source) {
+                Ok(()) => Some(source),
+                Err(error) => {
+                    self.problem(
+                        start,
+                        context.clone(),
+                        format!("invalid `subject`: {error}"),
+                    );
+                    None
+                }
+            }
+        });
+        let to = match raw.to.take() {
+            Some(to) if to.get_ref().0.is_empty() => {
+                self.problem(
+                    to.span().start,
+                    context.clone(),
+                    "`to` is empty: list at least one address",
+                );
+                None
+            }
+            Some(to) => Some(to.into_inner().0),
+            // Reported already, as a bad value.
+            None if broken.contains("to") => None,
+            None => {
+                self.problem(
+                    raw.name.span().start,
+                    context.clone(),
+                    "an email target needs `to`: who gets the messages",
+                );
+                None
+            }
+        };
+        let from = raw.from.take().map(|from| from.into_inner().0);
+        if from.is_none() && !broken.contains("from") {
+            self.problem(
+                raw.name.span().start,
+                context.clone(),
+                "an email target needs `from`: the sender's address",
+            );
+        }
+        Some(Box::new(Email {
+            from: from?,
+            to: to?,
+            subject,
+        }))
+    }
+
+    /// `from`, `to` and `subject` on a target that does not send email.
+    fn only_for_email(&mut self, raw: &TargetConfig, context: &Option<String>) {
+        let email_only = [
+            ("from", raw.from.as_ref().map(|v| v.span().start)),
+            ("to", raw.to.as_ref().map(|v| v.span().start)),
+            ("subject", raw.subject.as_ref().map(|v| v.span().start)),
+        ];
+        for (key, offset) in email_only {
+            if let Some(offset) = offset {
+                self.problem(
+                    offset,
+                    context.clone(),
+                    format!("`{key}` is for email targets (`url = \"smtp://...\"`)"),
+                );
+            }
+        }
     }
 
     /// Whether a target is a webhook or an MQTT broker, and the keys that
@@ -1333,7 +1641,7 @@ impl<'s> Compiler<'s> {
         url: &HttpUrl,
         name: &str,
         keys: MqttKeys,
-        http_only: &[(&str, Option<usize>)],
+        http_only: impl IntoIterator<Item = (&'static str, Option<usize>)>,
         context: &Option<String>,
     ) -> TargetKind {
         let tls = match url.url().scheme() {
@@ -1365,7 +1673,7 @@ impl<'s> Compiler<'s> {
         for (key, offset) in http_only {
             if let Some(offset) = offset {
                 self.problem(
-                    *offset,
+                    offset,
                     context.clone(),
                     format!(
                         "`{key}` is only used with an `http://` or `https://` url; an MQTT broker checks `username` and `password`"
@@ -1433,7 +1741,7 @@ impl<'s> Compiler<'s> {
         context: &Option<String>,
     ) -> EventTypes {
         let Some(patterns) = events else {
-            return EventTypes::ALL;
+            return EventTypes::POLLS;
         };
         if patterns.get_ref().is_empty() {
             self.problem(
@@ -1441,7 +1749,7 @@ impl<'s> Compiler<'s> {
                 context.clone(),
                 "`events` is empty: the target would take nothing; list event types or remove it",
             );
-            return EventTypes::ALL;
+            return EventTypes::POLLS;
         }
         let mut types = EventTypes::NONE;
         for pattern in patterns.into_inner() {
@@ -1502,6 +1810,7 @@ impl<'s> Compiler<'s> {
             FormatName::Slack => TargetFormat::Slack,
             FormatName::Discord => TargetFormat::Discord,
             FormatName::Ntfy => TargetFormat::Ntfy,
+            FormatName::Apprise => TargetFormat::Apprise,
             FormatName::Template => {
                 let source = match (template, template_file) {
                     (Some(_), Some(file)) => {
@@ -1660,7 +1969,7 @@ impl<'s> Compiler<'s> {
                         target_names
                             .iter()
                             .find(|subscription| subscription.target == name)
-                            .map_or(EventTypes::ALL, |subscription| subscription.events)
+                            .map_or(EventTypes::POLLS, |subscription| subscription.events)
                     };
                     names
                         .iter()
@@ -2236,13 +2545,13 @@ impl<'s> Compiler<'s> {
 
     /// A table's `url`, reported when it is missing (but not when it was
     /// there and bad: that is reported already).
-    fn required_url(
+    fn required_url<U>(
         &mut self,
-        url: Option<HttpUrl>,
+        url: Option<U>,
         broken: &Broken,
         table_start: usize,
         context: &Option<String>,
-    ) -> Option<HttpUrl> {
+    ) -> Option<U> {
         if url.is_none() && !broken.contains("url") {
             self.problem(table_start, context.clone(), "missing field `url`");
         }
@@ -2536,6 +2845,41 @@ targets = ["nowhere"]
     }
 
     #[test]
+    fn email_targets_and_what_they_show() {
+        let source = "[[target]]\nname = \"mail\"\nurl = \"smtps://me:url-secret@mail.example.com\"\n\
+             from = \"pollhook@example.com\"\nto = \"Ops <ops@example.com>\"\n\
+             auth = { basic = { username = \"me\", password = \"auth-secret\" } }\n\
+             [[target]]\nname = \"hook\"\nurl = \"http://127.0.0.1:1/hook\"\n\
+             headers = { X-Key = \"header-secret\" }\nevents = [\"event.dead\"]\n\
+             [[target]]\nname = \"ops\"\nurl = \"http://127.0.0.1:1/ops\"\nevents = [\"target.*\"]\n\
+             [[endpoint]]\nname = \"e\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n";
+        let config = Config::compile(source, Path::new("c.toml")).unwrap();
+        let TargetKind::Email(email) = &config.targets[0].kind else {
+            panic!("an email target: {:?}", config.targets[0].kind);
+        };
+        assert_eq!(email.from.email.to_string(), "pollhook@example.com");
+        assert_eq!(email.to.len(), 1);
+        assert_eq!(email.to[0].name.as_deref(), Some("Ops"));
+        assert_eq!(config.targets[0].method, reqwest::Method::POST);
+        assert_eq!(config.targets[1].kind, TargetKind::Http);
+        let shown = format!("{config:?}");
+        for secret in ["url-secret", "auth-secret", "header-secret"] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        // Each target's watchers: the others that take its health events.
+        let watchers = |index: usize| -> Vec<&str> {
+            config.targets[index]
+                .watchers
+                .iter()
+                .map(|watcher| watcher.target.as_str())
+                .collect()
+        };
+        assert_eq!(watchers(0), ["hook", "ops"]);
+        assert_eq!(watchers(1), ["ops"]);
+        assert_eq!(watchers(2), ["hook"]);
+    }
+
+    #[test]
     fn target_formats_and_their_mistakes() {
         let target = |extra: &str| {
             format!(
@@ -2554,6 +2898,7 @@ targets = ["nowhere"]
         assert_eq!(compiled("format = \"slack\""), TargetFormat::Slack);
         assert_eq!(compiled("format = \"discord\""), TargetFormat::Discord);
         assert_eq!(compiled("format = \"ntfy\""), TargetFormat::Ntfy);
+        assert_eq!(compiled("format = \"apprise\""), TargetFormat::Apprise);
         assert_eq!(
             compiled(
                 "format = \"template\"\ntemplate = \"{{ summary }}\"\ncontent_type = \"text/markdown\""

@@ -136,8 +136,9 @@ impl HttpUrl {
     }
 }
 
-/// A target's `url`: `http(s)://` for a webhook, `mqtt(s)://` for an MQTT
-/// broker (whose user name and password have keys of their own).
+/// A target's `url`: `http(s)://` for a webhook, `smtp://` (STARTTLS) or
+/// `smtps://` (TLS) for email, `mqtt(s)://` for an MQTT broker (whose user
+/// name and password have keys of their own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetUrl(pub HttpUrl);
 
@@ -145,7 +146,7 @@ impl FromStr for TargetUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let parsed = parse_url(text, &["http", "https", "mqtt", "mqtts"])?;
+        let parsed = parse_url(text, &["http", "https", "smtp", "smtps", "mqtt", "mqtts"])?;
         let url = parsed.url();
         if matches!(url.scheme(), "mqtt" | "mqtts") {
             let written = redact_written_url(text);

@@ -12,10 +12,17 @@
 //!   `@everyone` or a role.
 //! - `ntfy`: the summary as plain text, with `Title` and `Tags` headers
 //!   (and `Priority: high` for `endpoint.failing`).
+//! - `apprise`: `{"title", "body", "type"}` for an apprise-api server's
+//!   `/notify/<key>`, which passes it on to ~100 services; `type` is
+//!   `failure`, `success` or `info`, so each service can show it.
 //! - `template`: a minijinja template of the user's own (see [`Template`]).
 //!
-//! The summary is one line a person reads on a phone:
-//! `rust-releases: 1 added (1.91.0), 0 removed`.
+//! Email is written here too ([`email`]): a subject and a plain-text body.
+//!
+//! The summary is one line a person reads on a phone, naming what it can:
+//! the values (`btc-eur: /price 19.99 → 14.99`), the item
+//! (`rust-releases: added 1.91.0 — https://...`), the failure
+//! (`api: failing since 12:03 UTC, HTTP 503`).
 
 use std::fmt::Write as _;
 
@@ -30,6 +37,7 @@ pub enum TargetFormat {
     Slack,
     Discord,
     Ntfy,
+    Apprise,
     Template(Template),
 }
 
@@ -41,6 +49,7 @@ impl TargetFormat {
             TargetFormat::Slack => "slack",
             TargetFormat::Discord => "discord",
             TargetFormat::Ntfy => "ntfy",
+            TargetFormat::Apprise => "apprise",
             TargetFormat::Template(_) => "template",
         }
     }
@@ -91,6 +100,8 @@ const LISTED: usize = 3;
 const LABEL_CHARS: usize = 40;
 /// A poll error longer than this is cut in a summary.
 const ERROR_CHARS: usize = 200;
+/// An item's link longer than this is cut in a summary.
+const URL_CHARS: usize = 200;
 
 /// Writes the envelope `body` (as the outbox keeps it) in `format`. An
 /// error means this row can never be sent to this target as configured.
@@ -118,6 +129,7 @@ pub fn render(format: &TargetFormat, body: &str) -> Result<Rendered, String> {
             json_body(&json!({ "content": content, "allowed_mentions": { "parse": [] } }))
         }
         TargetFormat::Ntfy => ntfy_body(&event()?),
+        TargetFormat::Apprise => apprise_body(&event()?),
         TargetFormat::Template(template) => render_template(template, &event()?)?,
     };
     Ok(rendered)
@@ -127,10 +139,10 @@ fn ntfy_body(event: &Value) -> Rendered {
     let message = escape_and_cut(&summary(event), verbatim, NTFY_LIMIT_BYTES, bytes);
     let kind = event["type"].as_str().unwrap_or_default();
     let mut headers = vec![
-        ("Title", header_text(&ntfy_title(event))),
+        ("Title", header_text(&title(event))),
         ("Tags", header_text(&format!("{},{kind}", ntfy_emoji(kind)))),
     ];
-    if kind == "endpoint.failing" {
+    if matches!(kind, "endpoint.failing" | "target.failing" | "event.dead") {
         headers.push(("Priority", "high".into()));
     }
     Rendered {
@@ -138,6 +150,15 @@ fn ntfy_body(event: &Value) -> Rendered {
         content_type: PLAIN_TEXT.into(),
         headers,
     }
+}
+
+fn apprise_body(event: &Value) -> Rendered {
+    let kind = match event["type"].as_str().unwrap_or_default() {
+        "endpoint.failing" | "target.failing" | "event.dead" => "failure",
+        "endpoint.recovered" | "target.recovered" => "success",
+        _ => "info",
+    };
+    json_body(&json!({ "title": title(event), "body": summary(event), "type": kind }))
 }
 
 fn json_body(value: &Value) -> Rendered {
@@ -162,7 +183,8 @@ pub fn check_template(source: &str) -> Result<(), String> {
         .map_err(|error| template_error(&error))
 }
 
-fn render_template(template: &Template, event: &Value) -> Result<Rendered, String> {
+/// A template's text for `event` (see [`Template`] for what it sees).
+fn template_text(source: &str, event: &Value) -> Result<String, String> {
     let context = json!({
         "event": event,
         "type": event["type"],
@@ -170,8 +192,11 @@ fn render_template(template: &Template, event: &Value) -> Result<Rendered, Strin
         "timestamp": event["timestamp"],
         "summary": summary(event),
     });
-    let text = render_text(&template.source, &context)
-        .map_err(|error| format!("cannot render the template: {error}"))?;
+    render_text(source, &context).map_err(|error| format!("cannot render the template: {error}"))
+}
+
+fn render_template(template: &Template, event: &Value) -> Result<Rendered, String> {
+    let text = template_text(&template.source, event)?;
     let content_type = match &template.content_type {
         Some(content_type) => content_type.clone(),
         None if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() => JSON.into(),
@@ -196,6 +221,60 @@ pub fn render_text(source: &str, context: &Value) -> Result<String, String> {
     environment()
         .render_str(source, template_value(context))
         .map_err(|error| template_error(&error))
+}
+
+/// An email's subject and plain-text body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailText {
+    pub subject: String,
+    pub body: String,
+}
+
+/// Mail clients show about this much of a subject.
+const SUBJECT_CHARS: usize = 200;
+
+/// Writes the envelope `body` as an email: the subject from the `subject`
+/// template or the summary; the body from a `template` format, or the
+/// summary, what changed (the diff, or the event's data) and the event's
+/// type and time. Pure, like [`render`]; an error means it can never be sent.
+pub fn email(
+    format: &TargetFormat,
+    subject: Option<&str>,
+    body: &str,
+) -> Result<EmailText, String> {
+    let event: Value =
+        serde_json::from_str(body).map_err(|error| format!("the event is not JSON: {error}"))?;
+    let summary = summary(&event);
+    let subject = match subject {
+        Some(source) => template_text(source, &event)?,
+        None => summary.clone(),
+    };
+    // A header is one line: a template's newlines would end it.
+    let subject = cut(
+        subject
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_str(),
+        SUBJECT_CHARS,
+    );
+    let body = match format {
+        TargetFormat::Template(template) => template_text(&template.source, &event)?,
+        _ => {
+            let data = &event["data"];
+            let detail = match data["diff"].as_str() {
+                Some(diff) => diff.to_string(),
+                None => serde_json::to_string_pretty(data).unwrap_or_default(),
+            };
+            format!(
+                "{summary}\n\n{}\n\n-- \n{} at {}, sent by pollhook\n",
+                detail.trim_end(),
+                event["type"].as_str().unwrap_or("event"),
+                event["timestamp"].as_str().unwrap_or_default(),
+            )
+        }
+    };
+    Ok(EmailText { subject, body })
 }
 
 /// A JSON value as a template sees it. With serde_json's
@@ -267,16 +346,27 @@ pub fn summary(event: &Value) -> String {
     let endpoint = data["endpoint"].as_str().unwrap_or("pollhook");
     let what = match event["type"].as_str().unwrap_or_default() {
         "endpoint.changed" => document_change(data),
-        "item.added" => format!("added {}", label(&data["key"])),
+        "item.added" => format!("added {}{}", label(&data["key"]), link(&data["item"])),
         "item.removed" => format!("removed {}", label(&data["key"])),
-        "item.changed" => format!(
-            "changed {}{}",
-            label(&data["key"]),
-            patch_detail(&data["patch"])
-        ),
+        "item.changed" => match values_changed(&data["patch"], |path| {
+            data["previous"].pointer(path).cloned()
+        }) {
+            Some(values) => format!("{}: {values}", label(&data["key"])),
+            None => format!(
+                "changed {}{}",
+                label(&data["key"]),
+                patch_detail(&data["patch"])
+            ),
+        },
         "items.changed" => batch_change(data),
-        "endpoint.failing" => failing(data),
-        "endpoint.recovered" => recovered(event, data),
+        "endpoint.failing" => failing(data, "failed poll", "failed polls"),
+        "endpoint.recovered" | "target.recovered" => recovered(event, data),
+        "target.failing" => format!(
+            "target `{}` {}",
+            data["target"].as_str().unwrap_or_default(),
+            failing(data, "failed attempt", "failed attempts")
+        ),
+        "event.dead" => dead(data),
         "pollhook.test" => format!(
             "test event for target `{}`: it works",
             data["target"].as_str().unwrap_or_default()
@@ -284,7 +374,92 @@ pub fn summary(event: &Value) -> String {
         "" => "event".to_string(),
         other => other.to_string(),
     };
-    format!("{endpoint}: {what}")
+    match event["type"].as_str() {
+        Some("target.recovered") => format!(
+            "{endpoint}: target `{}` {what}",
+            data["target"].as_str().unwrap_or_default()
+        ),
+        _ => format!("{endpoint}: {what}"),
+    }
+}
+
+/// `/price 19.99 → 14.99, /stock 3 → 0` for a patch of at most a few
+/// scalar changes; `previous` finds the value a path had. `None` when the
+/// patch says more than one line can.
+fn values_changed(patch: &Value, previous: impl Fn(&str) -> Option<Value>) -> Option<String> {
+    let operations = patch.as_array()?;
+    if operations.is_empty() || operations.len() > LISTED {
+        return None;
+    }
+    let scalar = |value: &Value| !value.is_object() && !value.is_array();
+    let parts = operations.iter().map(|operation| {
+        let path = operation["path"].as_str()?;
+        let shown_path = match path {
+            "" => String::new(),
+            path => format!("{} ", cut(path, LABEL_CHARS)),
+        };
+        let value = &operation["value"];
+        match operation["op"].as_str()? {
+            "replace" if scalar(value) => Some(match previous(path).filter(scalar) {
+                Some(was) => format!("{shown_path}{} → {}", shown(&was), shown(value)),
+                None => format!("{shown_path}now {}", shown(value)),
+            }),
+            "add" if scalar(value) => Some(format!("{shown_path}+ {}", shown(value))),
+            "remove" => Some(format!("{}removed", shown_path)),
+            _ => None,
+        }
+    });
+    parts
+        .collect::<Option<Vec<String>>>()
+        .map(|parts| parts.join(", "))
+}
+
+/// A scalar as a person reads it: strings without quotes, cut when long.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) => cut(text, LABEL_CHARS),
+        other => cut(&other.to_string(), LABEL_CHARS),
+    }
+}
+
+/// ` — https://...`: the item's own link, if it has one at its top level
+/// (GitHub's `html_url`, a feed's `link`, ...).
+fn link(item: &Value) -> String {
+    const NAMED: [&str; 4] = ["html_url", "url", "link", "href"];
+    let is_link = |value: &Value| {
+        value
+            .as_str()
+            .filter(|text| text.starts_with("https://") || text.starts_with("http://"))
+            .map(str::to_string)
+    };
+    let Some(fields) = item.as_object() else {
+        return String::new();
+    };
+    NAMED
+        .iter()
+        .find_map(|name| fields.get(*name).and_then(is_link))
+        .or_else(|| fields.values().find_map(is_link))
+        .map(|url| format!(" — {}", cut(&url, URL_CHARS)))
+        .unwrap_or_default()
+}
+
+/// `api: event msg_… (item.added) to `ha` given up after 8 attempts (HTTP 500)`.
+fn dead(data: &Value) -> String {
+    let cause = match data["status"].as_u64() {
+        Some(status) => format!("HTTP {status}"),
+        None => cut(data["error"].as_str().unwrap_or("error"), ERROR_CHARS),
+    };
+    format!(
+        "event {} ({}) to `{}` given up after {} ({cause})",
+        data["event_id"].as_str().unwrap_or_default(),
+        data["event_type"].as_str().unwrap_or_default(),
+        data["target"].as_str().unwrap_or_default(),
+        count(
+            data["attempts"].as_u64().unwrap_or(0) as usize,
+            "attempt",
+            "attempts"
+        ),
+    )
 }
 
 fn document_change(data: &Value) -> String {
@@ -292,7 +467,9 @@ fn document_change(data: &Value) -> String {
         return "first version".to_string();
     }
     if data.get("patch").is_some() {
-        return format!("changed{}", patch_detail(&data["patch"]));
+        let replaced = &data["replaced"];
+        return values_changed(&data["patch"], |path| replaced.get(path).cloned())
+            .unwrap_or_else(|| format!("changed{}", patch_detail(&data["patch"])));
     }
     if let Some(diff) = data["diff"].as_str() {
         let (added, removed) = diff_lines(diff);
@@ -376,8 +553,8 @@ fn batch_change(data: &Value) -> String {
     text
 }
 
-/// `failing since 12:03 UTC (HTTP 503, 3 failed polls)`.
-fn failing(data: &Value) -> String {
+/// `failing since 12:03 UTC, HTTP 503 (3 failed polls)`.
+fn failing(data: &Value, one: &str, many: &str) -> String {
     let cause = match data["status"].as_u64() {
         Some(status) => format!("HTTP {status}"),
         None => cut(data["error"].as_str().unwrap_or("error"), ERROR_CHARS),
@@ -387,10 +564,7 @@ fn failing(data: &Value) -> String {
         .as_str()
         .map(|since| format!(" since {}", clock_time(since)))
         .unwrap_or_default();
-    format!(
-        "failing{since} ({cause}, {})",
-        count(failures, "failed poll", "failed polls")
-    )
+    format!("failing{since}, {cause} ({})", count(failures, one, many))
 }
 
 /// `recovered after 5m`.
@@ -466,9 +640,15 @@ fn count(number: usize, one: &str, many: &str) -> String {
     format!("{number} {}", if number == 1 { one } else { many })
 }
 
-fn ntfy_title(event: &Value) -> String {
-    let endpoint = event["data"]["endpoint"].as_str().unwrap_or("pollhook");
+/// A short title: `api is failing`, `rust-releases: item added`.
+fn title(event: &Value) -> String {
+    let data = &event["data"];
+    let endpoint = data["endpoint"].as_str().unwrap_or("pollhook");
+    let target = data["target"].as_str().unwrap_or_default();
     match event["type"].as_str().unwrap_or_default() {
+        "target.failing" => format!("target {target} is failing"),
+        "target.recovered" => format!("target {target} recovered"),
+        "event.dead" => format!("{endpoint}: an event to {target} was given up"),
         "endpoint.changed" => format!("{endpoint} changed"),
         "item.added" => format!("{endpoint}: item added"),
         "item.removed" => format!("{endpoint}: item removed"),
@@ -486,8 +666,8 @@ fn ntfy_emoji(kind: &str) -> &'static str {
         "item.added" => "new",
         "item.removed" => "wastebasket",
         "endpoint.changed" | "item.changed" | "items.changed" => "arrows_counterclockwise",
-        "endpoint.failing" => "warning",
-        "endpoint.recovered" => "white_check_mark",
+        "endpoint.failing" | "target.failing" | "event.dead" => "warning",
+        "endpoint.recovered" | "target.recovered" => "white_check_mark",
         _ => "bell",
     }
 }
@@ -633,9 +813,37 @@ mod tests {
                 event(
                     "endpoint.changed",
                     json!({"endpoint": "prices", "url": "u", "version": 2, "previous_version": 1,
-                        "patch": [{"op": "replace", "path": "", "value": 1}]}),
+                        "patch": [{"op": "replace", "path": "", "value": {"a": 1}}]}),
                 ),
                 "prices: changed (1 operation: /)",
+            ),
+            (
+                event(
+                    "endpoint.changed",
+                    json!({"endpoint": "btc-eur", "url": "u", "version": 2, "previous_version": 1,
+                        "patch": [{"op": "replace", "path": "/price", "value": 14.99}],
+                        "replaced": {"/price": 19.99}}),
+                ),
+                "btc-eur: /price 19.99 → 14.99",
+            ),
+            (
+                event(
+                    "endpoint.changed",
+                    json!({"endpoint": "shop", "url": "u", "version": 2, "previous_version": 1,
+                        "patch": [
+                            {"op": "replace", "path": "/state", "value": "open"},
+                            {"op": "add", "path": "/sale", "value": true},
+                            {"op": "remove", "path": "/closed_at"}]}),
+                ),
+                "shop: /state now open, /sale + true, /closed_at removed",
+            ),
+            (
+                event(
+                    "endpoint.changed",
+                    json!({"endpoint": "temp", "url": "u", "version": 2, "previous_version": 1,
+                        "patch": [{"op": "replace", "path": "", "value": 21}], "replaced": {"": 20}}),
+                ),
+                "temp: 20 → 21",
             ),
             (
                 event(
@@ -670,6 +878,22 @@ mod tests {
             ),
             (
                 event(
+                    "item.added",
+                    json!({"endpoint": "rust-releases", "url": "u", "version": 4, "key": "1.91.0",
+                        "item": {"url": "https://api.github.com/x", "html_url": "https://github.com/rust-lang/rust/releases/1.91.0", "tag": "1.91.0"}}),
+                ),
+                "rust-releases: added 1.91.0 — https://github.com/rust-lang/rust/releases/1.91.0",
+            ),
+            (
+                event(
+                    "item.added",
+                    json!({"endpoint": "feed", "url": "u", "version": 4, "key": "a",
+                        "item": {"guid": "a", "permalink": "http://example.com/a", "title": "ftp://no"}}),
+                ),
+                "feed: added a — http://example.com/a",
+            ),
+            (
+                event(
                     "item.removed",
                     json!({"endpoint": "orders", "url": "u", "version": 4, "key": 1234, "item": {}}),
                 ),
@@ -678,10 +902,19 @@ mod tests {
             (
                 event(
                     "item.changed",
-                    json!({"endpoint": "orders", "url": "u", "version": 4, "key": "A-1", "item": {},
+                    json!({"endpoint": "orders", "url": "u", "version": 4, "key": "A-1",
+                        "item": {"status": "shipped"}, "previous": {"status": "paid"},
                         "patch": [{"op": "replace", "path": "/status", "value": "shipped"}]}),
                 ),
-                "orders: changed A-1 (1 operation: /status)",
+                "orders: A-1: /status paid → shipped",
+            ),
+            (
+                event(
+                    "item.changed",
+                    json!({"endpoint": "orders", "url": "u", "version": 4, "key": "A-1", "item": {},
+                        "patch": [{"op": "replace", "path": "/lines", "value": [1, 2]}]}),
+                ),
+                "orders: changed A-1 (1 operation: /lines)",
             ),
             (
                 event(
@@ -689,7 +922,7 @@ mod tests {
                     json!({"endpoint": "api", "url": "u", "failures": 3,
                         "since": "2026-05-01T12:03:41.000Z", "error": "HTTP status 503", "status": 503}),
                 ),
-                "api: failing since 12:03 UTC (HTTP 503, 3 failed polls)",
+                "api: failing since 12:03 UTC, HTTP 503 (3 failed polls)",
             ),
             (
                 event(
@@ -697,7 +930,7 @@ mod tests {
                     json!({"endpoint": "api", "url": "u", "failures": 1,
                         "since": "2026-05-01T14:03:00+02:00", "error": "connection refused", "status": null}),
                 ),
-                "api: failing since 14:03 +02:00 (connection refused, 1 failed poll)",
+                "api: failing since 14:03 +02:00, connection refused (1 failed poll)",
             ),
             (
                 event(
@@ -706,6 +939,30 @@ mod tests {
                         "since": "2026-05-01T12:03:00.000Z", "recovered_at": "2026-05-01T12:08:00.000Z"}),
                 ),
                 "api: recovered after 5m",
+            ),
+            (
+                event(
+                    "target.failing",
+                    json!({"target": "ha", "failures": 5, "since": "2026-05-01T12:03:00.000Z",
+                        "error": "connection refused", "status": null}),
+                ),
+                "pollhook: target `ha` failing since 12:03 UTC, connection refused (5 failed attempts)",
+            ),
+            (
+                event(
+                    "target.recovered",
+                    json!({"target": "ha", "failures": 5, "since": "2026-05-01T12:03:00.000Z",
+                        "recovered_at": "2026-05-01T13:03:00.000Z"}),
+                ),
+                "pollhook: target `ha` recovered after 1h",
+            ),
+            (
+                event(
+                    "event.dead",
+                    json!({"endpoint": "api", "target": "ha", "event_id": "msg_1",
+                        "event_type": "item.added", "attempts": 8, "status": 500, "error": "HTTP status 500"}),
+                ),
+                "api: event msg_1 (item.added) to `ha` given up after 8 attempts (HTTP 500)",
             ),
             (
                 event("something.new", json!({"endpoint": "x", "url": "u"})),
@@ -823,7 +1080,7 @@ mod tests {
         let ntfy = render(&TargetFormat::Ntfy, &body).unwrap();
         assert_eq!(
             String::from_utf8(ntfy.body).unwrap(),
-            "api: failing since 12:03 UTC (HTTP 503, 3 failed polls)"
+            "api: failing since 12:03 UTC, HTTP 503 (3 failed polls)"
         );
         assert_eq!(ntfy.content_type, "text/plain; charset=utf-8");
         assert_eq!(header_text("née\n"), "n?e?");
@@ -905,6 +1162,76 @@ mod tests {
              \"neg\": -170141183460469231731687303715884105728, \"price\": 1.5, \"version\": 2, \
              \"wei\": 1000000000000000000002}"
         );
+    }
+
+    #[test]
+    fn apprise_gets_a_title_a_body_and_a_type() {
+        let apprise = |kind: &str, data: Value| {
+            let rendered = render(&TargetFormat::Apprise, &event(kind, data).to_string()).unwrap();
+            assert_eq!(rendered.content_type, "application/json");
+            serde_json::from_slice::<Value>(&rendered.body).unwrap()
+        };
+        assert_eq!(
+            apprise(
+                "item.added",
+                json!({"endpoint": "rel", "url": "u", "key": "v2", "item": {}})
+            ),
+            json!({"title": "rel: item added", "body": "rel: added v2", "type": "info"})
+        );
+        let failing = json!({"endpoint": "api", "url": "u", "failures": 3,
+            "since": "2026-05-01T12:03:00.000Z", "error": "HTTP status 503", "status": 503});
+        assert_eq!(apprise("endpoint.failing", failing)["type"], "failure");
+        let recovered = json!({"target": "ha", "failures": 1, "since": "2026-05-01T12:03:00.000Z"});
+        let recovered = apprise("target.recovered", recovered);
+        assert_eq!(recovered["type"], "success");
+        assert_eq!(recovered["title"], "target ha recovered");
+        assert_eq!(
+            apprise("event.dead", json!({"target": "ha"}))["type"],
+            "failure"
+        );
+    }
+
+    #[test]
+    fn email_is_the_summary_and_what_changed() {
+        let body = event(
+            "endpoint.changed",
+            json!({"endpoint": "status", "url": "u", "version": 3, "previous_version": 2,
+                "diff": "--- previous\n+++ current\n@@ -1 +1 @@\n-up\n+down\n"}),
+        )
+        .to_string();
+        let text = email(&TargetFormat::Standard, None, &body).unwrap();
+        assert_eq!(text.subject, "status: text changed (+1 \u{2212}1 lines)");
+        assert_eq!(
+            text.body,
+            "status: text changed (+1 \u{2212}1 lines)\n\n--- previous\n+++ current\n@@ -1 +1 @@\n-up\n+down\n\n\
+             -- \nendpoint.changed at 2026-05-01T12:10:00.000Z, sent by pollhook\n"
+        );
+        let patch = event(
+            "endpoint.changed",
+            json!({"endpoint": "p", "url": "u", "version": 3, "previous_version": 2,
+                "patch": [{"op": "replace", "path": "/wei", "value": 1000000000000000000002u128}]}),
+        )
+        .to_string();
+        let text = email(&TargetFormat::Standard, None, &patch).unwrap();
+        assert!(
+            text.body.contains("\"value\": 1000000000000000000002"),
+            "{}",
+            text.body
+        );
+
+        let template = TargetFormat::Template(Template {
+            source: "{{ data.endpoint }} is at version {{ data.version }}".into(),
+            content_type: None,
+        });
+        let text = email(&template, Some("[{{ type }}]\n{{ summary }}"), &body).unwrap();
+        assert_eq!(
+            text.subject,
+            "[endpoint.changed] status: text changed (+1 \u{2212}1 lines)"
+        );
+        assert_eq!(text.body, "status is at version 3");
+        let long = email(&TargetFormat::Standard, Some(&"x".repeat(500)), &body).unwrap();
+        assert_eq!(long.subject.chars().count(), SUBJECT_CHARS);
+        assert!(email(&TargetFormat::Standard, Some("{{ 1 / 0 }}"), &body).is_err());
     }
 
     #[test]

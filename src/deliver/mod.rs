@@ -9,8 +9,13 @@
 //! before it is sent; one that cannot be is dead-lettered at once.
 //! A row whose attempt's result cannot be written (a full disk) is held
 //! back in memory for a while, since the store still says it is due.
+//! An `smtp://` or `smtps://` target gets email instead ([`email`]).
+//! A target's failing attempts and dead letters become events for the other
+//! targets that take them ([`health`]).
 
+pub mod email;
 pub mod format;
+pub mod health;
 pub mod mqtt;
 pub mod retry;
 pub mod sign;
@@ -28,11 +33,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::{Target, TargetKind};
+use crate::event::{self, Event};
 use crate::fetch::Clients;
 use crate::metrics::Metrics;
+use crate::status::Wakes;
 use crate::store::{
     AttemptRecord, Fate, OutboxKey, OutboxRow, Pause, RESPONSE_KEEP, Store, StoreError,
 };
+use health::{Announce, Outcome, TargetHealth};
 use retry::RetryAction;
 
 /// The clients deliveries share: one, and one per target with a proxy or
@@ -72,18 +80,21 @@ pub struct Attempt {
 pub enum Link {
     Http(Arc<Clients>),
     Mqtt(mqtt::Connection),
+    /// A connection to the mail server per attempt (see [`email`]).
+    Email(Box<crate::config::Email>),
 }
 
 impl Link {
-    /// The way to `target`: the shared HTTP clients, or a connection of
-    /// the target's own to its MQTT broker, which speaks for the daemon
-    /// when given the store (see [`mqtt`]).
+    /// The way to `target`: the shared HTTP clients, a connection of the
+    /// target's own to its MQTT broker, which speaks for the daemon when
+    /// given the store (see [`mqtt`]), or its mail server.
     pub fn open(clients: &Arc<Clients>, target: &Arc<Target>, store: Option<Arc<Store>>) -> Link {
         match &target.kind {
             TargetKind::Http => Link::Http(clients.clone()),
             TargetKind::Mqtt(mqtt) => {
                 Link::Mqtt(mqtt::Connection::open(target.clone(), mqtt, store))
             }
+            TargetKind::Email(email) => Link::Email(email.clone()),
         }
     }
 
@@ -92,6 +103,7 @@ impl Link {
         match self {
             Link::Http(clients) => attempt(clients, target, row).await,
             Link::Mqtt(connection) => connection.attempt(row).await,
+            Link::Email(email) => email::attempt(target, email, row).await,
         }
     }
 
@@ -103,21 +115,28 @@ impl Link {
     }
 }
 
-/// POSTs one row to its target, signed with a fresh timestamp.
-pub async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Attempt {
+impl Attempt {
+    /// An attempt starting now, with nothing back yet.
+    fn starting() -> Attempt {
+        Attempt {
+            at_ms: clock::now_ms(),
+            status: None,
+            retry_after: None,
+            response: String::new(),
+            error: None,
+            duration: Duration::ZERO,
+            unsendable: false,
+            acknowledged: false,
+        }
+    }
+}
+
+/// Sends one row to a webhook, as an HTTP request signed with a fresh
+/// timestamp.
+async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Attempt {
     let started = Instant::now();
-    let at_ms = clock::now_ms();
-    let timestamp = at_ms / 1000;
-    let mut attempt = Attempt {
-        at_ms,
-        status: None,
-        retry_after: None,
-        response: String::new(),
-        error: None,
-        duration: Duration::ZERO,
-        unsendable: false,
-        acknowledged: false,
-    };
+    let mut attempt = Attempt::starting();
+    let timestamp = attempt.at_ms / 1000;
     let rendered = match format::render(&target.format, &row.body) {
         Ok(rendered) => rendered,
         Err(error) => {
@@ -140,7 +159,10 @@ pub async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Att
         }
     };
     let mut request = client
-        .post(target.url.url().clone())
+        .request(
+            target.method.clone(),
+            event_url(target.url.url(), &row.event_id),
+        )
         .timeout(target.timeout)
         .header(CONTENT_TYPE, &rendered.content_type)
         .header("webhook-id", &row.event_id)
@@ -148,6 +170,8 @@ pub async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Att
     for (name, value) in &rendered.headers {
         request = request.header(*name, value);
     }
+    // After the format's: the user's own win (ntfy's `Priority`, say).
+    request = request.headers(target.headers.clone());
     if let Some(auth) = &target.auth {
         match auth.header() {
             Ok(header) => request = request.header(reqwest::header::AUTHORIZATION, header),
@@ -202,6 +226,52 @@ pub async fn attempt(clients: &Clients, target: &Target, row: &OutboxRow) -> Att
     }
     attempt.duration = started.elapsed();
     attempt
+}
+
+/// The URL one event goes to: `{event_id}` in the target's URL becomes the
+/// event's id, the same at every attempt, so a receiver that keys requests
+/// by their URL (Matrix's transaction ids) drops a repeat.
+fn event_url(url: &url::Url, event_id: &str) -> url::Url {
+    const PLACEHOLDER: &str = "{event_id}";
+    // The path keeps the braces percent-encoded, the query as written.
+    const ENCODED: &str = "%7Bevent_id%7D";
+    let text = url.as_str();
+    if !text.contains(PLACEHOLDER) && !text.contains(ENCODED) {
+        return url.clone();
+    }
+    let replaced = text
+        .replace(PLACEHOLDER, event_id)
+        .replace(ENCODED, event_id);
+    url::Url::parse(&replaced).unwrap_or_else(|_| url.clone())
+}
+
+/// The rows that tell `target`'s watchers (the other targets that take
+/// them) about `event`: each row for one watcher taking its type.
+fn watcher_rows<'t>(
+    target: &'t Target,
+    event: &Event,
+    endpoint: &str,
+) -> Vec<(&'t str, OutboxRow)> {
+    let now_ms = clock::now_ms();
+    target
+        .watchers
+        .iter()
+        .filter(|watcher| watcher.events.contains(event.kind))
+        .map(|watcher| {
+            (
+                watcher.target.as_str(),
+                OutboxRow {
+                    event_id: event.id.clone(),
+                    event_type: event.kind.to_string(),
+                    endpoint: endpoint.to_string(),
+                    body: event.body(),
+                    created_ms: now_ms,
+                    next_attempt_ms: now_ms,
+                    ..OutboxRow::default()
+                },
+            )
+        })
+        .collect()
 }
 
 /// Applies an attempt's outcome to its row and the attempt log, and says
@@ -310,12 +380,36 @@ fn record(
 /// A running attempt's result: the row it was for, and what came back.
 type Finished = (OutboxKey, OutboxRow, Attempt);
 
+/// What `event.dead` says of a row, kept from before the row is recorded.
+struct DeadRow {
+    event_id: String,
+    event_type: String,
+    endpoint: String,
+    /// Before the last.
+    attempts: u32,
+}
+
+impl DeadRow {
+    fn of(row: &OutboxRow) -> DeadRow {
+        DeadRow {
+            event_id: row.event_id.clone(),
+            event_type: row.event_type.clone(),
+            endpoint: row.endpoint.clone(),
+            attempts: row.attempts,
+        }
+    }
+}
+
 /// The dispatcher of one target.
 struct TargetTask {
     store: Arc<Store>,
     link: Link,
     target: Arc<Target>,
     metrics: Arc<Metrics>,
+    /// The other dispatchers, woken for the health events queued for them.
+    wakes: Arc<Wakes>,
+    /// For `target.failing` and `target.recovered`.
+    health: TargetHealth,
     /// The row each running attempt works on, by task.
     in_flight: HashMap<tokio::task::Id, OutboxKey>,
     attempts: JoinSet<Finished>,
@@ -366,6 +460,9 @@ pub struct Dispatch {
     pub metrics: Arc<Metrics>,
     /// How long attempts in flight may finish once the dispatcher stops.
     pub grace: Duration,
+    /// Every running dispatcher's wake: a target's health events are
+    /// queued for the others.
+    pub wakes: Arc<Wakes>,
 }
 
 /// Runs the dispatcher of one target until `shutdown` (or, with
@@ -385,6 +482,7 @@ pub async fn run_target(
         clients,
         metrics,
         grace,
+        wakes,
     } = dispatch;
     let paused = match store.paused(&target.name) {
         Ok(pause) => pause,
@@ -402,12 +500,22 @@ pub async fn run_target(
             "target is paused: its events stay queued; run `pollhook resume {}` to deliver again", target.name
         );
     }
+    let failing = match store.target_failing(&target.name) {
+        Ok(failing) => failing,
+        Err(error) => {
+            // At worst a `target.failing` sent twice, or a recovery unsaid.
+            warn!(target = %target.name, error = %crate::error_chain(&error), "cannot read the target's health; assuming healthy");
+            None
+        }
+    };
     let link = Link::open(&clients, &target, Some(store.clone()));
     let mut task = TargetTask {
         store,
         link,
         target,
         metrics,
+        wakes,
+        health: TargetHealth::new(failing),
         in_flight: HashMap::new(),
         attempts: JoinSet::new(),
         last_start: None,
@@ -441,7 +549,7 @@ pub async fn run_target(
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {}
-            Some(done) = task.attempts.join_next_with_id() => task.finish(done),
+            Some(done) = task.attempts.join_next_with_id() => task.finish(done).await,
         }
     }
     if !task.attempts.is_empty() {
@@ -449,7 +557,7 @@ pub async fn run_target(
     }
     let drain = async {
         while let Some(done) = task.attempts.join_next_with_id().await {
-            task.finish(done);
+            task.finish(done).await;
         }
     };
     if tokio::time::timeout(grace, drain).await.is_err() {
@@ -553,18 +661,21 @@ impl TargetTask {
         Ok((wake_at, due_now))
     }
 
-    fn finish(&mut self, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
+    async fn finish(&mut self, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
         match done {
             Ok((id, (key, row, result))) => {
                 self.in_flight.remove(&id);
+                let dead = DeadRow::of(&row);
                 match record(&self.store, &self.metrics, &self.target, &key, row, &result) {
                     Ok(action) => {
                         self.held.remove(&key);
                         match action {
                             RetryAction::Pause => self.paused = true,
                             RetryAction::Success => self.delivered += 1,
-                            RetryAction::Retry(_) | RetryAction::Dead => {}
+                            RetryAction::Retry(_) => {}
+                            RetryAction::Dead => self.announce_dead(dead, &result).await,
                         }
+                        self.observe_health(action, &result).await;
                     }
                     Err(error) => {
                         let wait = self.hold(key);
@@ -585,6 +696,94 @@ impl TargetTask {
                     "a delivery attempt did not finish"
                 );
             }
+        }
+    }
+
+    /// Counts an attempt towards the target's health, and queues
+    /// `target.failing` or `target.recovered` for the watchers when due.
+    async fn observe_health(&mut self, action: RetryAction, attempt: &Attempt) {
+        let target = &self.target;
+        if target.watchers.is_empty() || attempt.unsendable {
+            // Nobody to tell; or the config's fault, not the receiver's.
+            return;
+        }
+        let outcome = match action {
+            RetryAction::Success => Outcome::Delivered,
+            _ => Outcome::Failed {
+                error: attempt.error.as_deref().unwrap_or("unknown"),
+                status: attempt.status,
+            },
+        };
+        let Some(announce) =
+            self.health
+                .observe(outcome, attempt.at_ms, target.fail_after, target.fail_for)
+        else {
+            return;
+        };
+        let now_ms = clock::now_ms();
+        let (event, state) = match &announce {
+            Announce::Failing(run) => (event::target_failing(&target.name, run, now_ms), Some(run)),
+            Announce::Recovered(run) => (event::target_recovered(&target.name, run, now_ms), None),
+        };
+        let rows = watcher_rows(target, &event, "");
+        match self
+            .store
+            .commit_target_health(&target.name, state, &rows)
+            .await
+        {
+            Ok(_) => {
+                self.health.announced(&announce);
+                match state {
+                    Some(run) => error!(
+                        target = %target.name, failures = run.failures, error = %run.error,
+                        "{}: its deliveries keep failing", event.kind
+                    ),
+                    None => info!(target = %target.name, "{}", event.kind),
+                }
+                self.wake(&rows);
+            }
+            Err(error) => warn!(
+                target = %target.name, error = %crate::error_chain(&error),
+                "cannot queue {}; it is tried again at the next attempt", event.kind
+            ),
+        }
+    }
+
+    /// Queues `event.dead` for the watchers of a row just dead-lettered.
+    /// Not in the dead-lettering's own transaction: a crash between the two
+    /// loses this notice, never the dead letter (`pollhook dead` lists it).
+    async fn announce_dead(&self, dead: DeadRow, attempt: &Attempt) {
+        let target = &self.target;
+        if !target
+            .watchers
+            .iter()
+            .any(|watcher| watcher.events.contains(event::EVENT_DEAD))
+        {
+            return;
+        }
+        let letter = event::DeadLetter {
+            target: &target.name,
+            event_id: &dead.event_id,
+            event_type: &dead.event_type,
+            endpoint: &dead.endpoint,
+            attempts: dead.attempts + 1,
+            status: attempt.status,
+            error: attempt.error.as_deref(),
+        };
+        let event = event::event_dead(&letter, clock::now_ms());
+        let rows = watcher_rows(target, &event, &dead.endpoint);
+        match self.store.queue(&rows).await {
+            Ok(_) => self.wake(&rows),
+            Err(error) => warn!(
+                target = %target.name, event_id = %dead.event_id, error = %crate::error_chain(&error),
+                "cannot queue event.dead"
+            ),
+        }
+    }
+
+    fn wake(&self, rows: &[(&str, OutboxRow)]) {
+        for (watcher, _) in rows {
+            self.wakes.wake(watcher);
         }
     }
 
@@ -614,6 +813,23 @@ impl TargetTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_id_in_a_target_url_becomes_the_events() {
+        let check = |url: &str, expected: &str| {
+            let url = url::Url::parse(url).unwrap();
+            assert_eq!(event_url(&url, "msg_1").as_str(), expected);
+        };
+        check(
+            "https://matrix.example.org/_matrix/client/v3/rooms/!r:example.org/send/m.room.message/{event_id}",
+            "https://matrix.example.org/_matrix/client/v3/rooms/!r:example.org/send/m.room.message/msg_1",
+        );
+        check(
+            "http://127.0.0.1/hook?id={event_id}",
+            "http://127.0.0.1/hook?id=msg_1",
+        );
+        check("http://127.0.0.1/hook", "http://127.0.0.1/hook");
+    }
 
     #[test]
     fn a_row_whose_result_cannot_be_written_waits_longer_each_time() {

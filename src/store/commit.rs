@@ -104,7 +104,39 @@ impl Store {
         failing: Option<&Failing>,
         deliveries: &[(&str, OutboxRow)],
     ) -> Result<Vec<OutboxKey>, StoreError> {
-        let state = failing.map(encode_json);
+        self.queue_with(Some((Health::Endpoint, endpoint, failing)), deliveries)
+            .await
+    }
+
+    /// [`Store::commit_health`] for a target: `target.failing` or
+    /// `target.recovered` with the state it announces.
+    pub async fn commit_target_health(
+        &self,
+        target: &str,
+        failing: Option<&Failing>,
+        deliveries: &[(&str, OutboxRow)],
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        self.queue_with(Some((Health::Target, target, failing)), deliveries)
+            .await
+    }
+
+    /// Queues rows that go with no state of their own (`event.dead`),
+    /// durable before it returns.
+    pub async fn queue(
+        &self,
+        deliveries: &[(&str, OutboxRow)],
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        self.queue_with(None, deliveries).await
+    }
+
+    /// Queues `deliveries` in one transaction with a health state (the
+    /// failing run of the named endpoint or target, or `None`: healthy).
+    async fn queue_with(
+        &self,
+        state: Option<(Health, &str, Option<&Failing>)>,
+        deliveries: &[(&str, OutboxRow)],
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let encoded = state.map(|(of, name, failing)| (of, name, failing.map(encode_json)));
         let rows = encode_rows(deliveries);
         let generated = Unhide {
             store: self,
@@ -114,12 +146,21 @@ impl Store {
             Ok(trees) => trees,
             Err(error) => return self.watch(Err(error)),
         };
-        let result = (&trees.health, &trees.outbox, &trees.due)
+        let tree = match encoded {
+            Some((Health::Target, ..)) => &trees.target_health,
+            _ => &trees.health,
+        };
+        let result = (tree, &trees.outbox, &trees.due)
             .transaction(|(health, outbox, due)| {
-                match &state {
-                    Some(state) => health.insert(endpoint.as_bytes(), state.as_slice())?,
-                    None => health.remove(endpoint.as_bytes())?,
-                };
+                match &encoded {
+                    Some((_, name, Some(state))) => {
+                        health.insert(name.as_bytes(), state.as_slice())?;
+                    }
+                    Some((_, name, None)) => {
+                        health.remove(name.as_bytes())?;
+                    }
+                    None => {}
+                }
                 self.insert_rows(outbox, due, &rows, &generated)
             })
             .map_err(transaction_error);
@@ -137,6 +178,18 @@ impl Store {
                 .health
                 .get(endpoint)?
                 .map(|bytes| decode_json(&bytes, "health"))
+                .transpose()
+        })
+    }
+
+    /// The failure run a `target.failing` was sent for, if the target has
+    /// not recovered since.
+    pub fn target_failing(&self, target: &str) -> Result<Option<Failing>, StoreError> {
+        self.watched(|trees| {
+            trees
+                .target_health
+                .get(target)?
+                .map(|bytes| decode_json(&bytes, "target health"))
                 .transpose()
         })
     }
@@ -285,4 +338,11 @@ impl Drop for Unhide<'_> {
             unflushed.remove(key);
         }
     }
+}
+
+/// Whose health a state is.
+#[derive(Debug, Clone, Copy)]
+enum Health {
+    Endpoint,
+    Target,
 }

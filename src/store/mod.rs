@@ -315,6 +315,8 @@ struct Trees {
     paused: sled::Tree,
     /// Endpoints whose `endpoint.failing` was sent, until they recover.
     health: sled::Tree,
+    /// Targets whose `target.failing` was sent, until they recover.
+    target_health: sled::Tree,
     /// Item mode: each endpoint's seen keys ([`crate::seen::SeenKeys`]).
     seen: sled::Tree,
     /// When each endpoint last polled (ms), as of the last checkpoint.
@@ -368,6 +370,7 @@ impl Trees {
             attempts: db.open_tree("attempts")?,
             paused: db.open_tree("paused")?,
             health: db.open_tree("health")?,
+            target_health: db.open_tree("target_health")?,
             seen: db.open_tree("seen")?,
             polled: db.open_tree("polled")?,
             cursors: db.open_tree("cursors")?,

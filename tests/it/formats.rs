@@ -92,21 +92,18 @@ template = '{"text": {{ summary | tojson }}, "kind": "{{ type }}", "id": {{ even
     );
 
     let hook = &slack.accepted()[0];
-    assert_eq!(
-        text(&hook.body),
-        r#"{"text":"prices: changed (1 operation: /a)"}"#
-    );
+    assert_eq!(text(&hook.body), r#"{"text":"prices: /a 1 → 2"}"#);
     assert_eq!(header(hook, "content-type"), Some("application/json"));
 
     let hook = &discord.accepted()[0];
     assert_eq!(
         text(&hook.body),
-        r#"{"allowed_mentions":{"parse":[]},"content":"prices: changed (1 operation: /a)"}"#
+        r#"{"allowed_mentions":{"parse":[]},"content":"prices: /a 1 → 2"}"#
     );
     assert_eq!(header(hook, "content-type"), Some("application/json"));
 
     let hook = &ntfy.accepted()[0];
-    assert_eq!(text(&hook.body), "prices: changed (1 operation: /a)");
+    assert_eq!(text(&hook.body), "prices: /a 1 → 2");
     assert_eq!(
         header(hook, "content-type"),
         Some("text/plain; charset=utf-8")
@@ -121,7 +118,7 @@ template = '{"text": {{ summary | tojson }}, "kind": "{{ type }}", "id": {{ even
     let hook = &inline.accepted()[0];
     assert_eq!(
         text(&hook.body),
-        r#"{"text": "prices: changed (1 operation: /a)", "kind": "endpoint.changed", "id": 2}"#
+        r#"{"text": "prices: /a 1 → 2", "kind": "endpoint.changed", "id": 2}"#
     );
     assert_eq!(header(hook, "content-type"), Some("application/json"));
 

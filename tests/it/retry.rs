@@ -69,6 +69,7 @@ impl Setup {
             clients: deliver::clients().unwrap(),
             metrics: Arc::new(pollhook::metrics::Metrics::default()),
             grace: Duration::from_secs(10),
+            wakes: Arc::default(),
         };
         let task = tokio::spawn(deliver::run_target(
             dispatch,

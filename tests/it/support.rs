@@ -205,6 +205,10 @@ async fn api_handler(State((reply, counts)): State<ApiState>, headers: HeaderMap
 /// One webhook as the receiver got it.
 #[derive(Debug, Clone)]
 pub struct Webhook {
+    /// How it came: `POST` unless the target says otherwise.
+    pub method: String,
+    /// The path and query it came to.
+    pub path: String,
     pub id: String,
     pub timestamp: String,
     pub signature: Option<String>,
@@ -294,9 +298,8 @@ impl Receiver {
         }));
         let changed = Arc::new(tokio::sync::Notify::new());
         let state = (log.clone(), behaviour.clone(), changed.clone());
-        let router = Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(state);
+        // Any method, any path: targets choose both (`method`, `{event_id}`).
+        let router = Router::new().fallback(receive).with_state(state);
         Receiver {
             address: serve_on(listener, router),
             log,
@@ -395,6 +398,8 @@ impl Drop for Handling {
 
 async fn receive(
     State((log, behaviour, changed)): State<ReceiverState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -424,6 +429,10 @@ async fn receive(
         _ => behaviour.status,
     };
     log.lock().unwrap().received.push(Webhook {
+        method: method.to_string(),
+        path: uri
+            .path_and_query()
+            .map_or_else(String::new, |path| path.to_string()),
         id,
         timestamp: header("webhook-timestamp").unwrap_or_default(),
         signature: header("webhook-signature"),

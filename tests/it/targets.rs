@@ -202,3 +202,199 @@ async fn test_sends_a_marked_signed_event_and_prints_the_answer() {
         text(&output.stderr)
     );
 }
+
+/// Headers, a method and the event's id in the URL, as ntfy with a token,
+/// Home Assistant's REST API or Matrix want them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_sends_its_headers_with_its_method_to_its_url() {
+    let state = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(config(
+        state.path(),
+        &format!(
+            r#"
+[[target]]
+name = "ntfy"
+url = "http://{}/topic/{{event_id}}?seen={{event_id}}"
+method = "put"
+headers = {{ Authorization = "Bearer tk_secret", Priority = "urgent", X-Title = "from pollhook" }}
+format = "ntfy"
+retry = {FAST_RETRY}
+
+[[endpoint]]
+name = "data"
+url = "{}"
+every = "100ms"
+emit_initial = true
+"#,
+            receiver.address,
+            api.url()
+        ),
+    ));
+    eventually("the event arrives", || !receiver.accepted().is_empty()).await;
+    daemon.stop().await;
+    let hook = &receiver.accepted()[0];
+    assert_eq!(hook.method, "PUT");
+    assert_eq!(hook.path, format!("/topic/{0}?seen={0}", hook.id));
+    let header = |name: &str| hook.headers[name].to_str().unwrap();
+    assert_eq!(header("authorization"), "Bearer tk_secret");
+    assert_eq!(header("x-title"), "from pollhook");
+    // The user's header wins over the format's own.
+    assert_eq!(header("priority"), "urgent");
+    assert_eq!(header("title"), "data changed");
+}
+
+/// A target that keeps failing is announced to the targets that take
+/// health events, never to itself; so is its recovery and a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_is_announced_to_the_others_and_its_dead_letters_too() {
+    let state = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let (flaky, ops, chat) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    flaky.answer(503);
+    let daemon = Daemon::start(config(
+        state.path(),
+        &format!(
+            r#"
+[[target]]
+name = "flaky"
+url = "{}"
+events = ["*"]
+retry = ["50ms", "50ms", "50ms", "50ms"]
+fail_after = 3
+fail_for = "0s"
+
+[[target]]
+name = "ops"
+url = "{}"
+events = ["target.*", "event.dead"]
+
+[[target]]
+name = "chat"
+url = "{}"
+
+[[endpoint]]
+name = "data"
+url = "{}"
+every = "100ms"
+emit_initial = true
+targets = ["flaky", "chat"]
+"#,
+            flaky.url(),
+            ops.url(),
+            chat.url(),
+            api.url()
+        ),
+    ));
+    eventually("ops hears of the failure and the dead letter", || {
+        ops.types() == ["target.failing", "event.dead"]
+    })
+    .await;
+    let failing = ops.accepted()[0].json();
+    assert_eq!(failing["data"]["target"], "flaky");
+    assert_eq!(failing["data"]["failures"], 3);
+    assert_eq!(failing["data"]["status"], 503);
+    let dead = ops.accepted()[1].json();
+    assert_eq!(dead["data"]["endpoint"], "data");
+    assert_eq!(dead["data"]["event_id"], flaky.all()[0].id);
+    assert_eq!(dead["data"]["event_type"], "endpoint.changed");
+    assert_eq!(dead["data"]["attempts"], 5);
+
+    flaky.answer(204);
+    api.set(Reply::json(r#"{"a":2}"#));
+    eventually("ops hears of the recovery", || ops.types().len() == 3).await;
+    daemon.stop().await;
+    assert_eq!(ops.types()[2], "target.recovered");
+    assert_eq!(ops.accepted()[2].json()["data"]["target"], "flaky");
+    // Not to the failing target itself, and not to one without `events`.
+    assert!(
+        flaky
+            .accepted()
+            .iter()
+            .all(|hook| { !hook.json()["type"].as_str().unwrap().starts_with("target.") })
+    );
+    assert_eq!(chat.types(), ["endpoint.changed", "endpoint.changed"]);
+}
+
+#[tokio::test]
+async fn target_mistakes_are_config_errors_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pollhook.toml");
+    std::fs::write(
+        &path,
+        r#"[[target]]
+name = "hook"
+url = "http://127.0.0.1:9/hook"
+method = "GET POST"
+headers = { "bad header" = "x", webhook-id = "mine", X-Key = "line\nbreak" }
+to = "ops@example.com"
+fail_after = -1
+
+[[target]]
+name = "mail"
+url = "smtp://127.0.0.1:25"
+from = "not an address"
+to = []
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+format = "slack"
+subject = "{{ summary"
+auth = { bearer = "tk_secret" }
+
+[[target]]
+name = "nobody"
+url = "smtps://mail.example.com"
+method = "PUT"
+fail_for = "soon"
+content_type = "text/html"
+
+[[target]]
+name = "ftp"
+url = "ftp://user:hunter2@127.0.0.1/"
+
+[[endpoint]]
+name = "a"
+url = "http://127.0.0.1:9/"
+every = "1m"
+"#,
+    )
+    .unwrap();
+    let output = binary()
+        .args(["check", "-c", path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    for expected in [
+        "pollhook.toml:4:10: target `hook`: invalid HTTP method `GET POST`",
+        "pollhook.toml:5:",
+        "pollhook.toml:6:6: target `hook`: `to` is for email targets",
+        "pollhook.toml:7:14: target `hook`:",
+        "pollhook.toml:12:8: target `mail`: invalid email address `not an address`",
+        "pollhook.toml:13:6: target `mail`: `to` is empty",
+        "pollhook.toml:14:10: target `mail`: `secret` is for HTTP targets, not email",
+        "pollhook.toml:15:10: target `mail`: `format = \"slack\"` is for HTTP targets",
+        "pollhook.toml:16:11: target `mail`: invalid `subject`: syntax error",
+        "pollhook.toml:17:8: target `mail`: email logs in with `auth = { basic",
+        "pollhook.toml:20:8: target `nobody`: an email target needs `to`",
+        "pollhook.toml:20:8: target `nobody`: an email target needs `from`",
+        "pollhook.toml:22:10: target `nobody`: `method` is for HTTP targets, not email",
+        "pollhook.toml:23:12: target `nobody`:",
+        "pollhook.toml:24:16: target `nobody`: `content_type` is for HTTP targets, not email",
+        "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp`, `smtps`, `mqtt`, or `mqtts`",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("`mail`: an email target needs `from`"),
+        "{stderr}"
+    );
+    for secret in ["hunter2", "tk_secret", "break"] {
+        assert!(!stderr.contains(secret), "{secret}: {stderr}");
+    }
+}
