@@ -720,9 +720,7 @@ fn announce(shared: &Shared, endpoint: &Endpoint, events: &[Event], queued: usiz
         }));
     }
     if queued > 0 {
-        for subscription in endpoint.targets.iter() {
-            shared.wakes.wake(&subscription.target);
-        }
+        shared.wakes.wake_targets_of(endpoint);
     }
 }
 

@@ -378,19 +378,34 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
     let store = Arc::new(Store::open(state_dir)?);
     let poller = Poller::new(store.clone(), &config)?;
     let mode = if send { Mode::Commit } else { Mode::DryRun };
-    let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);
-    let mut failed = false;
-    while let Some((endpoint, report)) = polls.next().await {
-        // Named endpoints show what is compared, to help tune the filters.
-        let view = PreviewView::new(&store, &endpoint.name, &report, !names.is_empty())?;
-        failed |= show_preview(&view)?;
-    }
-    drop(polls);
-    // Rows were made durable as they were committed; the baselines are
-    // flushed with the deliveries' records at the end.
-    if send {
-        deliver_until_drained(&store, &config).await?;
-    }
+    // With `--send`, the dispatchers deliver each change as soon as it is
+    // durable, while the later polls still run.
+    let wakes = crate::status::Wakes::default();
+    let polls_done = CancellationToken::new();
+    let polling = async {
+        // However polling ends, the dispatchers learn that no more rows come.
+        let _done = polls_done.clone().drop_guard();
+        let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);
+        let mut failed = false;
+        while let Some((endpoint, report)) = polls.next().await {
+            if report.queued > 0 {
+                wakes.wake_targets_of(&endpoint);
+            }
+            // Named endpoints show what is compared, to help tune the filters.
+            let view = PreviewView::new(&store, &endpoint.name, &report, !names.is_empty())?;
+            failed |= show_preview(&view)?;
+        }
+        anyhow::Ok(failed)
+    };
+    let delivering = async {
+        match send {
+            true => deliver_until_drained(&store, &config, &wakes, polls_done.clone()).await,
+            false => Ok(()),
+        }
+    };
+    let (failed, delivered) = tokio::join!(polling, delivering);
+    let failed = failed?;
+    delivered?;
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -463,15 +478,23 @@ fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
     Ok(view.result == "failed")
 }
 
-/// Delivers what is due through the daemon's dispatchers until nothing is.
-async fn deliver_until_drained(store: &Arc<Store>, config: &Config) -> anyhow::Result<()> {
+/// Delivers through the daemon's dispatchers what is due and what the
+/// polls queue (each woken through `wakes`), until `polls_done` and nothing
+/// is due. Rows were made durable as they were committed; the baselines are
+/// flushed with the deliveries' records at the end.
+async fn deliver_until_drained(
+    store: &Arc<Store>,
+    config: &Config,
+    wakes: &crate::status::Wakes,
+    polls_done: CancellationToken,
+) -> anyhow::Result<()> {
     let dispatch = crate::deliver::Dispatch {
         store: store.clone(),
         client: crate::deliver::client()?,
         metrics: Arc::new(crate::metrics::Metrics::default()),
         grace: config.shutdown_grace,
     };
-    let delivered = crate::deliver::drain(&dispatch, &config.targets).await;
+    let delivered = crate::deliver::drain(&dispatch, &config.targets, wakes, polls_done).await;
     for (target, delivered) in config.targets.iter().zip(delivered) {
         let queued = store.outbox_rows(&target.name)?.len();
         errln!(
