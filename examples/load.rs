@@ -346,7 +346,11 @@ async fn one_pass(args: &Args, api: &Arc<Api>, config: Config) -> anyhow::Result
         grace: config.shutdown_grace,
         wakes: Arc::default(),
     };
-    let delivered: usize = pollhook::deliver::drain(&dispatch, &config.targets)
+    // The passes are over: no more rows come.
+    let no_more = tokio_util::sync::CancellationToken::new();
+    no_more.cancel();
+    let wakes = pollhook::status::Wakes::default();
+    let delivered: usize = pollhook::deliver::drain(&dispatch, &config.targets, &wakes, no_more)
         .await
         .into_iter()
         .sum();

@@ -69,6 +69,14 @@ impl Wakes {
         write(&self.0).remove(target);
     }
 
+    /// Wakes the dispatchers of every target of `endpoint`: rows were
+    /// queued for them.
+    pub fn wake_targets_of(&self, endpoint: &Endpoint) {
+        for subscription in endpoint.targets.iter() {
+            self.wake(&subscription.target);
+        }
+    }
+
     /// Wakes every dispatcher.
     pub fn wake_all(&self) {
         for wake in read(&self.0).values() {

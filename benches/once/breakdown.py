@@ -68,14 +68,15 @@ def main():
     total = end - start
     first_get = gets[0][1]
     last_get = gets[-1][3] or gets[-1][1]
-    first_post = posts[0][1] if posts else last_get
-    last_post = (posts[-1][3] or posts[-1][1]) if posts else last_get
+    # The deliveries run from the first commit on, beside the later polls.
+    last_post = max([last_get] + [post[3] or post[1] for post in posts])
+    during = sum(1 for post in posts if post[1] <= last_get)
     phases = [
         ("process start-up (exec to reading the config)", start, config_at or first_get),
         ("config parse, store open (sled), HTTP client", config_at or start, first_get),
-        (f"polls: {len(gets)} GETs (concurrent), with commits", first_get, last_get),
-        ("polls done to first delivery (outbox read)", last_get, first_post),
-        (f"deliveries: {len(posts)} POSTs (concurrent, per `parallel`)", first_post, last_post),
+        (f"polls: {len(gets)} GETs (concurrent), with commits, and {during} of the"
+         f" {len(posts)} POSTs beside them", first_get, last_get),
+        (f"the other {len(posts) - during} POSTs, after the last GET", last_get, last_post),
         ("last delivery to exit (final flush, teardown)", last_post, end),
     ]
 
@@ -125,21 +126,24 @@ def from_log(path, start, end):
     if not lines:
         sys.exit("no timestamped log line")
     first_log = lines[0][0]
-    connects = [i for i, l in enumerate(lines) if "connecting to" in l[2]]
-    delivered = [i for i, l in enumerate(lines) if l[1] == "pollhook::deliver" and l[2].startswith("delivered")]
-    first_poll = lines[connects[0]][0] if connects else first_log
-    if delivered:
-        before = [i for i in connects if i < delivered[0]]
-        polls_done = lines[before[-1]][0] if before else lines[delivered[0]][0]
-        last_delivery = lines[delivered[-1]][0]
-    else:
-        polls_done = last_delivery = lines[-1][0]
+    connects = [at for at, _, message in lines if "connecting to" in message]
+    delivered = [at for at, target, message in lines
+                 if target == "pollhook::deliver" and message.startswith("delivered")]
+    # `once` logs this at debug when its last poll has ended; the
+    # deliveries run from the first commit on, beside the later polls.
+    done = [at for at, target, message in lines
+            if target == "pollhook::cli" and message.startswith("every endpoint polled")]
+    first_poll = connects[0] if connects else first_log
+    polls_done = done[0] if done else lines[-1][0]
+    last_delivery = max([polls_done] + delivered)
+    during = sum(1 for at in delivered if at <= polls_done)
     writes = lambda a, b: sum(1 for at, t, m in lines if a <= at < b and t == "sled::pagecache::iobuf" and m.startswith("wrote"))
     phases = [
         ("exec to the first log line (process start-up, config parse; sled open begins)", start, first_log),
         ("store open (sled recovery) and HTTP client, to the first connect", first_log, first_poll),
-        ("polls: concurrent GETs, diffs, commits (each change: document file + fsyncs, sled flush)", first_poll, polls_done),
-        (f"deliveries: {len(delivered)} POSTs (per `parallel`), each recorded in sled", polls_done, last_delivery),
+        (f"polls: concurrent GETs, diffs, commits (group syncs, sled flushes) and {during} of the"
+         f" {len(delivered)} deliveries beside them", first_poll, polls_done),
+        (f"the other {len(delivered) - during} deliveries, after the last poll", polls_done, last_delivery),
         ("last delivery to exit (final flush, teardown)", last_delivery, end),
     ]
     total = end - start

@@ -443,13 +443,15 @@ fn hold_for(failures: u32) -> Duration {
 }
 
 /// How long a dispatcher runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Until {
     /// Until shutdown: the daemon's.
     Shutdown,
-    /// Until no row is due any more and no attempt is in flight (rows whose
-    /// retry is not due yet stay queued): `pollhook once --send`.
-    Drained,
+    /// Once the token is cancelled (no more rows will come), until no row
+    /// is due any more and no attempt is in flight (rows whose retry is not
+    /// due yet stay queued): `pollhook once --send`, whose dispatchers
+    /// deliver while its later polls still run.
+    Drained(CancellationToken),
 }
 
 /// What every target's dispatcher works with.
@@ -466,7 +468,7 @@ pub struct Dispatch {
 }
 
 /// Runs the dispatcher of one target until `shutdown` (or, with
-/// [`Until::Drained`], until nothing is due), then lets the attempts in
+/// [`Until::Drained`], until nothing is due once no more rows come), then lets the attempts in
 /// flight finish for up to `grace`. Rows not delivered stay in the outbox
 /// for the next start. `wake` says rows were queued or the target resumed.
 /// Returns how many rows were delivered.
@@ -542,12 +544,18 @@ pub async fn run_target(
                 }
             }
         };
-        if until == Until::Drained && !due_now && task.attempts.is_empty() {
+        let no_more = match &until {
+            Until::Drained(no_more) => Some(no_more),
+            Until::Shutdown => None,
+        };
+        let waiting_for_rows = no_more.is_some_and(|no_more| !no_more.is_cancelled());
+        if no_more.is_some() && !waiting_for_rows && !due_now && task.attempts.is_empty() {
             break;
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
+            _ = async { no_more.expect("waiting for rows").cancelled().await }, if waiting_for_rows => {}
             _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {}
             Some(done) = task.attempts.join_next_with_id() => task.finish(done).await,
         }
@@ -567,17 +575,23 @@ pub async fn run_target(
     task.delivered
 }
 
-/// Runs a dispatcher for each target at once until nothing is due; returns
-/// how many rows each delivered.
-pub async fn drain(dispatch: &Dispatch, targets: &[Arc<Target>]) -> Vec<usize> {
+/// Runs a dispatcher for each target at once, each woken through `wakes`
+/// when rows are queued for it, until `no_more` is cancelled and nothing is
+/// due; returns how many rows each delivered.
+pub async fn drain(
+    dispatch: &Dispatch,
+    targets: &[Arc<Target>],
+    wakes: &Wakes,
+    no_more: CancellationToken,
+) -> Vec<usize> {
     let never = CancellationToken::new();
     let dispatchers = targets.iter().map(|target| {
         run_target(
             dispatch.clone(),
             target.clone(),
-            Arc::new(Notify::new()),
+            wakes.insert(&target.name),
             never.clone(),
-            Until::Drained,
+            Until::Drained(no_more.clone()),
         )
     });
     futures_util::future::join_all(dispatchers).await

@@ -57,14 +57,7 @@ impl Store {
         }
         let rows = encode_rows(&commit.deliveries);
         // The events' diff needs the file even after a power cut.
-        let path = file.path.clone();
-        tokio::task::spawn_blocking(move || file.sync())
-            .await
-            .map_err(|error| StoreError::DocumentFile {
-                action: "sync",
-                path,
-                source: std::io::Error::other(error),
-            })??;
+        self.sync_document(file).await?;
         // Every key a (possibly retried) transaction generated: unhidden when
         // this function ends, even if its caller drops it mid-flush.
         let generated = Unhide {

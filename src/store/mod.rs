@@ -287,6 +287,9 @@ pub struct Store {
     unflushable: std::sync::Mutex<Vec<OutboxKey>>,
     /// Entries in each target's attempt log, counted once per process.
     attempt_counts: std::sync::Mutex<HashMap<String, usize>>,
+    /// Group sync of document files: see [`Store::sync_document`].
+    syncing: tokio::sync::Mutex<()>,
+    unsynced: std::sync::Mutex<Vec<Unsynced>>,
     /// Group commit: see [`Store::flush`].
     flushing: tokio::sync::Mutex<()>,
     flush_requests: AtomicU64,
@@ -448,6 +451,8 @@ impl Store {
             unflushed: Default::default(),
             unflushable: Default::default(),
             attempt_counts: Default::default(),
+            syncing: Default::default(),
+            unsynced: Default::default(),
             flushing: Default::default(),
             flush_requests: Default::default(),
             flushed_requests: Default::default(),

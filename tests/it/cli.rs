@@ -827,3 +827,80 @@ async fn once_previews_through_the_running_daemon() {
         .unwrap();
     assert!(daemon.wait().await.unwrap().success());
 }
+
+/// `once --send` delivers each change as soon as it is durable, while later
+/// polls still run: the slow endpoint answers only once the receiver has
+/// the fast endpoints' webhooks (or, failing that, after 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_delivers_while_later_polls_still_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"a":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let released_by_delivery = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let receiver = receiver.clone();
+        let released = released_by_delivery.clone();
+        axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move {
+                for _ in 0..1000 {
+                    if receiver.accepted().len() >= 3 {
+                        released.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ([("content-type", "application/json")], r#"{"b":1}"#)
+            }),
+        )
+    };
+    let slow = crate::support::serve(slow).await;
+    let endpoints: String = (0..3)
+        .map(|n| {
+            format!(
+                "[[endpoint]]\nname = \"fast{n}\"\nurl = \"{}?n={n}\"\nemit_initial = true\n",
+                api.url()
+            )
+        })
+        .collect();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[defaults]\nevery = \"1h\"\n\
+             [[target]]\nname = \"receiver\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\
+             [[endpoint]]\nname = \"slow\"\nurl = \"http://{slow}/\"\nemit_initial = true\n\
+             {endpoints}",
+            dir.path().join("state").display(),
+            receiver.url()
+        ),
+    )
+    .unwrap();
+
+    let output = run(&["once", "--send", "-c", config.to_str().unwrap()]).await;
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        released_by_delivery.load(Ordering::SeqCst),
+        "the fast endpoints' webhooks came only after every poll: {stderr}"
+    );
+    let mut endpoints: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|hook| {
+            hook.json()["data"]["endpoint"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    endpoints.sort();
+    assert_eq!(endpoints, ["fast0", "fast1", "fast2", "slow"]);
+    assert!(
+        stderr.contains("target receiver: 4 delivered, 0 still queued"),
+        "{stderr}"
+    );
+}
