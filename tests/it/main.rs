@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod cluster;
 mod crash;
 mod damage;
 mod delivery;
@@ -11,6 +12,7 @@ mod email;
 mod formats;
 mod incremental;
 mod mqtt;
+mod nats;
 mod numbers;
 mod oauth;
 mod pages;
