@@ -93,6 +93,9 @@ async fn tell(node: &Node, shards: BTreeSet<u32>) {
     }
 }
 
+/// The key-value bucket `name`, made if missing. Made as the stream a
+/// bucket is (what `create_key_value` sends), because that call first asks
+/// for the account's info in a form older servers (2.9) do not answer.
 async fn bucket(
     context: &jetstream::Context,
     name: &str,
@@ -101,15 +104,27 @@ async fn bucket(
     if let Ok(store) = context.get_key_value(name).await {
         return Ok(store);
     }
-    context
-        .create_key_value(kv::Config {
-            bucket: name.to_string(),
-            history: 1,
+    let made = context
+        .create_stream(jetstream::stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
             max_age,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()
         })
-        .await
-        .map_err(|error| format!("cannot create the key-value bucket `{name}`: {error}"))
+        .await;
+    // Another instance may have made it meanwhile.
+    match context.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(error) => Err(format!(
+            "cannot make the key-value bucket `{name}`: {}",
+            made.err().map_or_else(|| error.to_string(), |made| made.to_string())
+        )),
+    }
 }
 
 async fn session(node: &Node, id: &str, held: &Arc<RwLock<BTreeSet<u32>>>) -> Result<(), String> {
