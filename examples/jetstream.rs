@@ -22,7 +22,9 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let events: usize = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let in_flight: usize = args.next().map_or(Ok(64), |n| n.parse())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = tempfile::tempdir()?;
     let mut server = tokio::process::Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -31,7 +33,9 @@ async fn main() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|error| anyhow::anyhow!("cannot start nats-server (apt-get install nats-server): {error}"))?;
+        .map_err(|error| {
+            anyhow::anyhow!("cannot start nats-server (apt-get install nats-server): {error}")
+        })?;
     for _ in 0..500 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;

@@ -348,7 +348,10 @@ fn start_node(
         shutdown: stop.clone(),
     };
     let span = info_span!("cluster", shard = %home);
-    Some((stop, tokio::spawn(cluster::node::run(node).instrument(span))))
+    Some((
+        stop,
+        tokio::spawn(cluster::node::run(node).instrument(span)),
+    ))
 }
 
 impl Running {
@@ -405,9 +408,10 @@ impl Running {
             Some(held) => held.restrict(config),
             None => config,
         };
-        *crate::locks::write(&self.shared.cluster) =
-            ClusterView::new(&config, self.held.as_ref());
-        self.shared.metrics.show_shards(&crate::locks::read(&self.shared.cluster));
+        *crate::locks::write(&self.shared.cluster) = ClusterView::new(&config, self.held.as_ref());
+        self.shared
+            .metrics
+            .show_shards(&crate::locks::read(&self.shared.cluster));
         let reloading = self.reloads > 0;
         let diff = match reloading {
             true => ConfigDiff::new(&self.config, &config),
@@ -441,10 +445,7 @@ impl Running {
             .chain(&targets.unchanged)
         {
             // A reload is an operator's word that a paused target may go on.
-            if reloading
-                && operator
-                && matches!(self.shared.store.resume(&target.name), Ok(true))
-            {
+            if reloading && operator && matches!(self.shared.store.resume(&target.name), Ok(true)) {
                 info!(target = %target.name, "target resumed by the reload");
             }
         }

@@ -38,8 +38,8 @@
 
 pub mod admin;
 pub mod cli;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod deliver;

@@ -86,15 +86,16 @@ mod tests {
         assert_eq!(leases.tick(), Duration::from_millis(500));
         // Shard 2 renewed at 1.5 s, shard 4's renewals failed.
         leases.written(2, 3, start + Duration::from_millis(1500));
-        assert!(leases.expire(start + Duration::from_millis(1999)).is_empty());
+        assert!(
+            leases
+                .expire(start + Duration::from_millis(1999))
+                .is_empty()
+        );
         assert_eq!(leases.expire(start + lease), vec![4]);
         assert_eq!(leases.shards(), BTreeSet::from([2]));
         assert_eq!(leases.revision(2), Some(3));
         assert_eq!(leases.revision(4), None);
-        assert_eq!(
-            leases.expire(start + Duration::from_millis(3500)),
-            vec![2]
-        );
+        assert_eq!(leases.expire(start + Duration::from_millis(3500)), vec![2]);
         assert!(leases.shards().is_empty());
         assert!(!leases.drop_lease(2));
     }

@@ -76,11 +76,13 @@ impl ClusterView {
                     .or_default() += 1;
             }
         }
-        let name = |index: u32| Shard {
-            index,
-            count: held.map_or(1, |held| held.count),
-        }
-        .to_string();
+        let name = |index: u32| {
+            Shard {
+                index,
+                count: held.map_or(1, |held| held.count),
+            }
+            .to_string()
+        };
         ClusterView {
             shard: config.cluster.shard.map(|shard| shard.to_string()),
             counts: counts

@@ -57,7 +57,10 @@ fn presence_key(count: u32, shard: u32) -> String {
 
 /// An endpoint's key in the snapshots bucket (names may hold any character).
 pub fn mirror_key(endpoint: &str) -> String {
-    format!("e.{}", hex::encode(&Sha256::digest(endpoint.as_bytes())[..16]))
+    format!(
+        "e.{}",
+        hex::encode(&Sha256::digest(endpoint.as_bytes())[..16])
+    )
 }
 
 /// Runs until shutdown: a session per connection to NATS; when one fails,
@@ -88,7 +91,12 @@ pub async fn run(node: Node) {
 /// Tells the supervisor which shards to poll, and waits until it does.
 async fn tell(node: &Node, shards: BTreeSet<u32>) {
     let (reply, applied) = oneshot::channel();
-    if node.control.send(Control::Shards(shards, reply)).await.is_ok() {
+    if node
+        .control
+        .send(Control::Shards(shards, reply))
+        .await
+        .is_ok()
+    {
         let _ = applied.await;
     }
 }
@@ -122,7 +130,8 @@ async fn bucket(
         Ok(store) => Ok(store),
         Err(error) => Err(format!(
             "cannot make the key-value bucket `{name}`: {}",
-            made.err().map_or_else(|| error.to_string(), |made| made.to_string())
+            made.err()
+                .map_or_else(|| error.to_string(), |made| made.to_string())
         )),
     }
 }
@@ -175,11 +184,16 @@ async fn session(node: &Node, id: &str, held: &Arc<RwLock<BTreeSet<u32>>>) -> Re
         leases_kv
             .put(presence_key(count, home), value())
             .await
-            .map_err(|error| format!("cannot renew the presence of shard {}: {error}", node.home))?;
+            .map_err(|error| {
+                format!("cannot renew the presence of shard {}: {error}", node.home)
+            })?;
         for shard in leases.shards() {
             let sent = Instant::now();
             let revision = leases.revision(shard).unwrap_or_default();
-            match leases_kv.update(lease_key(count, shard), value(), revision).await {
+            match leases_kv
+                .update(lease_key(count, shard), value(), revision)
+                .await
+            {
                 Ok(revision) => leases.written(shard, revision, sent),
                 Err(error) => {
                     warn!(shard = %Shard { index: shard, count }, error = %error, "lost the lease");
@@ -198,7 +212,9 @@ async fn session(node: &Node, id: &str, held: &Arc<RwLock<BTreeSet<u32>>>) -> Re
             candidates.push(home);
         }
         if started.elapsed() >= lease {
-            for shard in (1..=count).filter(|shard| *shard != home && leases.revision(*shard).is_none()) {
+            for shard in
+                (1..=count).filter(|shard| *shard != home && leases.revision(*shard).is_none())
+            {
                 if let Ok(None) = leases_kv.get(presence_key(count, shard)).await {
                     candidates.push(shard);
                 }
@@ -230,7 +246,9 @@ async fn session(node: &Node, id: &str, held: &Arc<RwLock<BTreeSet<u32>>>) -> Re
                 mirror_shard(node, &mirror_kv, count, shard).await;
                 let revision = leases.revision(shard);
                 leases.drop_lease(shard);
-                let _ = leases_kv.delete_expect_revision(lease_key(count, shard), revision).await;
+                let _ = leases_kv
+                    .delete_expect_revision(lease_key(count, shard), revision)
+                    .await;
                 info!(shard = %Shard { index: shard, count }, "gave the shard back to its own instance");
             }
         }

@@ -26,7 +26,10 @@ fn mix(mut z: u64) -> u64 {
 }
 
 fn score(name: &str, shard: u32) -> u64 {
-    mix(fnv1a(fnv1a(FNV_OFFSET, name.as_bytes()), &shard.to_le_bytes()))
+    mix(fnv1a(
+        fnv1a(FNV_OFFSET, name.as_bytes()),
+        &shard.to_le_bytes(),
+    ))
 }
 
 /// The shard (1 to `count`) that polls the endpoint `name`.

@@ -1464,8 +1464,11 @@ impl<'s> Compiler<'s> {
                             );
                         }
                     }
-                    let ca_file = transport.as_ref().and_then(|transport| transport.ca_file.clone());
-                    let nats = self.compile_nats(url, nats_keys, raw.auth.as_ref(), ca_file, &context);
+                    let ca_file = transport
+                        .as_ref()
+                        .and_then(|transport| transport.ca_file.clone());
+                    let nats =
+                        self.compile_nats(url, nats_keys, raw.auth.as_ref(), ca_file, &context);
                     Some(TargetKind::Nats(Box::new(nats)))
                 }
                 (Some(url), false) => {

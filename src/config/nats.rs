@@ -75,7 +75,8 @@ impl Compiler<'_> {
     ) -> NatsTarget {
         let subject = match keys.subject {
             Some(subject) => {
-                if let Err(error) = crate::deliver::subject::check_subject_template(subject.get_ref())
+                if let Err(error) =
+                    crate::deliver::subject::check_subject_template(subject.get_ref())
                 {
                     self.problem(
                         subject.span().start,

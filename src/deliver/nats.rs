@@ -52,9 +52,10 @@ pub async fn connect(
         None => {}
     }
     if let Some(creds) = creds {
-        options = options.credentials_file(creds).await.map_err(|error| {
-            format!("cannot read `creds` `{}`: {error}", creds.display())
-        })?;
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|error| format!("cannot read `creds` `{}`: {error}", creds.display()))?;
     }
     if let Some(ca_file) = ca_file {
         options = options.add_root_certificates(ca_file.to_path_buf());
@@ -84,15 +85,14 @@ impl Connection {
     pub async fn attempt(&self, target: &Target, row: &OutboxRow) -> Attempt {
         let started = Instant::now();
         let mut attempt = Attempt::starting();
-        let message = subject::subject(&self.nats.subject, &row.body, &row.event_id).and_then(
-            |subject| {
+        let message =
+            subject::subject(&self.nats.subject, &row.body, &row.event_id).and_then(|subject| {
                 let payload = match &target.format {
                     format::TargetFormat::Standard => row.body.as_bytes().to_vec(),
                     other => format::render(other, &row.body)?.body,
                 };
                 Ok((subject, payload))
-            },
-        );
+            });
         match message {
             Err(error) => {
                 attempt.error = Some(format!("cannot publish the event: {error}"));

@@ -72,7 +72,8 @@ impl Store {
         if snapshot.is_none() && cursor.is_none() {
             return Ok(None);
         }
-        let seen = self.watched(|trees| Ok(trees.seen.get(endpoint)?.map(|bytes| bytes.to_vec())))?;
+        let seen =
+            self.watched(|trees| Ok(trees.seen.get(endpoint)?.map(|bytes| bytes.to_vec())))?;
         Ok(Some(Mirrored {
             snapshot,
             seen,
@@ -107,7 +108,9 @@ impl Store {
                 if let Some(seen) = &record.seen {
                     trees.seen.insert(endpoint, seen.as_slice())?;
                 }
-                trees.snapshots.insert(endpoint, encode_snapshot(snapshot))?;
+                trees
+                    .snapshots
+                    .insert(endpoint, encode_snapshot(snapshot))?;
             }
             if let (true, Some(cursor)) = (newer_cursor, &record.cursor) {
                 if let Some(seen) = &record.seen {

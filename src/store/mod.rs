@@ -69,9 +69,9 @@ mod tokens;
 
 pub use cursors::{CursorCommit, CursorState};
 pub use documents::Stored;
-pub use mirrored::{Committed, Mirrored};
 use documents::*;
 use encoding::*;
+pub use mirrored::{Committed, Mirrored};
 use outbox::*;
 pub use tokens::RotatedToken;
 

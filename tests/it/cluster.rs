@@ -82,7 +82,6 @@ impl Cluster {
             values.insert(number, value);
         }
     }
-
 }
 
 /// Each instance's endpoints and when each last polled (ms), from their
@@ -124,7 +123,10 @@ async fn wait_polled(
         if condition(&polled) {
             return polled;
         }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {polled:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}: {polled:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -170,13 +172,26 @@ async fn three_instances_poll_each_of_300_endpoints_from_exactly_one() {
     let running = [true; 3];
     // Every endpoint polled, a lease's time and more after the start.
     let started_ms = now_ms();
-    let polled = wait_polled("every endpoint is polled", &configs, &running, Duration::from_secs(30), |polled| {
-        polled.len() == 300 && polled.values().all(|by| by.iter().all(|(_, at)| *at > started_ms + 2500))
-    })
+    let polled = wait_polled(
+        "every endpoint is polled",
+        &configs,
+        &running,
+        Duration::from_secs(30),
+        |polled| {
+            polled.len() == 300
+                && polled
+                    .values()
+                    .all(|by| by.iter().all(|(_, at)| *at > started_ms + 2500))
+        },
+    )
     .await;
     for (endpoint, by) in &polled {
         let instances: Vec<u32> = by.iter().map(|(instance, _)| *instance).collect();
-        assert_eq!(instances, [shard_of(endpoint, 3)], "{endpoint} is polled by {instances:?}");
+        assert_eq!(
+            instances,
+            [shard_of(endpoint, 3)],
+            "{endpoint} is polled by {instances:?}"
+        );
     }
 
     let view: serde_json::Value =
@@ -207,9 +222,18 @@ async fn a_killed_instance_s_shard_moves_within_the_lease_and_no_change_is_lost(
     let mut instances: Vec<_> = (1..=3).map(run).collect();
     let mut running = [true; 3];
     let started_ms = now_ms();
-    wait_polled("every endpoint is polled", &configs, &running, Duration::from_secs(20), |polled| {
-        polled.len() == 30 && polled.values().all(|by| by.iter().all(|(_, at)| *at > started_ms + 1200))
-    })
+    wait_polled(
+        "every endpoint is polled",
+        &configs,
+        &running,
+        Duration::from_secs(20),
+        |polled| {
+            polled.len() == 30
+                && polled
+                    .values()
+                    .all(|by| by.iter().all(|(_, at)| *at > started_ms + 1200))
+        },
+    )
     .await;
     let of_two: Vec<String> = (0..30)
         .map(name)
@@ -297,9 +321,9 @@ async fn a_killed_instance_s_shard_moves_within_the_lease_and_no_change_is_lost(
         Duration::from_secs(10),
         |polled| {
             of_two.iter().all(|endpoint| {
-                polled.get(endpoint).is_some_and(|by| {
-                    by.len() == 1 && by[0].0 == 2 && by[0].1 > restarted_ms
-                })
+                polled
+                    .get(endpoint)
+                    .is_some_and(|by| by.len() == 1 && by[0].0 == 2 && by[0].1 > restarted_ms)
             })
         },
     )

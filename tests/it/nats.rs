@@ -143,7 +143,10 @@ async fn a_missing_stream_is_named_and_create_stream_makes_it() {
     let attempt = link.attempt(&target, &row("msg_1", "prices", 2)).await;
     let error = attempt.error.unwrap();
     assert!(!attempt.acknowledged);
-    assert!(error.contains("stream `EVENTS` is not on the NATS server"), "{error}");
+    assert!(
+        error.contains("stream `EVENTS` is not on the NATS server"),
+        "{error}"
+    );
     assert!(error.contains("create_stream = true"), "{error}");
 
     let config = nats_config(&server, "stream = \"EVENTS\"\ncreate_stream = true");
@@ -151,7 +154,11 @@ async fn a_missing_stream_is_named_and_create_stream_makes_it() {
     let link = Link::open(&clients, &target, None);
     let attempt = link.attempt(&target, &row("msg_1", "prices", 2)).await;
     assert!(attempt.acknowledged, "{:?}", attempt.error);
-    assert!(attempt.response.contains("stream EVENTS, sequence 1"), "{}", attempt.response);
+    assert!(
+        attempt.response.contains("stream EVENTS, sequence 1"),
+        "{}",
+        attempt.response
+    );
     // The same event again (a retry after a lost PubAck): kept out.
     let again = link.attempt(&target, &row("msg_1", "prices", 2)).await;
     assert!(again.acknowledged);
@@ -197,7 +204,10 @@ async fn a_subject_template_and_a_server_that_is_down() {
     let attempt = link.attempt(&target, &row("msg_1", "prices", 2)).await;
     assert!(!attempt.acknowledged && !attempt.unsendable);
     assert!(
-        attempt.error.unwrap().contains("cannot connect to the NATS server"),
+        attempt
+            .error
+            .unwrap()
+            .contains("cannot connect to the NATS server"),
     );
 }
 
@@ -246,7 +256,10 @@ every = "1m"
         "test.toml:21:9: invalid shard `4/3`: shards are numbered 1 to 3",
         "test.toml:22:9: cluster: `lease` is for failover through NATS: set `nats` too",
     ] {
-        assert!(error.contains(expected), "missing {expected:?} in:\n{error}");
+        assert!(
+            error.contains(expected),
+            "missing {expected:?} in:\n{error}"
+        );
     }
 }
 
@@ -309,14 +322,25 @@ async fn exactly_once_in_the_stream_across_kill_9_and_restarts() {
     let stored = messages(&context, "POLLHOOK").await;
     let mut by_version: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for message in &stored {
-        assert_eq!(message.event["type"], "endpoint.changed", "{:?}", message.event);
+        assert_eq!(
+            message.event["type"], "endpoint.changed",
+            "{:?}",
+            message.event
+        );
         let version = message.event["data"]["version"].as_u64().unwrap();
-        by_version.entry(version).or_default().push(message.id.clone());
+        by_version
+            .entry(version)
+            .or_default()
+            .push(message.id.clone());
     }
     // Every change the store went through, each once in the stream.
     assert!(last_arrived(&stored));
     let versions: Vec<u64> = by_version.keys().copied().collect();
-    assert_eq!(versions, (2..=last_version).collect::<Vec<_>>(), "{by_version:?}");
+    assert_eq!(
+        versions,
+        (2..=last_version).collect::<Vec<_>>(),
+        "{by_version:?}"
+    );
     for (version, ids) in &by_version {
         assert_eq!(ids.len(), 1, "version {version}: {ids:?}");
         assert!(ids[0].starts_with("msg_"));
