@@ -10,12 +10,12 @@ use tokio_rustls::rustls;
 use crate::cli::{binary, text};
 
 /// A CA of the test's own, which signs server and client certificates.
-struct Ca {
+pub(crate) struct Ca {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let key = rcgen::KeyPair::generate().unwrap();
@@ -39,7 +39,7 @@ impl Ca {
 /// An HTTPS server on 127.0.0.1 with a certificate `ca` signed, answering
 /// every request `{"tls":true}`; with `client_ca`, only to clients with a
 /// certificate it signed. Returns its base URL and the requests it answered.
-async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Arc<AtomicUsize>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
