@@ -43,6 +43,9 @@ impl<'de> serde::Deserialize<'de> for MetricName {
     }
 }
 
+/// Each `metrics` filter's number, or why it has none.
+pub type Values = Vec<(Arc<str>, Result<f64, String>)>;
+
 /// What one poll's answer said, besides its document.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Answer {
@@ -52,7 +55,7 @@ pub struct Answer {
     pub certificate_expiry_s: Option<i64>,
     /// Each `metrics` filter's number, or why it has none; `None` when no
     /// body came (a 304): the values stay as they were.
-    pub values: Option<Vec<(Arc<str>, Result<f64, String>)>>,
+    pub values: Option<Values>,
 }
 
 /// When a DER certificate stops being valid, in Unix seconds; `None` when
@@ -64,7 +67,7 @@ pub fn certificate_expiry(der: &[u8]) -> Option<i64> {
 
 /// Runs every filter over the response, as JSON. A filter gives a value
 /// when its first output is a number (or a boolean: 0 or 1).
-pub fn values(filters: &Filters, body: &[u8]) -> Vec<(Arc<str>, Result<f64, String>)> {
+pub fn values(filters: &Filters, body: &[u8]) -> Values {
     let response = serde_json::from_slice::<Value>(body)
         .map_err(|error| format!("the response is not JSON: {error}"));
     filters

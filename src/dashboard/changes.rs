@@ -289,7 +289,8 @@ mod tests {
             panic!("not a tree");
         };
         assert!(!cut);
-        let seen: Vec<(usize, &str, State, Option<&str>, Option<&str>)> = rows
+        type Seen<'a> = (usize, &'a str, State, Option<&'a str>, Option<&'a str>);
+        let seen: Vec<Seen> = rows
             .iter()
             .map(|row| {
                 (

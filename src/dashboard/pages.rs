@@ -162,7 +162,7 @@ pub async fn endpoint(
         Err(error) => return command_error(error.into()),
     };
     // Newest first.
-    versions.sort_by(|a, b| b.version.cmp(&a.version));
+    versions.sort_by_key(|version| std::cmp::Reverse(version.version));
     let newest = versions.first().map(|version| version.version);
     let to = query.to.or(newest);
     let from = query
