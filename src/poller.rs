@@ -250,8 +250,7 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             FetchError::TooLarge { .. }
             | FetchError::Redirect { .. }
             | FetchError::Auth(_)
-            | FetchError::Template(_)
-            | FetchError::Token { .. },
+            | FetchError::Template(_),
         ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,

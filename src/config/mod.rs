@@ -25,7 +25,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
-use crate::deliver::mqtt::{MqttTarget, messages::DEFAULT_TOPIC};
+use crate::deliver::mqtt::messages::{DEFAULT_TOPIC, MqttTarget};
 use crate::deliver::retry::RetryPolicy;
 use crate::event_type::{self, EVENT_DEAD, EventTypes, TARGET_FAILING, TARGET_RECOVERED};
 pub use crate::extract::Format;

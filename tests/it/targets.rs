@@ -1,6 +1,6 @@
 //! What a target takes (`events`) and `pollhook test TARGET`.
 
-use crate::cli::{binary, text};
+use crate::cli::{binary, check_refuses, text};
 use crate::support::{Api, Daemon, FAST_RETRY, Receiver, Reply, SECRET, config, eventually};
 
 /// An alerting channel that wants only health events gets only those,
@@ -105,21 +105,14 @@ every = "1m"
 "#,
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("pollhook.toml:4:11: target `chat`: `item.add` names no event type; the types are endpoint.changed, item.added"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("pollhook.toml:9:10: target `quiet`: `events` is empty"),
-        "{stderr}"
-    );
+    check_refuses(
+        &path,
+        [
+            "pollhook.toml:4:11: target `chat`: `item.add` names no event type; the types are endpoint.changed, item.added",
+            "pollhook.toml:9:10: target `quiet`: `events` is empty",
+        ],
+    )
+    .await;
 }
 
 fn write_config(dir: &std::path::Path, receiver_url: &str) -> std::path::PathBuf {
@@ -363,14 +356,9 @@ every = "1m"
 "#,
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    for expected in [
+    let stderr = check_refuses(
+        &path,
+        [
         "pollhook.toml:4:10: target `hook`: invalid HTTP method `GET POST`",
         "pollhook.toml:5:",
         "pollhook.toml:6:6: target `hook`: `to` is for email targets",
@@ -387,9 +375,9 @@ every = "1m"
         "pollhook.toml:23:12: target `nobody`:",
         "pollhook.toml:24:16: target `nobody`: `content_type` is for HTTP targets, not email",
         "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp`, `smtps`, `mqtt`, or `mqtts`",
-    ] {
-        assert!(stderr.contains(expected), "{expected}\n{stderr}");
-    }
+        ],
+    )
+    .await;
     assert!(
         !stderr.contains("`mail`: an email target needs `from`"),
         "{stderr}"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_rustls::rustls;
 
-use crate::cli::{binary, text};
+use crate::cli::{binary, check_refuses, text};
 
 /// A CA of the test's own, which signs server and client certificates.
 struct Ca {
@@ -218,15 +218,10 @@ async fn tls_file_mistakes_are_config_errors_naming_the_file() {
          [[target]]\nname = \"t\"\nurl = \"https://127.0.0.1:9/\"\nca_file = \"not.pem\"\nproxy = \"socks4://127.0.0.1:1080\"\n",
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
     let dir = dir.path().display();
-    for expected in [
+    check_refuses(
+        &path,
+        [
         format!(
             "pollhook.toml:3:11: defaults: cannot read `ca_file` `{dir}/missing-ca.pem`: No such file"
         ),
@@ -236,7 +231,7 @@ async fn tls_file_mistakes_are_config_errors_naming_the_file() {
         "pollhook.toml:12:15: endpoint `b`: `client_cert` needs `client_key`".to_string(),
         format!("pollhook.toml:16:11: target `t`: `ca_file` `{dir}/not.pem` holds no PEM certificate"),
         "pollhook.toml:17:9: target `t`: invalid URL `socks4://127.0.0.1:1080`: scheme `socks4` is not `http`, `https`, `socks5`, or `socks5h`".to_string(),
-    ] {
-        assert!(stderr.contains(&expected), "{expected}:\n{stderr}");
-    }
+        ],
+    )
+    .await;
 }
