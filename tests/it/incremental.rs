@@ -153,7 +153,7 @@ body = '{{"after": "{{{{ last_success or "never" }}}}"}}'
         ),
     );
     let before = chrono::Utc::now();
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::start(config.clone());
     eventually("two polls", || feed.asked().len() >= 2).await;
     daemon.stop().await;
     let after = chrono::Utc::now();
@@ -176,6 +176,17 @@ body = '{{"after": "{{{{ last_success or "never" }}}}"}}'
         asked[1].body,
         format!(r#"{{"after": "{}"}}"#, asked[1].query["since"])
     );
+
+    // After a restart, the last change stands for the last success.
+    let daemon = Daemon::start(config);
+    eventually("a poll after the restart", || {
+        feed.asked().len() > asked.len()
+    })
+    .await;
+    daemon.stop().await;
+    let restarted = &feed.asked()[asked.len()];
+    let since = chrono::DateTime::parse_from_rfc3339(&restarted.query["since"]).unwrap();
+    assert!(before - chrono::Duration::seconds(1) <= since && since <= after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
