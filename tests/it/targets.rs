@@ -349,6 +349,19 @@ content_type = "text/html"
 name = "ftp"
 url = "ftp://user:hunter2@127.0.0.1/"
 
+[[target]]
+name = "relay"
+url = "smtp://127.0.0.1:25"
+from = "pollhook@example.com"
+to = ["ops@example.com"]
+client_cert = "me.pem"
+proxy = "http://127.0.0.1:3128"
+
+[[target]]
+name = "broker"
+url = "mqtt://127.0.0.1:1883"
+proxy = "http://127.0.0.1:3128"
+
 [[endpoint]]
 name = "a"
 url = "http://127.0.0.1:9/"
@@ -374,6 +387,9 @@ every = "1m"
         "pollhook.toml:22:10: target `nobody`: `method` is for HTTP targets, not email",
         "pollhook.toml:23:12: target `nobody`:",
         "pollhook.toml:24:16: target `nobody`: `content_type` is for HTTP targets, not email",
+        "pollhook.toml:35:15: target `relay`: `client_cert` is for HTTP targets, not email",
+        "pollhook.toml:30:1: target `relay`: `proxy` is for HTTP targets, not email",
+        "pollhook.toml:38:1: target `broker`: `proxy` is only used with an `http://` or `https://` url",
         "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp`, `smtps`, `mqtt`, or `mqtts`",
         ],
     )

@@ -8,33 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_rustls::rustls;
 
 use crate::cli::{binary, check_refuses, text};
-
-/// A CA of the test's own, which signs server and client certificates.
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().unwrap();
-        Ca {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate for `127.0.0.1` (a server's, or a client's) and its key.
-    fn sign(&self) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        (params.signed_by(&key, &self.issuer).unwrap(), key)
-    }
-}
+use crate::support::TestCa as Ca;
 
 /// An HTTPS server on 127.0.0.1 with a certificate `ca` signed, answering
 /// every request `{"tls":true}`; with `client_ca`, only to clients with a
@@ -48,7 +22,7 @@ async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Arc<AtomicUsi
         None => builder.with_no_client_auth(),
         Some(client_ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(client_ca.issuer.der().clone()).unwrap();
+            roots.add(client_ca.der().clone()).unwrap();
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                     .build()
