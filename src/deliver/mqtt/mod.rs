@@ -33,7 +33,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use super::Attempt;
-use crate::clock;
 use crate::config::{Target, Transport};
 use crate::event_type::{
     ENDPOINT_CHANGED, ENDPOINT_FAILING, ENDPOINT_RECOVERED, ITEM_ADDED, ITEM_CHANGED, ITEM_REMOVED,
@@ -163,16 +162,7 @@ impl Connection {
     /// PUBACKs for at most the target's `timeout`.
     pub async fn attempt(&self, row: &OutboxRow) -> Attempt {
         let started = Instant::now();
-        let mut attempt = Attempt {
-            at_ms: clock::now_ms(),
-            status: None,
-            retry_after: None,
-            response: String::new(),
-            error: None,
-            duration: Duration::ZERO,
-            unsendable: false,
-            acknowledged: false,
-        };
+        let mut attempt = Attempt::starting();
         let target = &self.shared.target;
         match messages::event_message(&self.shared.mqtt, &target.format, &row.event_id, &row.body) {
             Err(error) => {
