@@ -64,6 +64,7 @@ pub mod scheduler;
 pub mod seen;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod views;
 pub mod watched;
 

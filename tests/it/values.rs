@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::admin::{admin_address, write_config};
 use crate::cli::{data, run, text};
+use crate::support::TestCa as Ca;
 use crate::support::{Api, Daemon, Receiver, Reply};
-use crate::tls::{Ca, https_server};
+use crate::tls::https_server;
 
 const PROMTOOL: &str = "/usr/bin/promtool";
 
