@@ -309,6 +309,9 @@ pub struct Posted {
     id: Option<String>,
     /// Replay all of a target's dead letters; resume a target.
     target: Option<String>,
+    /// Replay only letters that died in the last this many hours (the
+    /// form's "at any time" posts it empty).
+    within_hours: Option<String>,
 }
 
 fn forged() -> Response {
@@ -415,9 +418,11 @@ pub async fn deliveries(
             Err(error) => return command_error(error.into()),
         }
     }
+    let dead_total: usize = sections.iter().map(|section| section.dead_total).sum();
     page(
         "deliveries.html",
         context! {
+            dead_total,
             title => "Deliveries",
             nav => "deliveries",
             csrf => visitor.csrf(),
@@ -427,7 +432,8 @@ pub async fn deliveries(
     )
 }
 
-/// Replays one dead letter (`id`), a target's (`target`), or all.
+/// Replays one dead letter (`id`), or all that pass the filters given
+/// (`target`, `within_hours`).
 pub async fn replay(
     State(dashboard): State<Dashboard>,
     Extension(visitor): Extension<Visitor>,
@@ -440,7 +446,10 @@ pub async fn replay(
     let filter = DeadFilter {
         event_ids: &ids,
         target: posted.target.as_deref().filter(|target| !target.is_empty()),
-        since_ms: None,
+        since_ms: posted
+            .within_hours
+            .and_then(|hours| hours.parse::<u64>().ok())
+            .map(|hours| crate::clock::now_ms().saturating_sub(hours.saturating_mul(3_600_000))),
     };
     match dashboard.context.replay(&filter) {
         Ok(_) => Redirect::to("/deliveries").into_response(),
