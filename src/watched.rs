@@ -188,7 +188,10 @@ mod tests {
             ("open", Ok(1.0)),
             ("name", Err("gave \"shop\", not a number".to_string())),
             ("none", Err("gave no output".to_string())),
-            ("huge", Err("`1e+400` is too large for a metric".to_string())),
+            (
+                "huge",
+                Err("`1e+400` is too large for a metric".to_string()),
+            ),
         ]
         .map(|(name, value)| (name.to_string(), value));
         assert_eq!(found, expected);

@@ -355,3 +355,56 @@ async fn without_the_token_every_page_and_action_is_refused() {
     assert!(page.text().await.unwrap().contains("Target receiver"));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_set_a_first_visit_opens_a_session_whose_forms_need_its_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"v":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let endpoints = endpoint("data", &api, "cron = \"0 0 1 1 *\"");
+    let config = write_config(
+        &dir.path().join("config.toml"),
+        dir.path(),
+        &endpoints,
+        &receiver,
+        "",
+    );
+    let daemon = Daemon::start(config);
+    let admin = admin_address(dir.path()).await;
+    let page = reqwest::get(format!("{admin}/endpoints/data"))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_string();
+    let session = cookie.split(';').next().unwrap().to_string();
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    // Another site's form: no cookie (SameSite=Strict), or a made-up token.
+    let poll = format!("{admin}/endpoints/data/poll");
+    assert_eq!(status_of(reqwest::Method::POST, &poll, None).await.0, 403);
+    assert_eq!(
+        status_of(reqwest::Method::POST, &poll, Some(&session))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(api.requests(), 0);
+    let posted = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(&poll)
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 303);
+    eventually("the endpoint is polled", || api.requests() == 1).await;
+    daemon.stop().await;
+}
