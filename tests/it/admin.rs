@@ -60,7 +60,11 @@ pub(crate) fn write_config(
 
 /// A daemon on `dir/config.toml`, with `dir` as its state dir, and the
 /// address of its admin API once it listens.
-async fn start_daemon(dir: &Path, endpoints: &str, receiver: &Receiver) -> (Daemon, String) {
+pub(crate) async fn start_daemon(
+    dir: &Path,
+    endpoints: &str,
+    receiver: &Receiver,
+) -> (Daemon, String) {
     let config = write_config(&dir.join("config.toml"), dir, endpoints, receiver, "");
     let daemon = Daemon::start(config);
     (daemon, admin_address(dir).await)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::admin::{admin_address, write_config};
+use crate::admin::{admin_address, start_daemon, write_config};
 use crate::browser::Browser;
 use crate::support::{Api, Daemon, Receiver, Reply, eventually};
 
@@ -362,15 +362,7 @@ async fn without_a_token_set_a_first_visit_opens_a_session_whose_forms_need_its_
     let api = Api::start(Reply::json(r#"{"v":1}"#)).await;
     let receiver = Receiver::start().await;
     let endpoints = endpoint("data", &api, "cron = \"0 0 1 1 *\"");
-    let config = write_config(
-        &dir.path().join("config.toml"),
-        dir.path(),
-        &endpoints,
-        &receiver,
-        "",
-    );
-    let daemon = Daemon::start(config);
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
     let page = reqwest::get(format!("{admin}/endpoints/data"))
         .await
         .unwrap();

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::admin::{admin_address, write_config};
+use crate::admin::start_daemon;
 use crate::cli::{data, run, text};
 use crate::support::TestCa as Ca;
-use crate::support::{Api, Daemon, Receiver, Reply};
+use crate::support::{Api, Receiver, Reply};
 use crate::tls::https_server;
 
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -77,15 +77,7 @@ metrics = {{ tls = ".tls" }}
         shop.url(),
         down.url()
     );
-    let config = write_config(
-        &dir.path().join("config.toml"),
-        dir.path(),
-        &endpoints,
-        &receiver,
-        "",
-    );
-    let daemon = Daemon::start(config);
-    let admin = admin_address(dir.path()).await;
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
     let wanted = [
         (r#"pollhook_value{endpoint="shop",name="price"}"#, 12.5),
         (r#"pollhook_value{endpoint="shop",name="stock"}"#, 3.0),
