@@ -1,27 +1,25 @@
 //! A real browser for the dashboard's tests: headless Debian Chromium,
-//! driven through its chromedriver on a free 127.0.0.1 port, spoken to in
-//! W3C WebDriver (JSON over HTTP: the few commands the tests need). One
-//! browser at a time (two cores are shared), each with its own
+//! driven by fantoccini through its chromedriver on a free 127.0.0.1 port.
+//! One browser at a time (two cores are shared), each with its own
 //! chromedriver, killed when the browser is dropped.
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use serde_json::{Value, json};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// How WebDriver names an element in its answers.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// How long an element, or chromedriver itself, may take to appear.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 /// One browser at a time over the whole test binary.
 static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
 
 pub struct Browser {
-    http: reqwest::Client,
-    /// `http://127.0.0.1:<port>/session/<id>`
-    session: String,
+    client: Client,
     _driver: tokio::process::Child,
     _turn: SemaphorePermit<'static>,
 }
@@ -49,134 +47,75 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
-        let http = reqwest::Client::new();
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
+        let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1100,1000"],
             },
-        }}});
+        });
+        let capabilities = capabilities.as_object().unwrap().clone();
         let url = format!("http://127.0.0.1:{port}");
         let mut last_error = String::new();
-        // chromedriver takes a moment to listen: at most 10 s.
+        // chromedriver takes a moment to listen.
         for _ in 0..200 {
-            match http
-                .post(format!("{url}/session"))
-                .header("content-type", "application/json")
-                .body(capabilities.to_string())
-                .send()
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&url)
                 .await
             {
-                Ok(response) => {
-                    let answer: Value =
-                        serde_json::from_str(&response.text().await.unwrap()).unwrap();
-                    let id = answer["value"]["sessionId"]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("chromedriver made no session: {answer}"));
+                Ok(client) => {
                     return Browser {
-                        session: format!("{url}/session/{id}"),
-                        http,
+                        client,
                         _driver: driver,
                         _turn: turn,
                     };
                 }
                 Err(error) => last_error = error.to_string(),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(PATIENCE / 200).await;
         }
-        panic!("chromedriver did not listen: {last_error}");
-    }
-
-    /// One WebDriver command; its `value`, or the error it answered.
-    async fn command(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> Result<Value, Value> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.session));
-        if method == reqwest::Method::POST {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let response = request.send().await.unwrap();
-        let ok = response.status().is_success();
-        let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-        match ok {
-            true => Ok(answer["value"].clone()),
-            false => Err(answer["value"].clone()),
-        }
+        panic!("chromedriver made no session: {last_error}");
     }
 
     pub async fn goto(&self, url: &str) {
-        self.command(reqwest::Method::POST, "/url", json!({ "url": url }))
+        self.client
+            .goto(url)
             .await
             .unwrap_or_else(|error| panic!("cannot open {url}: {error}"));
     }
 
-    /// The first element `css` finds, waiting up to 10 s for it.
-    async fn find(&self, css: &str) -> String {
-        let mut last = Value::Null;
-        for _ in 0..200 {
-            let query = json!({"using": "css selector", "value": css});
-            match self.command(reqwest::Method::POST, "/element", query).await {
-                Ok(element) => return element[ELEMENT].as_str().unwrap().to_string(),
-                Err(error) => last = error,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no `{css}` on the page: {last}");
+    /// The first element `css` finds, waiting for it.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("no `{css}` on the page: {error}"))
     }
 
     /// How many elements `css` finds now.
     pub async fn count(&self, css: &str) -> usize {
-        let query = json!({"using": "css selector", "value": css});
-        let found = self
-            .command(reqwest::Method::POST, "/elements", query)
-            .await
-            .unwrap();
-        found.as_array().map_or(0, Vec::len)
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
 
-    /// The text of the first element `css` finds, waiting up to 10 s for it.
+    /// The text of the first element `css` finds, waiting for it.
     pub async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
-        let text = self
-            .command(
-                reqwest::Method::GET,
-                &format!("/element/{element}/text"),
-                Value::Null,
-            )
-            .await
-            .unwrap();
-        text.as_str().unwrap_or_default().to_string()
+        self.find(css).await.text().await.unwrap()
     }
 
     pub async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            json!({}),
-        )
-        .await
-        .unwrap_or_else(|error| panic!("cannot click `{css}`: {error}"));
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|error| panic!("cannot click `{css}`: {error}"));
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        let element = self.find(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/value"),
-            json!({ "text": text }),
-        )
-        .await
-        .unwrap();
+        self.find(css).await.send_keys(text).await.unwrap();
     }
 
     /// Logs in through the form with `token`.
@@ -206,13 +145,7 @@ impl Browser {
     /// `dashboard-<name>.png` (how docs/ gets its pictures).
     pub async fn screenshot(&self, name: &str) {
         if let Some(folder) = std::env::var_os("POLLHOOK_SCREENSHOTS") {
-            let png = self
-                .command(reqwest::Method::GET, "/screenshot", Value::Null)
-                .await
-                .unwrap();
-            let png = base64::engine::general_purpose::STANDARD
-                .decode(png.as_str().unwrap())
-                .unwrap();
+            let png = self.client.screenshot().await.unwrap();
             let path = std::path::Path::new(&folder).join(format!("dashboard-{name}.png"));
             std::fs::write(path, png).unwrap();
         }
@@ -220,8 +153,6 @@ impl Browser {
 
     /// Ends the session (the browser quits); chromedriver goes on drop.
     pub async fn close(self) {
-        self.command(reqwest::Method::DELETE, "", Value::Null)
-            .await
-            .unwrap();
+        self.client.close().await.unwrap();
     }
 }
