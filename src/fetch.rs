@@ -19,8 +19,9 @@ use reqwest::header::{
 
 use crate::config::{Endpoint, EndpointAuth, FollowRedirects, Paginate, Transport};
 use crate::jq::Jq;
-use crate::oauth::Tokens;
-use crate::request::Request;
+use crate::oauth::{AuthError, Tokens};
+use crate::request::{Request, same_origin};
+use crate::watched::Answer;
 
 /// Redirects followed in one poll before it fails.
 const MAX_REDIRECTS: usize = 10;
@@ -36,8 +37,10 @@ pub struct Validators {
 #[derive(Debug)]
 pub enum Fetched {
     /// 304: the resource is as it was.
-    NotModified,
+    NotModified { answer: Answer },
     Body {
+        /// Its status and certificate, for the metrics.
+        answer: Answer,
         bytes: Vec<u8>,
         content_type: Option<String>,
         validators: Validators,
@@ -69,12 +72,8 @@ pub enum FetchError {
     Redirect { to: String, why: &'static str },
     #[error("a redirect whose `Location` is {0}")]
     BadRedirect(&'static str),
-    /// `auth` could not be read (a missing token file); nothing was sent.
-    #[error("cannot send `auth`: {0}")]
-    Auth(String),
-    /// The OAuth2 token server gave no token; `url` as it may be shown.
-    #[error("cannot get an OAuth2 token from {url}: {why}")]
-    Token { url: String, why: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A page of a paged list could not be followed.
     #[error("page {page}: {why}")]
     Page { page: usize, why: String },
@@ -168,6 +167,8 @@ fn builder() -> reqwest::ClientBuilder {
         .gzip(true)
         .brotli(true)
         .pool_idle_timeout(Duration::from_secs(90))
+        // The peer certificate's expiry is a metric (`crate::watched`).
+        .tls_info(true)
         .connect_timeout(Duration::from_secs(10))
 }
 
@@ -221,6 +222,7 @@ pub async fn fetch(
         page = fetch_page(client, tokens, endpoint, request, &next, None).await?;
     }
     let Fetched::Body {
+        answer,
         content_type,
         validators,
         ..
@@ -240,6 +242,7 @@ pub async fn fetch(
         false => pages,
     };
     Ok(Fetched::Body {
+        answer,
         bytes: serde_json::to_vec(&serde_json::Value::Array(merged)).unwrap_or_default(),
         content_type,
         validators,
@@ -417,8 +420,17 @@ async fn send(
         url = next;
     };
     let status = response.status();
+    let answer = Answer {
+        status: status.as_u16(),
+        certificate_expiry_s: response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|tls| tls.peer_certificate())
+            .and_then(crate::watched::certificate_expiry),
+        values: None,
+    };
     if status == StatusCode::NOT_MODIFIED {
-        return Ok(Fetched::NotModified);
+        return Ok(Fetched::NotModified { answer });
     }
     if !status.is_success() {
         let retry_after = match status {
@@ -470,6 +482,7 @@ async fn send(
         bytes.extend_from_slice(&chunk);
     }
     Ok(Fetched::Body {
+        answer,
         bytes,
         content_type,
         validators,
@@ -506,19 +519,6 @@ fn redirect(
     }))
 }
 
-/// Whether `to` may get what was meant for `from`: the same scheme, host
-/// and port, or the step from `http` to `https` on a host's default ports.
-pub(crate) fn same_origin(from: &url::Url, to: &url::Url) -> bool {
-    let same_host = from.host_str() == to.host_str();
-    let same_scheme_and_port =
-        from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default();
-    let upgrade = from.scheme() == "http"
-        && to.scheme() == "https"
-        && from.port_or_known_default() == Some(80)
-        && to.port_or_known_default() == Some(443);
-    same_host && (same_scheme_and_port || upgrade)
-}
-
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -536,26 +536,4 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     chrono::DateTime::parse_from_rfc2822(value)
         .ok()
         .map(Into::into)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins() {
-        let check = |from: &str, to: &str, expected: bool| {
-            let (from, to) = (from.parse().unwrap(), to.parse().unwrap());
-            assert_eq!(same_origin(&from, &to), expected, "{from} -> {to}");
-        };
-        check("https://api.example/a?k=1", "https://api.example/b", true);
-        check("https://api.example/", "https://API.example:443/", true);
-        check("http://api.example/", "https://api.example/", true);
-        check("https://api.example/", "http://api.example/", false);
-        check("http://api.example:8080/", "https://api.example/", false);
-        check("https://api.example/", "https://api.example:8443/", false);
-        check("https://api.example/", "https://other.example/", false);
-        check("https://api.example/", "https://sub.api.example/", false);
-        check("http://127.0.0.1:1/", "http://localhost:1/", false);
-    }
 }

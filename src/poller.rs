@@ -71,6 +71,8 @@ pub struct Report {
     pub retry_in: Option<Duration>,
     /// What a poll that worked warned of (more pages than `max_pages`).
     pub warning: Option<String>,
+    /// What the answer of a poll that worked said for the metrics.
+    pub answer: Option<crate::watched::Answer>,
 }
 
 #[derive(Debug)]
@@ -94,15 +96,28 @@ pub struct PollState {
 
 impl PollState {
     /// The state an endpoint starts with: its health as the store keeps it,
-    /// and for an incremental endpoint its last success (the others' is
-    /// not stored: it would be a write per poll).
+    /// and for templates its last success: an incremental endpoint's is
+    /// stored with its cursor; another's is not (it would be a write per
+    /// poll), so its snapshot's last change stands for it, a success no
+    /// later than the last, which makes a `since` ask for too much rather
+    /// than too little.
     pub fn load(store: &Store, endpoint: &Endpoint) -> PollState {
-        let last_success_ms = endpoint
-            .incremental
-            .as_ref()
-            .and_then(|_| store.cursor(&endpoint.name).ok().flatten())
-            .filter(|state| state.definition == endpoint.definition)
-            .map(|state| state.polled_ms);
+        let last_success_ms = if endpoint.incremental.is_some() {
+            store
+                .cursor(&endpoint.name)
+                .ok()
+                .flatten()
+                .filter(|state| state.definition == endpoint.definition)
+                .map(|state| state.polled_ms)
+        } else if endpoint.request.is_some() {
+            store
+                .snapshot(&endpoint.name)
+                .ok()
+                .flatten()
+                .map(|snapshot| snapshot.changed_at_ms)
+        } else {
+            None
+        };
         PollState {
             health: Health::load(store, endpoint),
             retries: 0,
@@ -161,19 +176,20 @@ impl Poller {
                 failures: state.health.failures(),
                 retry_in: None,
                 warning: None,
+                answer: None,
             },
             observed = observe => observed,
         };
         let committed = match (observed, mode) {
-            (Ok((observation, warning)), Mode::Commit) => {
+            (Ok((observation, notes)), Mode::Commit) => {
                 poll::apply(&self.store, endpoint, &observation)
                     .await
-                    .map(|queued| (observation, warning, queued))
+                    .map(|queued| (observation, notes, queued))
                     .map_err(PollError::from)
             }
-            (observed, _) => observed.map(|(observation, warning)| (observation, warning, 0)),
+            (observed, _) => observed.map(|(observation, notes)| (observation, notes, 0)),
         };
-        let (observation, warning, mut queued) = match committed {
+        let (observation, notes, mut queued) = match committed {
             Ok(committed) => committed,
             Err(error) => {
                 let retry_in = match (mode, retryable(&error)) {
@@ -200,6 +216,7 @@ impl Poller {
                     failures,
                     retry_in,
                     warning: None,
+                    answer: None,
                 };
             }
         };
@@ -229,7 +246,8 @@ impl Poller {
             queued,
             failures: 0,
             retry_in: None,
-            warning,
+            warning: notes.warning,
+            answer: notes.answer,
         }
     }
 }
@@ -250,8 +268,7 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             FetchError::TooLarge { .. }
             | FetchError::Redirect { .. }
             | FetchError::Auth(_)
-            | FetchError::Template(_)
-            | FetchError::Token { .. },
+            | FetchError::Template(_),
         ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,

@@ -27,7 +27,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
-use crate::deliver::mqtt::{MqttTarget, messages::DEFAULT_TOPIC};
+use crate::deliver::mqtt::messages::{DEFAULT_TOPIC, MqttTarget};
 use crate::deliver::retry::RetryPolicy;
 use crate::event_type::{self, EVENT_DEAD, EventTypes, TARGET_FAILING, TARGET_RECOVERED};
 pub use crate::extract::Format;
@@ -230,6 +230,9 @@ struct EndpointConfig {
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
     keep_history: Option<Spanned<usize>>,
+    /// Values exported as `pollhook_value{endpoint, name}`: jq filters
+    /// over the response, by name.
+    metrics: Option<BTreeMap<crate::watched::MetricName, Jq>>,
 }
 
 /// `paginate = { next = "link" }`, `{ next = "<jq>" }` or
@@ -800,6 +803,8 @@ pub struct Endpoint {
     pub targets: Arc<[Subscription]>,
     pub emit_initial: bool,
     pub keep_history: usize,
+    /// `metrics`: the jq filters whose numbers are exported; `None`: none.
+    pub metrics: Option<Box<crate::watched::Filters>>,
     /// A hash of everything that shapes the extracted document (url, method,
     /// headers, body, format and the extraction rules). When it changes, the next poll
     /// re-baselines quietly instead of sending a diff between two different
@@ -1335,16 +1340,15 @@ impl<'s> Compiler<'s> {
                 ),
                 ("secret", start(raw.secret.as_ref().map(Spanned::span))),
                 ("secrets", start(raw.secrets.as_ref().map(Spanned::span))),
-                ("ca_file", start(raw.ca_file.as_ref().map(Spanned::span))),
-                (
-                    "client_cert",
-                    start(raw.client_cert.as_ref().map(Spanned::span)),
-                ),
-                (
-                    "client_key",
-                    start(raw.client_key.as_ref().map(Spanned::span)),
-                ),
+                // Brokers and mail servers are reached directly.
+                ("proxy", raw.proxy.is_some().then_some(table_start)),
             ];
+            // A mail server is logged in to with `auth`.
+            let client_certificate = [
+                ("client_cert", raw.client_cert.as_ref()),
+                ("client_key", raw.client_key.as_ref()),
+            ]
+            .map(|(key, path)| (key, start(path.map(Spanned::span))));
             let content_type = start(raw.content_type.as_ref().map(Spanned::span));
             let auth = start(raw.auth.as_ref().map(Spanned::span));
             let transport =
@@ -1481,6 +1485,7 @@ impl<'s> Compiler<'s> {
                     self.compile_kind(url, raw.name.get_ref(), mqtt_keys, [], &context);
                     let refused = http_only
                         .into_iter()
+                        .chain(client_certificate)
                         .chain([("content_type", content_type)]);
                     for (key, offset) in refused {
                         if let Some(offset) = offset {
@@ -2169,6 +2174,17 @@ impl<'s> Compiler<'s> {
                 targets,
                 emit_initial: raw.emit_initial.or(defaults.emit_initial).unwrap_or(false),
                 keep_history,
+                metrics: raw
+                    .metrics
+                    .filter(|metrics| !metrics.is_empty())
+                    .map(|metrics| {
+                        Box::new(crate::watched::Filters(
+                            metrics
+                                .into_iter()
+                                .map(|(name, filter)| (Arc::from(name.0), filter))
+                                .collect(),
+                        ))
+                    }),
                 definition,
             }));
         }

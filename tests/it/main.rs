@@ -2,10 +2,12 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod cli;
 mod cluster;
 mod crash;
 mod damage;
+mod dashboard;
 mod delivery;
 mod disk;
 mod email;
@@ -26,4 +28,5 @@ mod socks;
 mod support;
 mod targets;
 mod tls;
+mod values;
 mod watch;
