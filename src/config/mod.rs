@@ -1455,7 +1455,7 @@ impl<'s> Compiler<'s> {
                     self.compile_kind(url, raw.name.get_ref(), mqtt_keys, [], &context);
                     let refused = http_only
                         .into_iter()
-                        .filter(|(key, _)| *key != "ca_file")
+                        .chain(client_certificate)
                         .chain([("content_type", content_type)]);
                     for (key, offset) in refused {
                         if let Some(offset) = offset {
