@@ -17,7 +17,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::StreamExt as _;
 use sd_notify::NotifyState;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -175,6 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         reloads: 0,
         held: Held::at_start(&config),
         source: watch::channel(Arc::new(config.clone())).0,
+        releasing: Vec::new(),
     };
     let node = start_node(&config, &shared, &running);
     running.apply(config, true);
@@ -215,10 +216,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     let _ = reply.send(running.reload());
                 }
                 Control::PollNow(name) => running.poll_now(&name),
-                Control::Shards(shards, reply) => {
-                    running.hold(shards);
-                    let _ = reply.send(());
-                }
+                Control::Shards(shards, reply) => running.hold(shards, reply),
             },
             Some(due) = running.polls.wheel.next() => running.start_poll(due.into_inner()),
             Some(ended) = running.polls.running.join_next_with_id() => running.poll_ended(ended),
@@ -326,6 +324,9 @@ struct Running {
     held: Option<Held>,
     /// The whole config, of which `config` is the held shards' part.
     source: watch::Sender<Arc<Config>>,
+    /// Shard changes answered once these polls (of endpoints no longer
+    /// held) have ended.
+    releasing: Vec<(std::collections::HashSet<Arc<str>>, oneshot::Sender<()>)>,
 }
 
 /// With `[cluster] nats`: the node that holds this instance's shards,
@@ -383,14 +384,30 @@ impl Running {
 
     /// Polls the endpoints of `shards` from now on, through the same path
     /// as a reload of the config as it was.
-    fn hold(&mut self, shards: std::collections::BTreeSet<u32>) {
+    /// Answers `reply` once no poll of an endpoint left out is running, so
+    /// that a shard given up is no longer polled here when it is let go.
+    fn hold(&mut self, shards: std::collections::BTreeSet<u32>, reply: oneshot::Sender<()>) {
         let Some(held) = &mut self.held else {
+            let _ = reply.send(());
             return;
         };
         held.shards = shards;
         let config = Config::clone(&self.source.borrow());
         let summary = self.apply(config, false);
         info!(%summary, "shards changed");
+        let still: std::collections::HashSet<Arc<str>> = self
+            .polls
+            .cancels
+            .keys()
+            .filter(|name| self.config.endpoint(name).is_none())
+            .cloned()
+            .collect();
+        match still.is_empty() {
+            true => {
+                let _ = reply.send(());
+            }
+            false => self.releasing.push((still, reply)),
+        }
     }
 
     /// Makes the running tasks match `config` (of which it keeps the held
@@ -602,6 +619,11 @@ impl Running {
             return;
         };
         self.polls.cancels.remove(&name);
+        self.releasing.retain_mut(|(names, _)| {
+            names.remove(&name);
+            !names.is_empty()
+        });
+        // A dropped answer is an answer too: the node waits for either.
         let now = Instant::now();
         let shared = &self.shared;
         let outcome = |endpoint: &Arc<Endpoint>| match polled {
