@@ -165,6 +165,12 @@ async fn compare(
             }
         };
     let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
+    if let Some(unmatched) = extract::unmatched_warning(&document) {
+        *warning = Some(match warning.take() {
+            Some(fetched) => format!("{fetched}; {unmatched}"),
+            None => unmatched,
+        });
+    }
     let now_ms = clock::now_ms();
     let new_snapshot = |version: u64, notified: u64| Snapshot {
         version,

@@ -8,6 +8,7 @@ mod damage;
 mod delivery;
 mod disk;
 mod email;
+mod feeds;
 mod formats;
 mod incremental;
 mod mqtt;
