@@ -387,3 +387,111 @@ async fn once_names_what_could_not_be_read_and_what_matched_nothing() {
         assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
     }
 }
+
+/// Every mistake in the new keys, at once, each at its line and column.
+#[tokio::test]
+async fn check_names_every_mistake_in_the_format_keys_at_its_place() {
+    let path = data("bad-formats.toml");
+    let output = run(&["check", "-c", path.to_str().unwrap()]).await;
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = text(&output.stderr);
+    let file = path.display();
+    for expected in [
+        "7:7: endpoint `css-without-html`: `css` is for HTML pages: set `format = \"html\"` too",
+        "8:8: endpoint `css-without-html`: `attr` is for HTML pages",
+        "15:17: endpoint `bad-selector`: invalid CSS selector `span[`",
+        "15:61: endpoint `bad-selector`: unknown field `colour`, expected `css` or `attr`",
+        "23:13: endpoint `items-without-fields`: `items_css` needs a table of field selectors in `css`",
+        "29:10: endpoint `html-without-css`: `format = \"html\"` needs `css`",
+        "36:9: endpoint `feed-as-text`: `match` works on text, but `format = \"feed\"`",
+        "42:10: endpoint `bad-format`: unknown variant `yaml`, expected one of `json`, `text`, `feed`, `xml`, `html`",
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}:{expected}")),
+            "{expected:?} not in:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 8, "{stderr}");
+}
+
+/// The TOML of the recipe under `heading` in docs/recipes.md, its target
+/// sent to `receiver`, its endpoint polling `api` every 100 ms, and each
+/// `${...}` a test value.
+fn recipe(heading: &str, api: &Api, receiver: &Receiver) -> String {
+    let recipes = std::fs::read_to_string(data("../../docs/recipes.md")).unwrap();
+    let section = recipes
+        .split(&format!("## {heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no recipe {heading:?}"));
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let (target, endpoint) = toml.split_once("[[endpoint]]").unwrap();
+    let url = regex::Regex::new(r#"(?m)^url = ".*"$"#).unwrap();
+    let target = url.replace(target, format!("url = \"{}\"", receiver.url()));
+    let endpoint = url.replace(endpoint, format!("url = \"{}\"", api.url()));
+    let endpoint = regex::Regex::new(r#"(?m)^every = ".*"$"#)
+        .unwrap()
+        .replace(&endpoint, "every = \"100ms\"");
+    let secrets = regex::Regex::new(r"\$\{[^}]+\}").unwrap();
+    secrets
+        .replace_all(&format!("{target}[[endpoint]]{endpoint}"), "test")
+        .into_owned()
+}
+
+/// Each feed, page and XML recipe, through the daemon to a stand-in for its
+/// service: the change arrives as that service reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_page_and_xml_recipes_deliver_what_they_promise() {
+    let cases = [
+        (
+            "A new GitHub release from the Atom feed to Discord",
+            "application/atom+xml",
+            sample("releases.atom"),
+            sample("releases.atom").replacen("<entry>", ATOM_ENTRY, 1),
+        ),
+        (
+            "A price on a web page to ntfy",
+            "text/html",
+            sample("product.html"),
+            sample("product.html").replace("129,95", "99,95"),
+        ),
+        (
+            "An XML API value to Home Assistant",
+            "application/xml",
+            sample("eurofxref-daily.xml"),
+            sample("eurofxref-daily.xml").replace("rate='1.1525'", "rate='1.1601'"),
+        ),
+    ];
+    let mut bodies = Vec::new();
+    for (heading, content_type, before, after) in cases {
+        let state = tempfile::tempdir().unwrap();
+        let api = Api::start(reply(content_type, &before)).await;
+        let receiver = Receiver::start().await;
+        let config = crate::support::config(state.path(), &recipe(heading, &api, &receiver));
+        let daemon = Daemon::start(config);
+        api.wait_for_requests(2).await;
+        api.set(reply(content_type, &after));
+        crate::support::eventually(heading, || !receiver.accepted().is_empty()).await;
+        api.wait_for_requests(2).await;
+        daemon.stop().await;
+        let hooks = receiver.accepted();
+        assert_eq!(hooks.len(), 1, "{heading}: {:#?}", self::bodies(&hooks));
+        bodies.push(String::from_utf8_lossy(&hooks[0].body).into_owned());
+    }
+    let discord: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(
+        discord["content"],
+        "rust-releases: added Rust 1.91.0 — https://github.com/rust-lang/rust/releases/tag/1.91.0"
+    );
+    assert_eq!(bodies[1], "trail-runner: /price 129,95 → 99,95");
+    let home_assistant: Value = serde_json::from_str(&bodies[2]).unwrap();
+    assert_eq!(
+        home_assistant["data"]["patch"],
+        json!([{"op": "replace", "path": "/usd", "value": "1.1601"}])
+    );
+}
