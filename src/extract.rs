@@ -111,8 +111,6 @@ pub struct Document {
     /// Item mode: keys that more than one item had. Only the item whose
     /// canonical form sorts first was kept, whatever the response's order.
     pub duplicate_keys: Vec<Value>,
-    /// HTML: the selectors that matched nothing on this page.
-    pub unmatched: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +143,6 @@ impl Document {
             kind,
             canonical,
             duplicate_keys: Vec::new(),
-            unmatched: Vec::new(),
         }
     }
 
@@ -268,6 +265,16 @@ pub fn extract(
     content_type: Option<&str>,
     rules: &Rules,
 ) -> Result<Document, ExtractError> {
+    extract_with_warning(body, content_type, rules).map(|(document, _)| document)
+}
+
+/// [`extract`], and what the poll should warn about: the CSS selectors
+/// that matched nothing on a page.
+pub fn extract_with_warning(
+    body: &[u8],
+    content_type: Option<&str>,
+    rules: &Rules,
+) -> Result<(Document, Option<String>), ExtractError> {
     if let Some(format) = converted_format(content_type, rules) {
         let Converted {
             mut value,
@@ -278,12 +285,11 @@ pub fn extract(
             normalise_strings(&mut value, rules);
         }
         let default_items = (format == Format::Feed).then(|| &*FEED_ITEMS);
-        let mut document = from_value(value, rules, default_items)?;
-        document.unmatched = unmatched;
-        return Ok(document);
+        let document = from_value(value, rules, default_items)?;
+        return Ok((document, unmatched_warning(&unmatched)));
     }
     let plain_json = rules.select.is_none() && rules.ignore.is_empty() && rules.items.is_none();
-    match rules.kind(body, content_type) {
+    let document = match rules.kind(body, content_type) {
         // The fast path: no tree of `Value`s for a document kept as it is.
         Kind::Json if plain_json => {
             let mut writer = Writer {
@@ -314,7 +320,6 @@ pub fn extract(
                 kind: Kind::Text,
                 canonical: text,
                 duplicate_keys: Vec::new(),
-                unmatched: Vec::new(),
             })
         }
         Kind::Bytes => {
@@ -325,15 +330,15 @@ pub fn extract(
                 kind: Kind::Bytes,
                 canonical: Vec::new(),
                 duplicate_keys: Vec::new(),
-                unmatched: Vec::new(),
             })
         }
-    }
+    }?;
+    Ok((document, None))
 }
 
 /// What a page's selectors did not find, as the poll's warning.
-pub fn unmatched_warning(document: &Document) -> Option<String> {
-    let (first, rest) = document.unmatched.split_first()?;
+fn unmatched_warning(unmatched: &[String]) -> Option<String> {
+    let (first, rest) = unmatched.split_first()?;
     let mut names = format!("`{first}`");
     for name in rest {
         names.push_str(&format!(", `{name}`"));

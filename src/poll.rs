@@ -164,8 +164,9 @@ async fn compare(
                 (bytes, content_type, validators)
             }
         };
-    let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
-    if let Some(unmatched) = extract::unmatched_warning(&document) {
+    let (document, unmatched) =
+        extract::extract_with_warning(&bytes, content_type.as_deref(), endpoint.rules())?;
+    if let Some(unmatched) = unmatched {
         *warning = Some(match warning.take() {
             Some(fetched) => format!("{fetched}; {unmatched}"),
             None => unmatched,
@@ -260,6 +261,17 @@ async fn compare(
         base = Some((previous.version, document));
     }
     let (base_version, base_document) = base.expect("set above");
+    // A feed compared as text before feeds were read by their Content-Type:
+    // its items start afresh instead of a diff between text and items.
+    if base_document.kind == Kind::Text && document.kind == Kind::Items {
+        return Ok(Observation::New {
+            reason: NewReason::Rebaseline,
+            snapshot: new_snapshot(version, version),
+            seen: fresh_seen(&document),
+            document,
+            events: Vec::new(),
+        });
+    }
     let mut seen = seen_limit
         .map(|_| store.seen(&endpoint.name).map(Box::new))
         .transpose()?;

@@ -120,7 +120,14 @@ pub fn to_json(body: &[u8], pick: &Pick) -> Result<Converted, FormatError> {
             Value::Array(values)
         }
         Pick::Named(fields) => {
-            let object = named(root, fields, &mut |name| unmatched.push(name));
+            let mut object = Map::new();
+            for (name, field) in fields {
+                let value = first(root, field);
+                if value.is_null() {
+                    unmatched.push(field.css.source.clone());
+                }
+                object.insert(name.clone(), value);
+            }
             Value::Object(object)
         }
         Pick::Items { block, fields } => {
@@ -150,22 +157,6 @@ pub fn to_json(body: &[u8], pick: &Pick) -> Result<Converted, FormatError> {
         }
     };
     Ok(Converted { value, unmatched })
-}
-
-fn named(
-    root: ElementRef<'_>,
-    fields: &[(String, Field)],
-    unmatched: &mut dyn FnMut(String),
-) -> Map<String, Value> {
-    let mut object = Map::new();
-    for (name, field) in fields {
-        let value = first(root, field);
-        if value.is_null() {
-            unmatched(field.css.source.clone());
-        }
-        object.insert(name.clone(), value);
-    }
-    object
 }
 
 /// The value of the first match inside `scope`, `null` when none.

@@ -495,3 +495,31 @@ async fn the_feed_page_and_xml_recipes_deliver_what_they_promise() {
         json!([{"op": "replace", "path": "/usd", "value": "1.1601"}])
     );
 }
+
+/// A feed that was compared as text (before feeds were read by their
+/// Content-Type) starts afresh from its items: no diff between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_once_compared_as_text_rebaselines_quietly() {
+    let state = tempfile::tempdir().unwrap();
+    let atom = sample("releases.atom");
+    let api = Api::start(reply("text/plain", &atom)).await;
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(simple_config(state.path(), &api, &receiver, ""));
+    api.wait_for_requests(2).await;
+    api.set(reply("application/atom+xml", &atom));
+    api.wait_for_requests(3).await;
+    api.set(reply(
+        "application/atom+xml",
+        &atom.replacen("<entry>", ATOM_ENTRY, 1),
+    ));
+    crate::support::eventually("the new release is delivered", || {
+        !receiver.accepted().is_empty()
+    })
+    .await;
+    api.wait_for_requests(2).await;
+    daemon.stop().await;
+    let hooks = bodies(&receiver.accepted());
+    assert_eq!(hooks.len(), 1, "{hooks:#?}");
+    assert_eq!(hooks[0]["type"], "item.added");
+    assert_eq!(hooks[0]["data"]["item"]["title"], "Rust 1.91.0");
+}
