@@ -19,8 +19,8 @@ use reqwest::header::{
 
 use crate::config::{Endpoint, EndpointAuth, FollowRedirects, Paginate, Transport};
 use crate::jq::Jq;
-use crate::oauth::Tokens;
-use crate::request::Request;
+use crate::oauth::{AuthError, Tokens};
+use crate::request::{Request, same_origin};
 
 /// Redirects followed in one poll before it fails.
 const MAX_REDIRECTS: usize = 10;
@@ -69,12 +69,8 @@ pub enum FetchError {
     Redirect { to: String, why: &'static str },
     #[error("a redirect whose `Location` is {0}")]
     BadRedirect(&'static str),
-    /// `auth` could not be read (a missing token file); nothing was sent.
-    #[error("cannot send `auth`: {0}")]
-    Auth(String),
-    /// The OAuth2 token server gave no token; `url` as it may be shown.
-    #[error("cannot get an OAuth2 token from {url}: {why}")]
-    Token { url: String, why: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A page of a paged list could not be followed.
     #[error("page {page}: {why}")]
     Page { page: usize, why: String },
@@ -506,19 +502,6 @@ fn redirect(
     }))
 }
 
-/// Whether `to` may get what was meant for `from`: the same scheme, host
-/// and port, or the step from `http` to `https` on a host's default ports.
-pub(crate) fn same_origin(from: &url::Url, to: &url::Url) -> bool {
-    let same_host = from.host_str() == to.host_str();
-    let same_scheme_and_port =
-        from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default();
-    let upgrade = from.scheme() == "http"
-        && to.scheme() == "https"
-        && from.port_or_known_default() == Some(80)
-        && to.port_or_known_default() == Some(443);
-    same_host && (same_scheme_and_port || upgrade)
-}
-
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -536,26 +519,4 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     chrono::DateTime::parse_from_rfc2822(value)
         .ok()
         .map(Into::into)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins() {
-        let check = |from: &str, to: &str, expected: bool| {
-            let (from, to) = (from.parse().unwrap(), to.parse().unwrap());
-            assert_eq!(same_origin(&from, &to), expected, "{from} -> {to}");
-        };
-        check("https://api.example/a?k=1", "https://api.example/b", true);
-        check("https://api.example/", "https://API.example:443/", true);
-        check("http://api.example/", "https://api.example/", true);
-        check("https://api.example/", "http://api.example/", false);
-        check("http://api.example:8080/", "https://api.example/", false);
-        check("https://api.example/", "https://api.example:8443/", false);
-        check("https://api.example/", "https://other.example/", false);
-        check("https://api.example/", "https://sub.api.example/", false);
-        check("http://127.0.0.1:1/", "http://localhost:1/", false);
-    }
 }

@@ -61,6 +61,7 @@ pub mod scheduler;
 pub mod seen;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod views;
 
 /// An error and its causes on one line: `outer: inner: root`.

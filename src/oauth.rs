@@ -27,7 +27,6 @@ use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
 use crate::config::{EndpointAuth, OAuth2};
-use crate::fetch::FetchError;
 use crate::store::{RotatedToken, Store};
 
 /// The most of a token server's answer that is read: a token response is
@@ -57,6 +56,17 @@ struct Token {
     renew_at: Option<Instant>,
 }
 
+/// Why a request got no `Authorization` header; nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// `auth` could not be read (a missing token file).
+    #[error("cannot send `auth`: {0}")]
+    Unreadable(String),
+    /// The OAuth2 token server gave no token; `url` as it may be shown.
+    #[error("cannot get an OAuth2 token from {url}: {why}")]
+    Token { url: String, why: String },
+}
+
 /// A token request's error that comes from the HTTP exchange itself.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -80,9 +90,9 @@ impl Tokens {
         auth: &EndpointAuth,
         timeout: Duration,
         stale: Option<&HeaderValue>,
-    ) -> Result<HeaderValue, FetchError> {
+    ) -> Result<HeaderValue, AuthError> {
         let oauth2 = match auth {
-            EndpointAuth::Fixed(auth) => return auth.header().map_err(FetchError::Auth),
+            EndpointAuth::Fixed(auth) => return auth.header().map_err(AuthError::Unreadable),
             EndpointAuth::OAuth2(oauth2) => oauth2,
         };
         let source = crate::locks::lock(&self.sources)
@@ -99,7 +109,7 @@ impl Tokens {
         let token =
             self.request(client, oauth2, timeout)
                 .await
-                .map_err(|why| FetchError::Token {
+                .map_err(|why| AuthError::Token {
                     url: oauth2.token_url.shown().to_string(),
                     why,
                 })?;

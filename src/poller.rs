@@ -96,15 +96,28 @@ pub struct PollState {
 
 impl PollState {
     /// The state an endpoint starts with: its health as the store keeps it,
-    /// and for an incremental endpoint its last success (the others' is
-    /// not stored: it would be a write per poll).
+    /// and for templates its last success: an incremental endpoint's is
+    /// stored with its cursor; another's is not (it would be a write per
+    /// poll), so its snapshot's last change stands for it, a success no
+    /// later than the last, which makes a `since` ask for too much rather
+    /// than too little.
     pub fn load(store: &Store, endpoint: &Endpoint) -> PollState {
-        let last_success_ms = endpoint
-            .incremental
-            .as_ref()
-            .and_then(|_| store.cursor(&endpoint.name).ok().flatten())
-            .filter(|state| state.definition == endpoint.definition)
-            .map(|state| state.polled_ms);
+        let last_success_ms = if endpoint.incremental.is_some() {
+            store
+                .cursor(&endpoint.name)
+                .ok()
+                .flatten()
+                .filter(|state| state.definition == endpoint.definition)
+                .map(|state| state.polled_ms)
+        } else if endpoint.request.is_some() {
+            store
+                .snapshot(&endpoint.name)
+                .ok()
+                .flatten()
+                .map(|snapshot| snapshot.changed_at_ms)
+        } else {
+            None
+        };
         PollState {
             health: Health::load(store, endpoint),
             retries: 0,
@@ -259,8 +272,7 @@ fn retryable(error: &PollError) -> Option<Option<Duration>> {
             FetchError::TooLarge { .. }
             | FetchError::Redirect { .. }
             | FetchError::Auth(_)
-            | FetchError::Template(_)
-            | FetchError::Token { .. },
+            | FetchError::Template(_),
         ) => None,
         PollError::Fetch(_) | PollError::Extract(_) => Some(None),
         PollError::Store(_) => None,

@@ -44,7 +44,7 @@ pub fn render<'e>(endpoint: &'e Endpoint, vars: &Vars<'_>) -> Result<Request<'e>
                 .map_err(|error| format!("`url`: {error}"))?;
             let url = url::Url::parse(&text)
                 .map_err(|error| format!("`url` rendered is not a URL: {error}"))?;
-            if !crate::fetch::same_origin(endpoint.url.url(), &url) {
+            if !same_origin(endpoint.url.url(), &url) {
                 return Err(format!(
                     "`url` rendered is not on the endpoint's origin `{}`",
                     endpoint.url.url().origin().ascii_serialization()
@@ -78,4 +78,39 @@ pub fn render<'e>(endpoint: &'e Endpoint, vars: &Vars<'_>) -> Result<Request<'e>
         headers: (!headers.is_empty()).then_some(Cow::Owned(headers)),
         body,
     })
+}
+
+/// Whether `to` may get what was meant for `from`: the same scheme, host
+/// and port, or the step from `http` to `https` on a host's default ports.
+pub(crate) fn same_origin(from: &url::Url, to: &url::Url) -> bool {
+    let same_host = from.host_str() == to.host_str();
+    let same_scheme_and_port =
+        from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default();
+    let upgrade = from.scheme() == "http"
+        && to.scheme() == "https"
+        && from.port_or_known_default() == Some(80)
+        && to.port_or_known_default() == Some(443);
+    same_host && (same_scheme_and_port || upgrade)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let check = |from: &str, to: &str, expected: bool| {
+            let (from, to) = (from.parse().unwrap(), to.parse().unwrap());
+            assert_eq!(same_origin(&from, &to), expected, "{from} -> {to}");
+        };
+        check("https://api.example/a?k=1", "https://api.example/b", true);
+        check("https://api.example/", "https://API.example:443/", true);
+        check("http://api.example/", "https://api.example/", true);
+        check("https://api.example/", "http://api.example/", false);
+        check("http://api.example:8080/", "https://api.example/", false);
+        check("https://api.example/", "https://api.example:8443/", false);
+        check("https://api.example/", "https://other.example/", false);
+        check("https://api.example/", "https://sub.api.example/", false);
+        check("http://127.0.0.1:1/", "http://localhost:1/", false);
+    }
 }

@@ -26,7 +26,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::deliver::format::{self, TargetFormat, Template};
-use crate::deliver::mqtt::{MqttTarget, messages::DEFAULT_TOPIC};
+use crate::deliver::mqtt::messages::{DEFAULT_TOPIC, MqttTarget};
 use crate::deliver::retry::RetryPolicy;
 use crate::event_type::{self, EVENT_DEAD, EventTypes, TARGET_FAILING, TARGET_RECOVERED};
 pub use crate::extract::Format;
@@ -1324,16 +1324,15 @@ impl<'s> Compiler<'s> {
                 ),
                 ("secret", start(raw.secret.as_ref().map(Spanned::span))),
                 ("secrets", start(raw.secrets.as_ref().map(Spanned::span))),
-                ("ca_file", start(raw.ca_file.as_ref().map(Spanned::span))),
-                (
-                    "client_cert",
-                    start(raw.client_cert.as_ref().map(Spanned::span)),
-                ),
-                (
-                    "client_key",
-                    start(raw.client_key.as_ref().map(Spanned::span)),
-                ),
+                // Brokers and mail servers are reached directly.
+                ("proxy", raw.proxy.is_some().then_some(table_start)),
             ];
+            // A mail server is logged in to with `auth`.
+            let client_certificate = [
+                ("client_cert", raw.client_cert.as_ref()),
+                ("client_key", raw.client_key.as_ref()),
+            ]
+            .map(|(key, path)| (key, start(path.map(Spanned::span))));
             let content_type = start(raw.content_type.as_ref().map(Spanned::span));
             let auth = start(raw.auth.as_ref().map(Spanned::span));
             let transport =
@@ -1434,6 +1433,7 @@ impl<'s> Compiler<'s> {
                     self.compile_kind(url, raw.name.get_ref(), mqtt_keys, [], &context);
                     let refused = http_only
                         .into_iter()
+                        .chain(client_certificate)
                         .chain([("content_type", content_type)]);
                     for (key, offset) in refused {
                         if let Some(offset) = offset {

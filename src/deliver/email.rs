@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::time::Instant;
 
@@ -116,7 +116,19 @@ fn transport(target: &Target) -> Result<AsyncSmtpTransport<Tokio1Executor>, Stri
     let url = target.url.url();
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
     let (security, port) = security(url);
-    let parameters = TlsParameters::new_rustls(host.to_string())
+    let mut parameters = TlsParameters::builder(host.to_string());
+    if let Some(transport) = target.transport.as_deref() {
+        if let Some(path) = &transport.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|error| format!("cannot read `ca_file` `{}`: {error}", path.display()))?;
+            let certificates = Certificate::from_pem(&pem)
+                .map_err(|_| format!("`ca_file` `{}` holds no PEM certificate", path.display()))?;
+            parameters = parameters.add_root_certificate(certificates);
+        }
+        parameters = parameters.dangerous_accept_invalid_certs(transport.insecure);
+    }
+    let parameters = parameters
+        .build_rustls()
         .map_err(|error| format!("cannot set up TLS: {error}"))?;
     let tls = match security {
         Security::Tls => Tls::Wrapper(parameters),

@@ -117,7 +117,7 @@ impl Link {
 
 impl Attempt {
     /// An attempt starting now, with nothing back yet.
-    fn starting() -> Attempt {
+    pub(crate) fn starting() -> Attempt {
         Attempt {
             at_ms: clock::now_ms(),
             status: None,

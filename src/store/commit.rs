@@ -55,29 +55,17 @@ impl Store {
             );
             return Ok(Vec::new());
         }
-        let rows = encode_rows(&commit.deliveries);
         // The events' diff needs the file even after a power cut.
         self.sync_document(file).await?;
-        // Every key a (possibly retried) transaction generated: unhidden when
-        // this function ends, even if its caller drops it mid-flush.
-        let generated = Unhide {
-            store: self,
-            keys: std::sync::Mutex::new(Vec::new()),
-        };
-        let trees = self.trees()?;
-        let result = (&trees.snapshots, &trees.outbox, &trees.due, &trees.seen)
-            .transaction(|(snapshots, outbox, due, seen_keys)| {
-                snapshots.insert(commit.endpoint.as_bytes(), snapshot.as_slice())?;
-                if let Some(seen) = &seen {
-                    seen_keys.insert(commit.endpoint.as_bytes(), seen.as_slice())?;
-                }
-                self.insert_rows(outbox, due, &rows, &generated)
-            })
-            .map_err(transaction_error);
-        let generation = trees.generation;
-        // Not held over the flush: a reopening waits for every handle.
-        drop(trees);
-        let keys = self.flushed(result, generated, generation).await?;
+        let keys = self
+            .commit_state(
+                |trees| &trees.snapshots,
+                commit.endpoint,
+                &snapshot,
+                seen.as_deref(),
+                &commit.deliveries,
+            )
+            .await?;
         self.trim_history(
             commit.endpoint,
             commit.snapshot,
@@ -185,6 +173,37 @@ impl Store {
                 .map(|bytes| decode_json(&bytes, "target health"))
                 .transpose()
         })
+    }
+
+    /// Writes `value` as `endpoint`'s entry of the tree `state` picks (its
+    /// snapshot or its cursor), its seen keys and the outbox rows of its
+    /// events in one transaction, durable before it returns.
+    pub(super) async fn commit_state(
+        &self,
+        state: impl Fn(&Trees) -> &sled::Tree,
+        endpoint: &str,
+        value: &[u8],
+        seen: Option<&[u8]>,
+        deliveries: &[(&str, OutboxRow)],
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let rows = encode_rows(deliveries);
+        // Every key a (possibly retried) transaction generated: unhidden when
+        // this function ends, even if its caller drops it mid-flush.
+        let generated = Unhide::new(self);
+        let trees = self.trees()?;
+        let result = (state(&trees), &trees.outbox, &trees.due, &trees.seen)
+            .transaction(|(states, outbox, due, seen_keys)| {
+                states.insert(endpoint.as_bytes(), value)?;
+                if let Some(seen) = seen {
+                    seen_keys.insert(endpoint.as_bytes(), seen)?;
+                }
+                self.insert_rows(outbox, due, &rows, &generated)
+            })
+            .map_err(transaction_error);
+        let generation = trees.generation;
+        // Not held over the flush: a reopening waits for every handle.
+        drop(trees);
+        self.flushed(result, generated, generation).await
     }
 
     /// Inserts outbox rows and their `due` entries inside a transaction,

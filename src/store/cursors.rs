@@ -3,7 +3,6 @@
 //! and the seen keys, so that a crash repeats nothing committed and skips
 //! nothing.
 
-use super::commit::{Unhide, encode_rows};
 use super::*;
 
 /// Where an incremental endpoint is in its feed, in postcard (sled keeps
@@ -73,21 +72,13 @@ impl Store {
         // Byte arrays, strings and numbers: it always serialises.
         let state = postcard::to_allocvec(commit.state).unwrap_or_default();
         let seen = commit.seen.map(crate::seen::SeenKeys::encode);
-        let rows = encode_rows(&commit.deliveries);
-        let generated = Unhide::new(self);
-        let trees = self.trees()?;
-        let result = (&trees.cursors, &trees.outbox, &trees.due, &trees.seen)
-            .transaction(|(cursors, outbox, due, seen_keys)| {
-                cursors.insert(commit.endpoint.as_bytes(), state.as_slice())?;
-                if let Some(seen) = &seen {
-                    seen_keys.insert(commit.endpoint.as_bytes(), seen.as_slice())?;
-                }
-                self.insert_rows(outbox, due, &rows, &generated)
-            })
-            .map_err(transaction_error);
-        let generation = trees.generation;
-        // Not held over the flush: a reopening waits for every handle.
-        drop(trees);
-        self.flushed(result, generated, generation).await
+        self.commit_state(
+            |trees| &trees.cursors,
+            commit.endpoint,
+            &state,
+            seen.as_deref(),
+            &commit.deliveries,
+        )
+        .await
     }
 }

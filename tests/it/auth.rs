@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 
-use crate::cli::{binary, text};
+use crate::cli::{binary, check_refuses, text};
 use crate::support::{Daemon, Receiver, config, eventually, serve};
 
 /// An API that answers 200 to requests whose `Authorization` is the
@@ -150,20 +150,15 @@ async fn auth_mistakes_are_config_errors_that_show_no_secret() {
          headers = { Authorization = \"Bearer x\" }\nauth = { bearer = \"y\" }\n",
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    for expected in [
+    let stderr = check_refuses(
+        &path,
+        [
         "pollhook.toml:5:10: endpoint `a`: unknown variant `digest`",
         "pollhook.toml:10:8: endpoint `b`: cannot read secret file `/nonexistent/pollhook-token`",
         "pollhook.toml:15:",
         "pollhook.toml:20:29: endpoint `d`: set `auth` or an `Authorization` header, not both",
-    ] {
-        assert!(stderr.contains(expected), "{expected}: {stderr}");
-    }
+        ],
+    )
+    .await;
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }

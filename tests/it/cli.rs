@@ -37,6 +37,25 @@ pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs `pollhook check` on `config`, which must refuse it (exit 78) with
+/// each of `expected` in what it says; returns what it said.
+pub(crate) async fn check_refuses(
+    config: &Path,
+    expected: impl IntoIterator<Item = impl AsRef<str>>,
+) -> String {
+    let output = run(&["check", "-c", config.to_str().unwrap()]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    for expected in expected {
+        let expected = expected.as_ref();
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in:\n{stderr}"
+        );
+    }
+    stderr
+}
+
 #[tokio::test]
 async fn check_accepts_a_good_config() {
     let output = run(&["check", "-c", data("good.toml").to_str().unwrap()]).await;

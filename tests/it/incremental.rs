@@ -14,7 +14,7 @@ use pollhook::store::Store;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::cli::{binary, run, text};
+use crate::cli::{binary, check_refuses, run, text};
 use crate::support::{Daemon, FAST_RETRY, Receiver, SECRET, config, eventually, serve};
 
 /// One request the feed got.
@@ -153,7 +153,7 @@ body = '{{"after": "{{{{ last_success or "never" }}}}"}}'
         ),
     );
     let before = chrono::Utc::now();
-    let daemon = Daemon::start(config);
+    let daemon = Daemon::start(config.clone());
     eventually("two polls", || feed.asked().len() >= 2).await;
     daemon.stop().await;
     let after = chrono::Utc::now();
@@ -176,6 +176,17 @@ body = '{{"after": "{{{{ last_success or "never" }}}}"}}'
         asked[1].body,
         format!(r#"{{"after": "{}"}}"#, asked[1].query["since"])
     );
+
+    // After a restart, the last change stands for the last success.
+    let daemon = Daemon::start(config);
+    eventually("a poll after the restart", || {
+        feed.asked().len() > asked.len()
+    })
+    .await;
+    daemon.stop().await;
+    let restarted = &feed.asked()[asked.len()];
+    let since = chrono::DateTime::parse_from_rfc3339(&restarted.query["since"]).unwrap();
+    assert!(before - chrono::Duration::seconds(1) <= since && since <= after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,10 +454,9 @@ mode2 = 1
 "#,
     )
     .unwrap();
-    let output = run(&["check", "-c", path.to_str().unwrap()]).await;
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    let expected = [
+    check_refuses(
+        &path,
+        [
         "c.toml:3:7: endpoint `a`: invalid template: syntax error",
         "c.toml:5:10: endpoint `a`: `cursor` is for `mode = \"incremental\"`: set it too",
         "c.toml:11:8: endpoint `b`: `mode = \"incremental\"` makes an event of each item: set `items` and `key` too",
@@ -456,8 +466,7 @@ mode2 = 1
         "c.toml:23:17: endpoint `c`: invalid template: syntax error",
         "c.toml:23:48: endpoint `c`: invalid template: unknown variable `state.cursr`",
         "c.toml:24:1: endpoint `c`: unknown field `mode2`",
-    ];
-    for line in expected {
-        assert!(stderr.contains(line), "expected {line:?} in:\n{stderr}");
-    }
+        ],
+    )
+    .await;
 }

@@ -594,54 +594,64 @@ async fn check_locates_every_mistake_in_mqtt_targets_without_secrets() {
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
 }
 
+/// A broker behind a private CA that wants client certificates: refused
+/// until the target trusts the CA (`ca_file`, or the system's store) and
+/// shows a certificate (`client_cert`, `client_key`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtts_checks_the_brokers_certificate() {
+async fn mqtts_checks_the_brokers_certificate_and_shows_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    let certificate = params.signed_by(&key, &ca).unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let ca_file = write("ca.pem", ca.pem());
-    let cert_file = write("cert.pem", certificate.pem());
-    let key_file = write("key.pem", key.serialize_pem());
+    let ca = crate::support::TestCa::new();
+    let [ca_file, cert_file, key_file] = ca.write(dir.path(), "broker");
+    ca.write(dir.path(), "pollhook");
     let broker = Broker::start_with(&format!(
-        "certfile {}\nkeyfile {}",
+        "certfile {}\nkeyfile {}\ncafile {}\nrequire_certificate true",
         cert_file.display(),
-        key_file.display()
+        key_file.display(),
+        ca_file.display(),
     ))
     .await;
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let config = write(
-        "pollhook.toml",
-        format!(
-            "[[target]]\nname = \"tls\"\nurl = \"{url}\"\n\n\
-             [[endpoint]]\nname = \"data\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n"
-        ),
-    );
-    let test = |trusted: bool| {
+    let test = |name: &str, extra: &str, system_ca: bool| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[[target]]\nname = \"tls\"\nurl = \"{url}\"\n{extra}\n\n\
+                 [[endpoint]]\nname = \"data\"\nurl = \"http://127.0.0.1:1/\"\nevery = \"1m\"\n"
+            ),
+        )
+        .unwrap();
         let mut command = crate::cli::binary();
         command.args(["test", "tls", "-c", config.to_str().unwrap()]);
-        if trusted {
+        if system_ca {
             command.env("SSL_CERT_FILE", &ca_file);
         }
-        command.output()
+        async move {
+            let output = command.output().await.unwrap();
+            let printed = crate::cli::text(&output.stdout) + &crate::cli::text(&output.stderr);
+            (output.status.success(), printed)
+        }
     };
-    let output = test(false).await.unwrap();
-    let printed = crate::cli::text(&output.stdout) + &crate::cli::text(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "an unknown CA is refused: {printed}"
-    );
-    let output = test(true).await.unwrap();
-    let printed = crate::cli::text(&output.stdout) + &crate::cli::text(&output.stderr);
-    assert!(output.status.success(), "{printed}");
-    assert!(printed.contains("sent pollhook.test"), "{printed}");
+    let identity = "client_cert = \"pollhook.pem\"\nclient_key = \"pollhook.key\"";
+    let (ok, printed) = test("unknown-ca", identity, false).await;
+    assert!(!ok, "an unknown CA is refused: {printed}");
+    let (ok, printed) = test("no-certificate", "ca_file = \"ca.pem\"", false).await;
+    assert!(!ok, "the broker wants a certificate: {printed}");
+    for (name, extra, system_ca) in [
+        (
+            "ca-file",
+            format!("ca_file = \"ca.pem\"\n{identity}"),
+            false,
+        ),
+        ("system-ca", identity.to_string(), true),
+        (
+            "insecure",
+            format!("tls_insecure = true\n{identity}"),
+            false,
+        ),
+    ] {
+        let (ok, printed) = test(name, &extra, system_ca).await;
+        assert!(ok, "{name}: {printed}");
+        assert!(printed.contains("sent pollhook.test"), "{name}: {printed}");
+    }
 }

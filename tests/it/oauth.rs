@@ -10,7 +10,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::cli::{binary, text};
+use crate::cli::{binary, check_refuses, text};
 use crate::support::{Daemon, config, eventually, serve};
 
 /// How the token server answers.
@@ -395,22 +395,17 @@ async fn oauth2_mistakes_are_config_errors_at_their_place() {
     ]
     .concat();
     std::fs::write(&path, written).unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    for expected in [
+    let stderr = check_refuses(
+        &path,
+        [
         "pollhook.toml:5:74: endpoint `a`: unknown field `client_secrt`",
         "pollhook.toml:10:19: endpoint `b`: missing field `token_url`",
         "pollhook.toml:15:8: endpoint `c`: `oauth2` needs `client_secret` (the client-credentials grant) or `refresh_token` (the refresh-token grant)",
         "pollhook.toml:20:33: endpoint `d`: invalid URL `ftp://127.0.0.1:9/t`: scheme `ftp` is not `http` or `https`",
         "pollhook.toml:25:8: endpoint `e`: `oauth2.params` may not set `grant_type`",
         "pollhook.toml:29:8: target `t`: `oauth2` is for endpoints: a target takes `basic` or `bearer`",
-    ] {
-        assert!(stderr.contains(expected), "{expected}:\n{stderr}");
-    }
+        ],
+    )
+    .await;
     assert!(!stderr.contains("PHSECRET"), "{stderr}");
 }

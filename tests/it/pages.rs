@@ -8,7 +8,7 @@ use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use crate::cli::{binary, text};
+use crate::cli::{binary, check_refuses, text};
 use pollhook::config::Config;
 
 use crate::support::{Daemon, eventually, serve};
@@ -167,21 +167,14 @@ async fn paging_mistakes_are_config_errors() {
          [[endpoint]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/\"\nevery = \"1m\"\nmax_pages = 3\n",
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78));
-    assert!(
-        stderr.contains("pollhook.toml:5:12: endpoint `a`: `paginate.cursor` needs `param`"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("pollhook.toml:10:13: endpoint `b`: `max_pages` is for paged lists"),
-        "{stderr}"
-    );
+    check_refuses(
+        &path,
+        [
+            "pollhook.toml:5:12: endpoint `a`: `paginate.cursor` needs `param`",
+            "pollhook.toml:10:13: endpoint `b`: `max_pages` is for paged lists",
+        ],
+    )
+    .await;
 }
 
 /// What an operator should see at a glance is in status, from the admin

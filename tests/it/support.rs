@@ -1,7 +1,7 @@
 //! Real servers on 127.0.0.1 and a harness around the real daemon.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -530,4 +530,57 @@ every = "100ms"
             api.url()
         ),
     )
+}
+
+/// A CA of the test's own, which signs server and client certificates.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn der(&self) -> &tokio_rustls::rustls::pki_types::CertificateDer<'static> {
+        self.issuer.der()
+    }
+
+    /// A certificate for `127.0.0.1` (a server's, or a client's) and its key.
+    pub fn sign(&self) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        // Not the CA's name (rcgen's default for both): OpenSSL (mosquitto)
+        // takes a certificate named as its issuer for a self-signed one.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        (params.signed_by(&key, &self.issuer).unwrap(), key)
+    }
+
+    /// Writes `ca.pem` (this CA) and a signed certificate and its key as
+    /// `{name}.pem` and `{name}.key` into `dir`; returns the three paths.
+    pub fn write(&self, dir: &Path, name: &str) -> [PathBuf; 3] {
+        let (certificate, key) = self.sign();
+        let files = [
+            ("ca.pem".to_string(), self.pem()),
+            (format!("{name}.pem"), certificate.pem()),
+            (format!("{name}.key"), key.serialize_pem()),
+        ];
+        files.map(|(file, text)| {
+            let path = dir.join(file);
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+    }
 }

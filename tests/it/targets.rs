@@ -1,6 +1,6 @@
 //! What a target takes (`events`) and `pollhook test TARGET`.
 
-use crate::cli::{binary, text};
+use crate::cli::{binary, check_refuses, text};
 use crate::support::{Api, Daemon, FAST_RETRY, Receiver, Reply, SECRET, config, eventually};
 
 /// An alerting channel that wants only health events gets only those,
@@ -105,21 +105,14 @@ every = "1m"
 "#,
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("pollhook.toml:4:11: target `chat`: `item.add` names no event type; the types are endpoint.changed, item.added"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("pollhook.toml:9:10: target `quiet`: `events` is empty"),
-        "{stderr}"
-    );
+    check_refuses(
+        &path,
+        [
+            "pollhook.toml:4:11: target `chat`: `item.add` names no event type; the types are endpoint.changed, item.added",
+            "pollhook.toml:9:10: target `quiet`: `events` is empty",
+        ],
+    )
+    .await;
 }
 
 fn write_config(dir: &std::path::Path, receiver_url: &str) -> std::path::PathBuf {
@@ -356,6 +349,19 @@ content_type = "text/html"
 name = "ftp"
 url = "ftp://user:hunter2@127.0.0.1/"
 
+[[target]]
+name = "relay"
+url = "smtp://127.0.0.1:25"
+from = "pollhook@example.com"
+to = ["ops@example.com"]
+client_cert = "me.pem"
+proxy = "http://127.0.0.1:3128"
+
+[[target]]
+name = "broker"
+url = "mqtt://127.0.0.1:1883"
+proxy = "http://127.0.0.1:3128"
+
 [[endpoint]]
 name = "a"
 url = "http://127.0.0.1:9/"
@@ -363,14 +369,9 @@ every = "1m"
 "#,
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
-    for expected in [
+    let stderr = check_refuses(
+        &path,
+        [
         "pollhook.toml:4:10: target `hook`: invalid HTTP method `GET POST`",
         "pollhook.toml:5:",
         "pollhook.toml:6:6: target `hook`: `to` is for email targets",
@@ -386,10 +387,13 @@ every = "1m"
         "pollhook.toml:22:10: target `nobody`: `method` is for HTTP targets, not email",
         "pollhook.toml:23:12: target `nobody`:",
         "pollhook.toml:24:16: target `nobody`: `content_type` is for HTTP targets, not email",
+        "pollhook.toml:35:15: target `relay`: `client_cert` is for HTTP targets, not email",
+        "pollhook.toml:30:1: target `relay`: `proxy` is for HTTP targets, not email",
+        "pollhook.toml:38:1: target `broker`: `proxy` is only used with an `http://` or `https://` url",
         "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp`, `smtps`, `mqtt`, or `mqtts`",
-    ] {
-        assert!(stderr.contains(expected), "{expected}\n{stderr}");
-    }
+        ],
+    )
+    .await;
     assert!(
         !stderr.contains("`mail`: an email target needs `from`"),
         "{stderr}"

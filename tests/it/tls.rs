@@ -7,34 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_rustls::rustls;
 
-use crate::cli::{binary, text};
-
-/// A CA of the test's own, which signs server and client certificates.
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().unwrap();
-        Ca {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate for `127.0.0.1` (a server's, or a client's) and its key.
-    fn sign(&self) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        (params.signed_by(&key, &self.issuer).unwrap(), key)
-    }
-}
+use crate::cli::{binary, check_refuses, text};
+use crate::support::TestCa as Ca;
 
 /// An HTTPS server on 127.0.0.1 with a certificate `ca` signed, answering
 /// every request `{"tls":true}`; with `client_ca`, only to clients with a
@@ -48,7 +22,7 @@ async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Arc<AtomicUsi
         None => builder.with_no_client_auth(),
         Some(client_ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(client_ca.issuer.der().clone()).unwrap();
+            roots.add(client_ca.der().clone()).unwrap();
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                     .build()
@@ -218,15 +192,10 @@ async fn tls_file_mistakes_are_config_errors_naming_the_file() {
          [[target]]\nname = \"t\"\nurl = \"https://127.0.0.1:9/\"\nca_file = \"not.pem\"\nproxy = \"socks4://127.0.0.1:1080\"\n",
     )
     .unwrap();
-    let output = binary()
-        .args(["check", "-c", path.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
     let dir = dir.path().display();
-    for expected in [
+    check_refuses(
+        &path,
+        [
         format!(
             "pollhook.toml:3:11: defaults: cannot read `ca_file` `{dir}/missing-ca.pem`: No such file"
         ),
@@ -236,7 +205,7 @@ async fn tls_file_mistakes_are_config_errors_naming_the_file() {
         "pollhook.toml:12:15: endpoint `b`: `client_cert` needs `client_key`".to_string(),
         format!("pollhook.toml:16:11: target `t`: `ca_file` `{dir}/not.pem` holds no PEM certificate"),
         "pollhook.toml:17:9: target `t`: invalid URL `socks4://127.0.0.1:1080`: scheme `socks4` is not `http`, `https`, `socks5`, or `socks5h`".to_string(),
-    ] {
-        assert!(stderr.contains(&expected), "{expected}:\n{stderr}");
-    }
+        ],
+    )
+    .await;
 }

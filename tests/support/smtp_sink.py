@@ -10,6 +10,9 @@ DIR as one JSON file, whole or not at all: the envelope (`from`, `to`,
 `refuse` exists in DIR, every message is refused with a 550 and its
 `Message-ID` is added to `DIR/refused.log`. With POLLHOOK_SMTP_LOGIN=user:password in the environment, a
 login is required (over plain text: only for tests on the loopback).
+With POLLHOOK_SMTP_TLS=CERT:KEY (PEM files), STARTTLS is offered and
+required; with POLLHOOK_SMTP_TLS_MODE=implicit as well, the connection is
+TLS from the start (smtps). Each record says whether it came over TLS.
 """
 
 import asyncio
@@ -18,6 +21,7 @@ import email.policy
 import itertools
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -26,6 +30,11 @@ from aiosmtpd.smtp import SMTP, AuthResult
 directory = sys.argv[1]
 port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 login = os.environ.get("POLLHOOK_SMTP_LOGIN")
+tls = None
+if os.environ.get("POLLHOOK_SMTP_TLS"):
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(*os.environ["POLLHOOK_SMTP_TLS"].split(":"))
+implicit = os.environ.get("POLLHOOK_SMTP_TLS_MODE") == "implicit"
 counter = itertools.count()
 
 
@@ -50,6 +59,7 @@ class Sink:
             "from_header": str(message["from"]),
             "content_type": message.get_content_type(),
             "body": message.get_content().replace("\r\n", "\n"),
+            "tls": server.transport.get_extra_info("ssl_object") is not None,
         }
         # Sorted by arrival, across restarts of the sink.
         name = f"{time.time_ns():020}-{next(counter):06}.json"
@@ -61,19 +71,19 @@ class Sink:
 
 
 def protocol():
+    options = {}
     if login:
-        return SMTP(
-            Sink(),
-            authenticator=authenticate,
-            auth_required=True,
-            auth_require_tls=False,
-        )
-    return SMTP(Sink())
+        options.update(authenticator=authenticate, auth_required=True, auth_require_tls=False)
+    if tls and not implicit:
+        options.update(tls_context=tls, require_starttls=True)
+    return SMTP(Sink(), **options)
 
 
 async def main():
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(protocol, "127.0.0.1", port)
+    server = await loop.create_server(
+        protocol, "127.0.0.1", port, ssl=tls if implicit else None
+    )
     print(server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
 

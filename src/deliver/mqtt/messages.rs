@@ -219,15 +219,17 @@ pub fn failing_message(endpoint: &str, failing: bool) -> Message {
 /// What an event of this type says about an endpoint's failing state.
 pub fn failing_after(event_type: &str) -> Option<bool> {
     match event_type {
-        crate::event::ENDPOINT_FAILING => Some(true),
-        crate::event::ENDPOINT_RECOVERED => Some(false),
+        crate::event_type::ENDPOINT_FAILING => Some(true),
+        crate::event_type::ENDPOINT_RECOVERED => Some(false),
         _ => None,
     }
 }
 
 /// Whether an event of this type comes with a new document.
 pub fn changes_state(event_type: &str) -> bool {
-    use crate::event::{ENDPOINT_CHANGED, ITEM_ADDED, ITEM_CHANGED, ITEM_REMOVED, ITEMS_CHANGED};
+    use crate::event_type::{
+        ENDPOINT_CHANGED, ITEM_ADDED, ITEM_CHANGED, ITEM_REMOVED, ITEMS_CHANGED,
+    };
     [
         ENDPOINT_CHANGED,
         ITEM_ADDED,

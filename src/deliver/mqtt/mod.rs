@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
+    TlsConfiguration,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -33,8 +33,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use super::Attempt;
-use crate::clock;
-use crate::config::Target;
+use crate::config::{Target, Transport};
 use crate::event_type::{
     ENDPOINT_CHANGED, ENDPOINT_FAILING, ENDPOINT_RECOVERED, ITEM_ADDED, ITEM_CHANGED, ITEM_REMOVED,
     ITEMS_CHANGED,
@@ -120,7 +119,7 @@ impl Connection {
     /// Starts connecting to the target's broker, in a task of its own.
     /// With a store the connection speaks for the daemon (see the module).
     pub fn open(target: Arc<Target>, mqtt: &MqttTarget, store: Option<Arc<Store>>) -> Connection {
-        let options = options(mqtt, store.is_some());
+        let options = options(mqtt, target.transport.as_deref(), store.is_some());
         let capacity = target.parallel.saturating_mul(3).max(ANNOUNCE_BATCH * 2);
         let (client, eventloop) = AsyncClient::new(options, capacity);
         let (link, _) = watch::channel(Link::Connecting);
@@ -163,16 +162,7 @@ impl Connection {
     /// PUBACKs for at most the target's `timeout`.
     pub async fn attempt(&self, row: &OutboxRow) -> Attempt {
         let started = Instant::now();
-        let mut attempt = Attempt {
-            at_ms: clock::now_ms(),
-            status: None,
-            retry_after: None,
-            response: String::new(),
-            error: None,
-            duration: Duration::ZERO,
-            unsendable: false,
-            acknowledged: false,
-        };
+        let mut attempt = Attempt::starting();
         let target = &self.shared.target;
         match messages::event_message(&self.shared.mqtt, &target.format, &row.event_id, &row.body) {
             Err(error) => {
@@ -377,7 +367,7 @@ async fn read_state(store: &Arc<Store>, endpoint: &str) -> Result<Option<Message
     }
 }
 
-fn options(mqtt: &MqttTarget, for_daemon: bool) -> MqttOptions {
+fn options(mqtt: &MqttTarget, transport: Option<&Transport>, for_daemon: bool) -> MqttOptions {
     // `pollhook test` must not take the daemon's session over: a broker
     // drops the older of two connections with one client id.
     let client_id = match for_daemon {
@@ -402,26 +392,17 @@ fn options(mqtt: &MqttTarget, for_daemon: bool) -> MqttOptions {
         ));
     }
     if mqtt.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-            tls_config(),
+        // The files were read at load; one gone since fails the handshake
+        // its certificates were for, and says why here.
+        let tls = crate::tls::client_config(transport).unwrap_or_else(|error| {
+            warn!(broker = %mqtt.host, "{error}");
+            crate::tls::client_config(None).expect("the default TLS configuration builds")
+        });
+        options.set_transport(rumqttc::Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+            tls,
         ))));
     }
     options
-}
-
-/// rustls with the system's CAs (`SSL_CERT_FILE` and `SSL_CERT_DIR` are
-/// honoured) and the bundled Mozilla ones, as the HTTP client trusts.
-fn tls_config() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // Unreadable system certificates leave the bundled ones.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring's provider supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
 }
 
 /// The connection's task: drives rumqttc's event loop, matches PUBACKs to
