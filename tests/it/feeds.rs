@@ -8,7 +8,7 @@
 use pollhook::store::Store;
 use serde_json::{Value, json};
 
-use crate::cli::{data, run, text};
+use crate::cli::{check_refuses, data, run, text};
 use crate::support::{Api, Daemon, Receiver, Reply, Webhook, simple_config};
 
 fn sample(file: &str) -> String {
@@ -392,25 +392,22 @@ async fn once_names_what_could_not_be_read_and_what_matched_nothing() {
 #[tokio::test]
 async fn check_names_every_mistake_in_the_format_keys_at_its_place() {
     let path = data("bad-formats.toml");
-    let output = run(&["check", "-c", path.to_str().unwrap()]).await;
-    assert_eq!(output.status.code(), Some(78));
-    let stderr = text(&output.stderr);
-    let file = path.display();
-    for expected in [
-        "7:7: endpoint `css-without-html`: `css` is for HTML pages: set `format = \"html\"` too",
-        "8:8: endpoint `css-without-html`: `attr` is for HTML pages",
-        "15:17: endpoint `bad-selector`: invalid CSS selector `span[`",
-        "15:61: endpoint `bad-selector`: unknown field `colour`, expected `css` or `attr`",
-        "23:13: endpoint `items-without-fields`: `items_css` needs a table of field selectors in `css`",
-        "29:10: endpoint `html-without-css`: `format = \"html\"` needs `css`",
-        "36:9: endpoint `feed-as-text`: `match` works on text, but `format = \"feed\"`",
-        "42:10: endpoint `bad-format`: unknown variant `yaml`, expected one of `json`, `text`, `feed`, `xml`, `html`",
-    ] {
-        assert!(
-            stderr.contains(&format!("{file}:{expected}")),
-            "{expected:?} not in:\n{stderr}"
-        );
-    }
+    let file = path.display().to_string();
+    let stderr = check_refuses(
+        &path,
+        [
+            "7:7: endpoint `css-without-html`: `css` is for HTML pages: set `format = \"html\"` too",
+            "8:8: endpoint `css-without-html`: `attr` is for HTML pages",
+            "15:17: endpoint `bad-selector`: invalid CSS selector `span[`",
+            "15:61: endpoint `bad-selector`: unknown field `colour`, expected `css` or `attr`",
+            "23:13: endpoint `items-without-fields`: `items_css` needs a table of field selectors in `css`",
+            "29:10: endpoint `html-without-css`: `format = \"html\"` needs `css`",
+            "36:9: endpoint `feed-as-text`: `match` works on text, but `format = \"feed\"`",
+            "42:10: endpoint `bad-format`: unknown variant `yaml`, expected one of `json`, `text`, `feed`, `xml`, `html`",
+        ]
+        .map(|expected| format!("{file}:{expected}")),
+    )
+    .await;
     assert_eq!(stderr.lines().count(), 8, "{stderr}");
 }
 
