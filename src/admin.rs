@@ -9,16 +9,15 @@
 //! The daemon writes the address it really bound to `admin.addr` in its
 //! state dir, which is also how the CLI knows that a daemon is running.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts as _, Path as UrlPath, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,40 +26,28 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AdminListen, Config};
-use crate::metrics::Metrics;
-use crate::poller::{Mode, PollState, Poller};
-use crate::status::{Control, EndpointStatus, LiveEvent, Statuses, Wakes, read};
-use crate::store::{DeadFilter, Store, StoreError};
-use crate::views::{self, EndpointView, PreviewView, Rows, TargetRow, VersionView};
+use crate::dashboard::{Sessions, session};
+use crate::status::{Control, EndpointStatus, LiveEvent, read};
+use crate::store::{DeadFilter, StoreError};
+use crate::views::{self, EndpointView, Rows, TargetRow, VersionView};
 
 /// The file in the state dir that holds a running daemon's API address.
 pub const ADDRESS_FILE: &str = "admin.addr";
 
-/// What the admin API reads, and asks of, the running daemon.
-pub struct Context {
-    pub store: Arc<Store>,
-    pub metrics: Arc<Metrics>,
-    pub statuses: Statuses,
-    pub live: broadcast::Sender<Arc<LiveEvent>>,
-    /// True once every task is running, false again while stopping.
-    pub ready: Arc<AtomicBool>,
-    /// What every route but the health checks needs, when set.
-    pub token: Option<String>,
-    pub control: mpsc::Sender<Control>,
-    pub wakes: Arc<Wakes>,
-    /// For previews: the daemon's poller (its politeness) and config file.
-    pub poller: Arc<Poller>,
-    pub config_path: PathBuf,
-}
+use crate::operate::CommandError;
+pub use crate::operate::Context;
 
 #[derive(Clone)]
 struct AdminState {
     context: Arc<Context>,
+    /// The dashboard's sessions: their cookie also lets a browser read the
+    /// API (the live page's event stream), never change anything.
+    sessions: Arc<Sessions>,
     shutdown: CancellationToken,
 }
 
@@ -74,8 +61,15 @@ pub async fn serve(
 ) -> anyhow::Result<String> {
     let state = AdminState {
         context: Arc::new(context),
+        sessions: Arc::default(),
         shutdown: shutdown.clone(),
     };
+    let dashboard = crate::dashboard::router(
+        state.context.clone(),
+        state.sessions.clone(),
+        shutdown.clone(),
+        tracker,
+    );
     let mut protected = Router::new()
         .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/endpoints/{name}", get(endpoint))
@@ -100,7 +94,7 @@ pub async fn serve(
     }
     let protected =
         protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let mut router = public.merge(protected).with_state(state);
+    let mut router = public.merge(protected).with_state(state).merge(dashboard);
     if matches!(&listen.listen, AdminListen::Tcp(address) if address.ip().is_loopback()) {
         router = router.layer(middleware::from_fn(require_loopback_host));
     }
@@ -218,7 +212,8 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Routes other than `/healthz` and `/readyz` need
-/// `Authorization: Bearer <token>` when a token is set.
+/// `Authorization: Bearer <token>` when a token is set; a dashboard
+/// session's cookie will do for reading.
 async fn require_token(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -226,12 +221,9 @@ async fn require_token(
     next: Next,
 ) -> Response {
     if let Some(token) = &state.context.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        let session_reads =
+            request.method() == Method::GET && state.sessions.visitor(&headers).is_some();
+        if !session_reads && !session::bearer(&headers, token) {
             return (
                 StatusCode::UNAUTHORIZED,
                 Json(serde_json::json!({"error": "a valid bearer token is required"})),
@@ -240,15 +232,6 @@ async fn require_token(
         }
     }
     next.run(request).await
-}
-
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -299,20 +282,18 @@ fn not_found(what: String) -> Response {
         .into_response()
 }
 
-/// The view of an endpoint of the running daemon.
-fn view(
-    state: &AdminState,
-    status: &EndpointStatus,
-    pending: &HashMap<String, usize>,
-) -> EndpointView {
-    let (snapshot, cursor) =
-        EndpointView::stored(&state.context.store, &status.endpoint).unwrap_or_default();
-    EndpointView::new(
-        &status.endpoint,
-        Some(status),
-        (snapshot.as_ref(), cursor.as_ref()),
-        pending,
-    )
+/// A command's error as the API answers it.
+fn command_error(error: CommandError) -> Response {
+    match error {
+        CommandError::NotFound(what) => not_found(what),
+        CommandError::Config(error) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({"error": error})),
+        )
+            .into_response(),
+        CommandError::ShuttingDown => shutting_down(),
+        CommandError::Store(error) => store_error(error),
+    }
 }
 
 async fn endpoints(State(state): State<AdminState>) -> Response {
@@ -323,70 +304,37 @@ async fn endpoints(State(state): State<AdminState>) -> Response {
     let statuses: Vec<EndpointStatus> = read(&state.context.statuses).values().cloned().collect();
     let views: Vec<EndpointView> = statuses
         .iter()
-        .map(|status| view(&state, status, &pending))
+        .map(|status| state.context.view(status, &pending))
         .collect();
     Json(views).into_response()
 }
 
 async fn endpoint(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    let Some(status) = read(&state.context.statuses).get(name.as_str()).cloned() else {
-        return not_found(format!("no endpoint named `{name}`"));
+    let status = match state.context.status(&name) {
+        Ok(status) => status,
+        Err(error) => return command_error(error),
     };
     match state.context.store.pending_by_endpoint() {
-        Ok(pending) => Json(view(&state, &status, &pending)).into_response(),
+        Ok(pending) => Json(state.context.view(&status, &pending)).into_response(),
         Err(error) => store_error(error),
     }
 }
 
 async fn poll_now(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    if !read(&state.context.statuses).contains_key(name.as_str()) {
-        return not_found(format!("no endpoint named `{name}`"));
+    match state.context.poll_now(&name).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"polling": name})),
+        )
+            .into_response(),
+        Err(error) => command_error(error),
     }
-    let asked = (state.context.control)
-        .send(Control::PollNow(name.clone()))
-        .await;
-    if asked.is_err() {
-        return shutting_down();
-    }
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"polling": name})),
-    )
-        .into_response()
 }
 
-/// A dry-run poll of the endpoint as the daemon's config file defines it
-/// now (edited, not reloaded yet), against the live snapshot: fetch,
-/// extract, diff, decide; nothing is written or sent.
 async fn preview(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    let path = state.context.config_path.clone();
-    let config = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
-        Ok(Ok(config)) => config,
-        Ok(Err(error)) => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(serde_json::json!({"error": crate::error_chain(&error)})),
-            )
-                .into_response();
-        }
-        Err(_) => return shutting_down(),
-    };
-    let Some(endpoint) = config.endpoint(&name) else {
-        return not_found(format!(
-            "no endpoint named `{name}` in `{}`",
-            config.path.display()
-        ));
-    };
-    let store = &state.context.store;
-    let mut poll_state = PollState::load(store, endpoint);
-    let report = state
-        .context
-        .poller
-        .poll(endpoint, &mut poll_state, Mode::DryRun, &state.shutdown)
-        .await;
-    match PreviewView::new(store, &name, &report, true) {
+    match state.context.preview(&name, &state.shutdown).await {
         Ok(view) => Json(view).into_response(),
-        Err(error) => store_error(error),
+        Err(error) => command_error(error),
     }
 }
 
@@ -483,27 +431,16 @@ async fn replay(State(state): State<AdminState>, UrlPath(id): UrlPath<String>) -
 }
 
 fn replay_response(state: &AdminState, filter: &DeadFilter<'_>) -> Response {
-    match views::replay(&state.context.store, filter) {
-        Ok(replayed) if replayed.replayed == 0 && !replayed.missing.is_empty() => not_found(
-            format!("no dead letter with id {}", replayed.missing.join(", ")),
-        ),
-        Ok(replayed) => {
-            for target in &replayed.targets {
-                state.context.wakes.wake(target);
-            }
-            Json(replayed).into_response()
-        }
-        Err(error) => store_error(error),
+    match state.context.replay(filter) {
+        Ok(replayed) => Json(replayed).into_response(),
+        Err(error) => command_error(error),
     }
 }
 
 async fn resume(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
-    match state.context.store.resume(&name) {
-        Ok(resumed) => {
-            state.context.wakes.wake(&name);
-            Json(serde_json::json!({"resumed": resumed})).into_response()
-        }
-        Err(error) => store_error(error),
+    match state.context.resume(&name) {
+        Ok(resumed) => Json(serde_json::json!({"resumed": resumed})).into_response(),
+        Err(error) => command_error(error),
     }
 }
 
@@ -890,12 +827,5 @@ mod tests {
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secre", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
     }
 }

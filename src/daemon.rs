@@ -628,6 +628,11 @@ async fn poll_task(
                 status.last_error = None;
                 status.last_warning.clone_from(&report.warning);
                 status.consecutive_failures = 0;
+                if let Some(answer) = &report.answer {
+                    for (name, why) in status.counts.watched_mut().answered(answer) {
+                        warn!(metric = %name, why = %why, "a `metrics` value is not a number, so it is not exported");
+                    }
+                }
             });
             regular()
         }
@@ -635,11 +640,12 @@ async fn poll_task(
         Outcome::Cancelled => now,
         Outcome::Failed(error) => {
             let error_text = crate::error_chain(error);
-            let retry_after = match error {
+            let (answered, retry_after) = match error {
                 poll::PollError::Fetch(crate::fetch::FetchError::Status {
-                    retry_after, ..
-                }) => *retry_after,
-                _ => None,
+                    status,
+                    retry_after,
+                }) => (Some(*status), *retry_after),
+                _ => (None, None),
             };
             let failures = report.failures;
             let next = match report.retry_in {
@@ -666,6 +672,9 @@ async fn poll_task(
                 status.last_error = Some(error_text);
                 status.last_warning = None;
                 status.consecutive_failures = failures;
+                if let Some(answered) = answered {
+                    status.counts.watched_mut().failed(answered);
+                }
             });
             next
         }

@@ -21,6 +21,7 @@ use crate::config::{Endpoint, EndpointAuth, FollowRedirects, Paginate, Transport
 use crate::jq::Jq;
 use crate::oauth::{AuthError, Tokens};
 use crate::request::{Request, same_origin};
+use crate::watched::Answer;
 
 /// Redirects followed in one poll before it fails.
 const MAX_REDIRECTS: usize = 10;
@@ -36,8 +37,10 @@ pub struct Validators {
 #[derive(Debug)]
 pub enum Fetched {
     /// 304: the resource is as it was.
-    NotModified,
+    NotModified { answer: Answer },
     Body {
+        /// Its status and certificate, for the metrics.
+        answer: Answer,
         bytes: Vec<u8>,
         content_type: Option<String>,
         validators: Validators,
@@ -164,6 +167,8 @@ fn builder() -> reqwest::ClientBuilder {
         .gzip(true)
         .brotli(true)
         .pool_idle_timeout(Duration::from_secs(90))
+        // The peer certificate's expiry is a metric (`crate::watched`).
+        .tls_info(true)
         .connect_timeout(Duration::from_secs(10))
 }
 
@@ -217,6 +222,7 @@ pub async fn fetch(
         page = fetch_page(client, tokens, endpoint, request, &next, None).await?;
     }
     let Fetched::Body {
+        answer,
         content_type,
         validators,
         ..
@@ -236,6 +242,7 @@ pub async fn fetch(
         false => pages,
     };
     Ok(Fetched::Body {
+        answer,
         bytes: serde_json::to_vec(&serde_json::Value::Array(merged)).unwrap_or_default(),
         content_type,
         validators,
@@ -413,8 +420,17 @@ async fn send(
         url = next;
     };
     let status = response.status();
+    let answer = Answer {
+        status: status.as_u16(),
+        certificate_expiry_s: response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|tls| tls.peer_certificate())
+            .and_then(crate::watched::certificate_expiry),
+        values: None,
+    };
     if status == StatusCode::NOT_MODIFIED {
-        return Ok(Fetched::NotModified);
+        return Ok(Fetched::NotModified { answer });
     }
     if !status.is_success() {
         let retry_after = match status {
@@ -466,6 +482,7 @@ async fn send(
         bytes.extend_from_slice(&chunk);
     }
     Ok(Fetched::Body {
+        answer,
         bytes,
         content_type,
         validators,

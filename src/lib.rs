@@ -30,8 +30,11 @@
 //! - [`status`]: what the daemon, the admin API and the metrics share.
 //! - [`views`]: the admin API's wire types, and the views and commands the
 //!   API and the offline CLI share.
-//! - [`admin`]: the HTTP API (and its client) the CLI and monitoring use.
-//! - [`metrics`]: Prometheus counters and gauges.
+//! - [`admin`]: the HTTP API (and its client) the CLI and monitoring use;
+//!   [`operate`]: what it and the dashboard read and ask of the daemon.
+//! - [`metrics`]: Prometheus counters and gauges; [`watched`]: the values,
+//!   status codes and certificate expiries of endpoints' answers as metrics.
+//! - [`dashboard`]: the web pages the admin API serves at `/`.
 //! - [`cli`] and [`demo`]: the command line and the self-contained demo.
 
 pub mod admin;
@@ -39,6 +42,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod deliver;
 pub mod demo;
 pub mod diff;
@@ -53,6 +57,7 @@ pub mod locks;
 pub mod metrics;
 pub mod number;
 pub mod oauth;
+pub mod operate;
 pub mod poll;
 pub mod poller;
 pub mod request;
@@ -63,6 +68,7 @@ pub mod status;
 pub mod store;
 pub mod tls;
 pub mod views;
+pub mod watched;
 
 /// An error and its causes on one line: `outer: inner: root`.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -28,13 +28,21 @@ enum EndpointFamily {
     Polls,
     Changes,
     LastSuccess,
+    /// `metrics` values, status codes and certificate expiries: see
+    /// [`crate::watched`].
+    Value,
+    LastStatus,
+    CertificateExpiry,
 }
 
 impl EndpointFamily {
-    const ALL: [EndpointFamily; 3] = [
+    const ALL: [EndpointFamily; 6] = [
         EndpointFamily::Polls,
         EndpointFamily::Changes,
         EndpointFamily::LastSuccess,
+        EndpointFamily::Value,
+        EndpointFamily::LastStatus,
+        EndpointFamily::CertificateExpiry,
     ];
 
     /// Its `HELP` and `TYPE` lines, as prometheus-client writes them.
@@ -49,6 +57,16 @@ impl EndpointFamily {
             EndpointFamily::LastSuccess => concat!(
                 "# HELP pollhook_last_success_timestamp_seconds When each endpoint was last polled successfully, in Unix seconds.\n",
                 "# TYPE pollhook_last_success_timestamp_seconds gauge\n"
+            ),
+            EndpointFamily::Value => {
+                "# HELP pollhook_value The values of each endpoint's `metrics`, by name.\n# TYPE pollhook_value gauge\n"
+            }
+            EndpointFamily::LastStatus => {
+                "# HELP pollhook_last_status_code The HTTP status of each endpoint's last answer.\n# TYPE pollhook_last_status_code gauge\n"
+            }
+            EndpointFamily::CertificateExpiry => concat!(
+                "# HELP pollhook_tls_cert_expiry_timestamp_seconds When the certificate of each https endpoint expires, in Unix seconds.\n",
+                "# TYPE pollhook_tls_cert_expiry_timestamp_seconds gauge\n"
             ),
         }
     }
@@ -83,6 +101,35 @@ impl EndpointFamily {
                     at_ms as f64 / 1000.0
                 )
             }),
+            EndpointFamily::Value => counts.watched().map_or(Ok(()), |watched| {
+                watched.values.iter().try_for_each(|(name, value)| {
+                    writeln!(
+                        out,
+                        "pollhook_value{{endpoint=\"{endpoint}\",name=\"{name}\"}} {value}"
+                    )
+                })
+            }),
+            EndpointFamily::LastStatus => {
+                match counts.watched().and_then(|watched| watched.status) {
+                    Some(status) => writeln!(
+                        out,
+                        "pollhook_last_status_code{{endpoint=\"{endpoint}\"}} {status}"
+                    ),
+                    None => Ok(()),
+                }
+            }
+            EndpointFamily::CertificateExpiry => {
+                match counts
+                    .watched()
+                    .and_then(|watched| watched.certificate_expiry_s)
+                {
+                    Some(at_s) => writeln!(
+                        out,
+                        "pollhook_tls_cert_expiry_timestamp_seconds{{endpoint=\"{endpoint}\"}} {at_s}"
+                    ),
+                    None => Ok(()),
+                }
+            }
         };
     }
 }

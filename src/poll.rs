@@ -17,6 +17,7 @@ use crate::seen::{self, SeenKeys, SeenLimit};
 use crate::store::{
     Commit, CursorCommit, CursorState, OutboxRow, Snapshot, Store, StoreError, Stored,
 };
+use crate::watched::Answer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -81,28 +82,36 @@ impl Observation {
     }
 }
 
+/// What a poll noted besides what it observed.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// The fetch's warning, if it had one ([`Fetched::Body`]).
+    pub warning: Option<String>,
+    /// The answer's status, certificate and `metrics` values.
+    pub answer: Option<Answer>,
+}
+
 /// Polls `endpoint` and compares with its snapshot (an incremental one:
-/// takes its new items), with the fetch's warning if it had one
-/// ([`Fetched::Body`]). Writes nothing. `last_success_ms` is what its
-/// templates call `last_success`.
+/// takes its new items), with what it noted on the way. Writes nothing.
+/// `last_success_ms` is what its templates call `last_success`.
 pub async fn observe(
     client: &reqwest::Client,
     tokens: &crate::oauth::Tokens,
     store: &Store,
     endpoint: &Endpoint,
     last_success_ms: Option<u64>,
-) -> Result<(Observation, Option<String>), PollError> {
-    let mut warning = None;
-    let observation = compare(
-        client,
-        tokens,
-        store,
-        endpoint,
-        last_success_ms,
-        &mut warning,
-    )
-    .await?;
-    Ok((observation, warning))
+) -> Result<(Observation, Notes), PollError> {
+    let mut notes = Notes::default();
+    let observation = compare(client, tokens, store, endpoint, last_success_ms, &mut notes).await?;
+    Ok((observation, notes))
+}
+
+/// Notes a body's answer, with the values of the endpoint's `metrics`.
+fn note(notes: &mut Notes, endpoint: &Endpoint, mut answer: Answer, bytes: &[u8]) {
+    if let Some(filters) = &endpoint.metrics {
+        answer.values = Some(crate::watched::values(filters, bytes));
+    }
+    notes.answer = Some(answer);
 }
 
 async fn compare(
@@ -111,7 +120,7 @@ async fn compare(
     store: &Store,
     endpoint: &Endpoint,
     last_success_ms: Option<u64>,
-    warning: &mut Option<String>,
+    notes: &mut Notes,
 ) -> Result<Observation, PollError> {
     if let Some(incremental) = &endpoint.incremental {
         return advance(
@@ -121,7 +130,7 @@ async fn compare(
             endpoint,
             incremental,
             last_success_ms,
-            warning,
+            notes,
         )
         .await;
     }
@@ -142,11 +151,12 @@ async fn compare(
     });
     let (bytes, content_type, validators) =
         match fetch::fetch(client, tokens, endpoint, &request, validators.as_ref()).await? {
-            Fetched::NotModified if same_definition.is_some() => {
+            Fetched::NotModified { answer } if same_definition.is_some() => {
+                notes.answer = Some(answer);
                 return Ok(Observation::Unchanged { refreshed: None });
             }
             // A 304 to a request that was not conditional cannot be compared.
-            Fetched::NotModified => {
+            Fetched::NotModified { .. } => {
                 return Err(FetchError::Status {
                     status: 304,
                     retry_after: None,
@@ -154,20 +164,22 @@ async fn compare(
                 .into());
             }
             Fetched::Body {
+                answer,
                 bytes,
                 content_type,
                 validators,
-                warning: fetched,
+                warning,
                 ..
             } => {
-                *warning = fetched;
+                notes.warning = warning;
+                note(notes, endpoint, answer, &bytes);
                 (bytes, content_type, validators)
             }
         };
     let (document, unmatched) =
         extract::extract_with_warning(&bytes, content_type.as_deref(), endpoint.rules())?;
     if let Some(unmatched) = unmatched {
-        *warning = Some(match warning.take() {
+        notes.warning = Some(match notes.warning.take() {
             Some(fetched) => format!("{fetched}; {unmatched}"),
             None => unmatched,
         });
@@ -312,7 +324,7 @@ async fn advance(
     endpoint: &Endpoint,
     incremental: &Incremental,
     last_success_ms: Option<u64>,
-    warning: &mut Option<String>,
+    notes: &mut Notes,
 ) -> Result<Observation, PollError> {
     // A cursor of another definition belongs to another feed.
     let previous = store
@@ -329,14 +341,16 @@ async fn advance(
     // Never conditional: each answer is a new question.
     let bytes = match fetch::fetch(client, tokens, endpoint, &request, None).await? {
         Fetched::Body {
+            answer,
             bytes,
-            warning: fetched,
+            warning,
             ..
         } => {
-            *warning = fetched;
+            notes.warning = warning;
+            note(notes, endpoint, answer, &bytes);
             bytes
         }
-        Fetched::NotModified => {
+        Fetched::NotModified { .. } => {
             return Err(FetchError::Status {
                 status: 304,
                 retry_after: None,

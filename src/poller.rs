@@ -71,6 +71,8 @@ pub struct Report {
     pub retry_in: Option<Duration>,
     /// What a poll that worked warned of (more pages than `max_pages`).
     pub warning: Option<String>,
+    /// What the answer of a poll that worked said for the metrics.
+    pub answer: Option<crate::watched::Answer>,
 }
 
 #[derive(Debug)]
@@ -177,19 +179,20 @@ impl Poller {
                 failures: state.health.failures(),
                 retry_in: None,
                 warning: None,
+                answer: None,
             },
             observed = observe => observed,
         };
         let committed = match (observed, mode) {
-            (Ok((observation, warning)), Mode::Commit) => {
+            (Ok((observation, notes)), Mode::Commit) => {
                 poll::apply(&self.store, endpoint, &observation)
                     .await
-                    .map(|queued| (observation, warning, queued))
+                    .map(|queued| (observation, notes, queued))
                     .map_err(PollError::from)
             }
-            (observed, _) => observed.map(|(observation, warning)| (observation, warning, 0)),
+            (observed, _) => observed.map(|(observation, notes)| (observation, notes, 0)),
         };
-        let (observation, warning, mut queued) = match committed {
+        let (observation, notes, mut queued) = match committed {
             Ok(committed) => committed,
             Err(error) => {
                 let retry_in = match (mode, retryable(&error)) {
@@ -216,6 +219,7 @@ impl Poller {
                     failures,
                     retry_in,
                     warning: None,
+                    answer: None,
                 };
             }
         };
@@ -234,11 +238,11 @@ impl Poller {
                 .reported_duplicates
                 .clone_from(&document.duplicate_keys);
         }
-        if warning != state.reported_warning {
-            if let Some(warning) = &warning {
+        if notes.warning != state.reported_warning {
+            if let Some(warning) = &notes.warning {
                 warn!(warning = %warning, "the poll succeeded with a warning");
             }
-            state.reported_warning.clone_from(&warning);
+            state.reported_warning.clone_from(&notes.warning);
         }
         let mut events = observation.events().to_vec();
         if let Some(recovered) = state.health.succeeded(&self.store, endpoint, mode).await {
@@ -251,7 +255,8 @@ impl Poller {
             queued,
             failures: 0,
             retry_in: None,
-            warning,
+            warning: notes.warning,
+            answer: notes.answer,
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::Endpoint;
 pub use crate::locks::{read, write};
+use crate::watched::Watched;
 
 /// One event as it was produced, for `/api/v1/events` and `pollhook tail`.
 #[derive(Debug, Clone)]
@@ -120,6 +121,9 @@ impl PollResult {
 pub struct EndpointCounts {
     pub(crate) polls: [u64; PollResult::ALL.len()],
     pub(crate) last_success_ms: Option<u64>,
+    /// The last answer's status, certificate expiry and `metrics` values;
+    /// boxed, made at the first answer.
+    pub(crate) watched: Option<Box<Watched>>,
 }
 
 impl EndpointCounts {
@@ -128,6 +132,15 @@ impl EndpointCounts {
         if result != PollResult::Failed {
             self.last_success_ms = Some(at_ms);
         }
+    }
+
+    /// What the metrics show of the endpoint's last answer.
+    pub fn watched(&self) -> Option<&Watched> {
+        self.watched.as_deref()
+    }
+
+    pub fn watched_mut(&mut self) -> &mut Watched {
+        self.watched.get_or_insert_default()
     }
 }
 

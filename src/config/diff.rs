@@ -155,6 +155,7 @@ impl Endpoint {
             && self.targets == other.targets
             && self.emit_initial == other.emit_initial
             && self.keep_history == other.keep_history
+            && self.metrics == other.metrics
     }
 }
 

@@ -230,6 +230,9 @@ struct EndpointConfig {
     targets: Option<Vec<Spanned<String>>>,
     emit_initial: Option<bool>,
     keep_history: Option<Spanned<usize>>,
+    /// Values exported as `pollhook_value{endpoint, name}`: jq filters
+    /// over the response, by name.
+    metrics: Option<BTreeMap<crate::watched::MetricName, Jq>>,
 }
 
 /// `paginate = { next = "link" }`, `{ next = "<jq>" }` or
@@ -793,6 +796,8 @@ pub struct Endpoint {
     pub targets: Arc<[Subscription]>,
     pub emit_initial: bool,
     pub keep_history: usize,
+    /// `metrics`: the jq filters whose numbers are exported; `None`: none.
+    pub metrics: Option<Box<crate::watched::Filters>>,
     /// A hash of everything that shapes the extracted document (url, method,
     /// headers, body, format and the extraction rules). When it changes, the next poll
     /// re-baselines quietly instead of sending a diff between two different
@@ -2103,6 +2108,17 @@ impl<'s> Compiler<'s> {
                 targets,
                 emit_initial: raw.emit_initial.or(defaults.emit_initial).unwrap_or(false),
                 keep_history,
+                metrics: raw
+                    .metrics
+                    .filter(|metrics| !metrics.is_empty())
+                    .map(|metrics| {
+                        Box::new(crate::watched::Filters(
+                            metrics
+                                .into_iter()
+                                .map(|(name, filter)| (Arc::from(name.0), filter))
+                                .collect(),
+                        ))
+                    }),
                 definition,
             }));
         }

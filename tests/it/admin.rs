@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::{Api, Daemon, Receiver, Reply, SECRET, eventually};
 
 /// The address a daemon with this state dir wrote once it listened.
-async fn admin_address(state_dir: &Path) -> String {
+pub(crate) async fn admin_address(state_dir: &Path) -> String {
     let file = state_dir.join("admin.addr");
     eventually("the admin API listens", || file.exists()).await;
     format!("http://{}", std::fs::read_to_string(file).unwrap().trim())
@@ -41,7 +41,7 @@ async fn post(url: String, token: Option<&str>) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-fn write_config(
+pub(crate) fn write_config(
     path: &Path,
     state: &Path,
     endpoints: &str,
@@ -60,7 +60,11 @@ fn write_config(
 
 /// A daemon on `dir/config.toml`, with `dir` as its state dir, and the
 /// address of its admin API once it listens.
-async fn start_daemon(dir: &Path, endpoints: &str, receiver: &Receiver) -> (Daemon, String) {
+pub(crate) async fn start_daemon(
+    dir: &Path,
+    endpoints: &str,
+    receiver: &Receiver,
+) -> (Daemon, String) {
     let config = write_config(&dir.join("config.toml"), dir, endpoints, receiver, "");
     let daemon = Daemon::start(config);
     (daemon, admin_address(dir).await)

@@ -2,9 +2,11 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod cli;
 mod crash;
 mod damage;
+mod dashboard;
 mod delivery;
 mod disk;
 mod email;
@@ -25,4 +27,5 @@ mod socks;
 mod support;
 mod targets;
 mod tls;
+mod values;
 mod watch;

@@ -13,7 +13,7 @@ use crate::support::TestCa as Ca;
 /// An HTTPS server on 127.0.0.1 with a certificate `ca` signed, answering
 /// every request `{"tls":true}`; with `client_ca`, only to clients with a
 /// certificate it signed. Returns its base URL and the requests it answered.
-async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Arc<AtomicUsize>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
