@@ -176,7 +176,14 @@ async fn compare(
                 (bytes, content_type, validators)
             }
         };
-    let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
+    let (document, unmatched) =
+        extract::extract_with_warning(&bytes, content_type.as_deref(), endpoint.rules())?;
+    if let Some(unmatched) = unmatched {
+        notes.warning = Some(match notes.warning.take() {
+            Some(fetched) => format!("{fetched}; {unmatched}"),
+            None => unmatched,
+        });
+    }
     let now_ms = clock::now_ms();
     let new_snapshot = |version: u64, notified: u64| Snapshot {
         version,
@@ -266,6 +273,17 @@ async fn compare(
         base = Some((previous.version, document));
     }
     let (base_version, base_document) = base.expect("set above");
+    // A feed compared as text before feeds were read by their Content-Type:
+    // its items start afresh instead of a diff between text and items.
+    if base_document.kind == Kind::Text && document.kind == Kind::Items {
+        return Ok(Observation::New {
+            reason: NewReason::Rebaseline,
+            snapshot: new_snapshot(version, version),
+            seen: fresh_seen(&document),
+            document,
+            events: Vec::new(),
+        });
+    }
     let mut seen = seen_limit
         .map(|_| store.seen(&endpoint.name).map(Box::new))
         .transpose()?;

@@ -6,6 +6,7 @@
 //! reported at once, each with file, line, column and the endpoint it is in.
 
 mod diff;
+mod html;
 mod template;
 mod values;
 
@@ -216,6 +217,10 @@ struct EndpointConfig {
     #[serde(rename = "match")]
     keep_lines: Option<Spanned<Pattern>>,
     replace: Option<Spanned<Vec<(Pattern, String)>>>,
+    /// `format = "html"`: what to pick from the page (see `html`).
+    css: Option<Spanned<html::CssConfig>>,
+    attr: Option<Spanned<String>>,
+    items_css: Option<Spanned<crate::formats::html::Css>>,
     when: Option<Jq>,
     when_previous: Option<Spanned<WhenPrevious>>,
     seen: Option<Spanned<SeenConfig>>,
@@ -2047,6 +2052,8 @@ impl<'s> Compiler<'s> {
                     Cow::Borrowed(&[])
                 }
                 Some(on) => Cow::Owned(on.into_inner()),
+                // A feed's items are news: what is added, not how they are edited.
+                None if rules.format == Some(Format::Feed) => Cow::Borrowed(&[ItemEvent::Added]),
                 None => Cow::Borrowed(&[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed]),
             };
             let (Some(schedule), Some(url)) = (schedule, url) else {
@@ -2262,14 +2269,37 @@ impl<'s> Compiler<'s> {
                 context.clone(),
                 format!("`{json}` works on JSON, but `format = \"text\"`"),
             ),
-            (Some(Format::Json), _, Some((text, span))) => self.problem(
-                span.start,
-                context.clone(),
-                format!("`{text}` works on text, but `format = \"json\"`"),
-            ),
+            (Some(format @ (Format::Json | Format::Feed | Format::Xml)), _, Some((text, span))) => {
+                self.problem(
+                    span.start,
+                    context.clone(),
+                    format!(
+                        "`{text}` works on text, but `format = \"{}\"`",
+                        format.name()
+                    ),
+                )
+            }
             _ => {}
         }
-        if raw.items.is_none() && !broken.contains("items") {
+        let html = html::HtmlKeys {
+            css: raw.css.take(),
+            attr: raw.attr.take(),
+            items_css: raw.items_css.take(),
+        };
+        let item_mode_by_format = format == Some(Format::Feed) || html.items_css.is_some();
+        let html = match html.compile(
+            format == Some(Format::Html),
+            raw.format.as_ref().map_or(0, |format| format.span().start),
+        ) {
+            Ok(pick) => pick,
+            Err(mistakes) => {
+                for (start, message) in mistakes {
+                    self.problem(start, context.clone(), message);
+                }
+                None
+            }
+        };
+        if raw.items.is_none() && !item_mode_by_format && !broken.contains("items") {
             let item_only = [
                 ("key", raw.key.as_ref().map(|v| v.span())),
                 ("seen", raw.seen.as_ref().map(|v| v.span())),
@@ -2286,14 +2316,20 @@ impl<'s> Compiler<'s> {
                 }
             }
         }
-        let items = raw.items.take().map(|items| ItemRules {
+        // A feed or a page's blocks are items by themselves (`.[]`); a
+        // feed's are known by `.id` unless `key` says otherwise.
+        let feed = format == Some(Format::Feed);
+        let default_items = (item_mode_by_format && (!feed || raw.key.is_some()))
+            .then(|| Spanned::new(0..0, ".[]".parse().expect("`.[]` compiles")));
+        let default_key = if feed { ".id" } else { "." };
+        let items = raw.items.take().or(default_items).map(|items| ItemRules {
             items: items.into_inner(),
             // Without a key, an item is its own identity: only additions
             // and removals are seen.
-            key: raw
-                .key
-                .take()
-                .map_or_else(|| ".".parse().expect("`.` compiles"), Spanned::into_inner),
+            key: raw.key.take().map_or_else(
+                || default_key.parse().expect("the default key compiles"),
+                Spanned::into_inner,
+            ),
         });
         Rules {
             format,
@@ -2312,6 +2348,7 @@ impl<'s> Compiler<'s> {
                 .into_iter()
                 .map(|(pattern, replacement)| (pattern.0, replacement))
                 .collect(),
+            html,
         }
     }
 
@@ -2705,6 +2742,10 @@ fn definition_hash(
     if let Some(paging) = paging {
         field(b"paginate");
         field(paging.describe().as_bytes());
+    }
+    if let Some(pick) = &rules.html {
+        field(b"css");
+        field(pick.describe().as_bytes());
     }
     if let Some(keep) = &rules.keep_lines {
         field(b"match");
