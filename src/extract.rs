@@ -375,7 +375,7 @@ static FEED_ITEMS: std::sync::LazyLock<ItemRules> = std::sync::LazyLock::new(|| 
 
 /// The format made into JSON here, if any: the endpoint's, or a feed's
 /// Content-Type when no text rule asks for the body as text.
-fn converted_format(content_type: Option<&str>, rules: &Rules) -> Option<Format> {
+pub fn converted_format(content_type: Option<&str>, rules: &Rules) -> Option<Format> {
     match rules.format {
         Some(format) if format.is_converted() => Some(format),
         Some(_) => None,

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::config::{Endpoint, Incremental, Subscription, Vars, WhenPrevious};
+use crate::config::{Endpoint, Incremental, ItemEvent, Subscription, Vars, WhenPrevious};
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError, Kind};
@@ -178,6 +178,9 @@ async fn compare(
         };
     let (document, unmatched) =
         extract::extract_with_warning(&bytes, content_type.as_deref(), endpoint.rules())?;
+    let feed = extract::converted_format(content_type.as_deref(), endpoint.rules())
+        == Some(extract::Format::Feed);
+    let on = endpoint.item_events(feed);
     if let Some(unmatched) = unmatched {
         notes.warning = Some(match notes.warning.take() {
             Some(fetched) => format!("{fetched}; {unmatched}"),
@@ -206,7 +209,7 @@ async fn compare(
 
     let Some(previous) = previous else {
         let events = match endpoint.emit_initial {
-            true => events(endpoint, None, &document, None, 1, now_ms, None)?,
+            true => events(endpoint, on, None, &document, None, 1, now_ms, None)?,
             false => Vec::new(),
         };
         return Ok(Observation::New {
@@ -289,6 +292,7 @@ async fn compare(
         .transpose()?;
     let events = events(
         endpoint,
+        on,
         Some(&base_document),
         &document,
         Some(base_version),
@@ -444,6 +448,7 @@ fn remember<'d>(
 /// diff, narrowed by `when`, made into events.
 fn events(
     endpoint: &Endpoint,
+    on: &[ItemEvent],
     previous: Option<&Document>,
     current: &Document,
     previous_version: Option<u64>,
@@ -493,7 +498,7 @@ fn events(
         }
     };
     Ok(change
-        .map(|change| event::for_change(endpoint, previous_version, version, change, now_ms))
+        .map(|change| event::for_change(endpoint, on, previous_version, version, change, now_ms))
         .unwrap_or_default())
 }
 

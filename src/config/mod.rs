@@ -10,7 +10,6 @@ mod html;
 mod template;
 mod values;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::Read as _;
@@ -781,8 +780,9 @@ pub struct Endpoint {
     /// Item mode: the keys remembered so that `item.added` is sent once
     /// per item ever; `None` (`seen = 0`): only the last document counts.
     pub seen: Option<SeenLimit>,
-    /// Item mode: which item events are sent.
-    pub on: Cow<'static, [ItemEvent]>,
+    /// Item mode: which item events are sent, as written (see
+    /// [`Endpoint::item_events`] for what none means).
+    pub on: Option<Vec<ItemEvent>>,
     /// Item mode: one `items.changed` event per poll instead of one per item.
     pub batch: bool,
     /// Failed scheduled polls in a row before `endpoint.failing` is sent;
@@ -809,6 +809,17 @@ pub struct Endpoint {
 static NO_RULES: Rules = Rules::NONE;
 
 impl Endpoint {
+    /// The item events sent: those `on` lists, or else all three, but
+    /// for a feed (by `format` or by its `Content-Type`), whose items are
+    /// news: only what is added, not how entries are edited.
+    pub fn item_events(&self, feed: bool) -> &[ItemEvent] {
+        match &self.on {
+            Some(on) => on,
+            None if feed => &[ItemEvent::Added],
+            None => &[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed],
+        }
+    }
+
     /// How the body becomes the document that is compared.
     pub fn rules(&self) -> &Rules {
         self.rules.as_deref().unwrap_or(&NO_RULES)
@@ -2042,20 +2053,16 @@ impl<'s> Compiler<'s> {
                 query: raw.query.take().unwrap_or_default().into_iter().collect(),
                 headers: templated_headers,
             };
-            let on: Cow<'static, [ItemEvent]> = match raw.on {
-                Some(on) if on.get_ref().is_empty() => {
+            let on = raw.on.map(|on| {
+                if on.get_ref().is_empty() {
                     self.problem(
                         on.span().start,
                         context.clone(),
                         "`on` is empty: list `added`, `removed` and/or `changed`",
                     );
-                    Cow::Borrowed(&[])
                 }
-                Some(on) => Cow::Owned(on.into_inner()),
-                // A feed's items are news: what is added, not how they are edited.
-                None if rules.format == Some(Format::Feed) => Cow::Borrowed(&[ItemEvent::Added]),
-                None => Cow::Borrowed(&[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed]),
-            };
+                on.into_inner()
+            });
             let (Some(schedule), Some(url)) = (schedule, url) else {
                 continue;
             };

@@ -136,12 +136,15 @@ async fn a_wordpress_post_is_found_by_the_content_type_and_last_build_date_chang
 	<item>"#;
     let (event, error) = watch(Case {
         content_type: "application/rss+xml; charset=UTF-8",
-        // No `format`: the Content-Type says it is a feed.
+        // No `format`: the Content-Type says it is a feed, whose items are
+        // news: an edited post (as a new `lastBuildDate`) sends nothing.
         keys: "",
-        volatile: original.replace(
-            "Mon, 03 Nov 2025 08:15:02 +0000",
-            "Tue, 04 Nov 2025 10:00:00 +0000",
-        ),
+        volatile: original
+            .replace(
+                "Mon, 03 Nov 2025 08:15:02 +0000",
+                "Tue, 04 Nov 2025 10:00:00 +0000",
+            )
+            .replace("for three days", "for four days"),
         changed: original.replacen("<item>", post, 1),
         original,
         malformed: b"<rss version=\"2.0\"><channel><item><title>cut</ti",
