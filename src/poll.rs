@@ -209,7 +209,7 @@ async fn compare(
 
     let Some(previous) = previous else {
         let events = match endpoint.emit_initial {
-            true => events(endpoint, on, None, &document, None, 1, now_ms, None)?,
+            true => events(endpoint, on, None, &document, 1, now_ms, None)?,
             false => Vec::new(),
         };
         return Ok(Observation::New {
@@ -293,9 +293,8 @@ async fn compare(
     let events = events(
         endpoint,
         on,
-        Some(&base_document),
+        Some((base_version, &base_document)),
         &document,
-        Some(base_version),
         version,
         now_ms,
         seen.as_deref(),
@@ -449,13 +448,13 @@ fn remember<'d>(
 fn events(
     endpoint: &Endpoint,
     on: &[ItemEvent],
-    previous: Option<&Document>,
+    previous: Option<(u64, &Document)>,
     current: &Document,
-    previous_version: Option<u64>,
     version: u64,
     now_ms: u64,
     seen: Option<&SeenKeys>,
 ) -> Result<Vec<Event>, ExtractError> {
+    let (previous_version, previous) = previous.unzip();
     let Some(mut change) = diff(previous, current) else {
         return Ok(Vec::new());
     };
