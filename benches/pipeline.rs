@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the steps one poll and one delivery take:
 //! extract + diff for JSON documents of 1 KiB, 100 KiB and 10 MiB, signing,
 //! an outbox row's trip through sled (commit, read, complete), and what a
-//! dispatcher reads to find its due rows behind a backlog of retries.
+//! dispatcher reads to find its due rows behind a backlog of retries, and
+//! the conversion of a feed, an XML document and an HTML page (`formats`).
 //!
 //! `cargo bench --bench pipeline` runs them all; a filter narrows them down,
 //! e.g. `cargo bench --bench pipeline -- 10MiB`.
@@ -199,5 +200,59 @@ fn outbox(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, extract_diff, signing, outbox);
+/// Extracting a 500-entry Atom feed (128 KiB), an XML document of 20,000
+/// elements (760 KiB) and a page of 5,000 blocks (470 KiB) picked by an `items_css` rule (`cargo bench --bench pipeline -- formats`).
+fn formats(criterion: &mut Criterion) {
+    let entries: String = (0..500)
+        .map(|n| {
+            format!(
+                "<entry><id>tag:example.com,2008:{n}</id><updated>2025-11-04T10:00:00Z</updated>\
+                 <link rel=\"alternate\" href=\"https://example.com/r/{n}\"/><title>Release {n}</title>\
+                 <content type=\"html\">&lt;p&gt;Notes for {n}&lt;/p&gt;</content><author><name>a</name></author></entry>"
+            )
+        })
+        .collect();
+    let atom = format!(
+        "<?xml version=\"1.0\"?><feed xmlns=\"http://www.w3.org/2005/Atom\"><id>x</id><title>t</title>{entries}</feed>"
+    );
+    let rates: String = (0..20_000)
+        .map(|n| format!("<Cube currency='C{n}' rate='{}.{n}'/>", n % 7))
+        .collect();
+    let xml = format!("<Envelope><Cube><Cube time='2025-11-04'>{rates}</Cube></Cube></Envelope>");
+    let blocks: String = (0..5_000)
+        .map(|n| format!("<li class=\"release\"><h2>1.{n}</h2><a href=\"/c/1.{n}\">notes</a><p>Some text about {n}.</p></li>"))
+        .collect();
+    let page = format!("<html><body><ul>{blocks}</ul></body></html>");
+    let rules = |text: &str| -> Rules {
+        let path = std::path::Path::new("bench.toml");
+        let config = pollhook::config::Config::compile(
+            &format!("state_dir = \"/tmp/bench\"\n[[endpoint]]\nname = \"b\"\nurl = \"http://127.0.0.1/\"\nevery = \"1m\"\n{text}"),
+            path,
+        )
+        .unwrap();
+        config.endpoints[0].rules().clone()
+    };
+    let cases = [
+        ("feed_atom_500_entries", atom, rules("format = \"feed\"")),
+        ("xml_20000_elements", xml, rules("format = \"xml\"")),
+        (
+            "html_items_5000_blocks",
+            page,
+            rules(
+                "format = \"html\"\nitems_css = \"li.release\"\ncss = { version = \"h2\", link = { css = \"a\", attr = \"href\" } }\nkey = \".version\"",
+            ),
+        ),
+    ];
+    let mut group = criterion.benchmark_group("formats");
+    group.sample_size(10);
+    for (name, body, rules) in cases {
+        println!("{name}: {} KiB", body.len() / 1024);
+        group.bench_function(name, |bencher| {
+            bencher.iter(|| black_box(extract(body.as_bytes(), None, &rules).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, extract_diff, signing, outbox, formats);
 criterion_main!(benches);

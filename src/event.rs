@@ -53,6 +53,7 @@ pub fn new_id() -> String {
 /// `batch`. None when item mode leaves nothing to send.
 pub fn for_change(
     endpoint: &Endpoint,
+    on: &[ItemEvent],
     previous_version: Option<u64>,
     version: u64,
     change: Change,
@@ -94,7 +95,7 @@ pub fn for_change(
         }
         Change::Items(items) => items,
     };
-    let wanted = |kind: ItemEvent, list: Vec<Value>| match endpoint.on.contains(&kind) {
+    let wanted = |kind: ItemEvent, list: Vec<Value>| match on.contains(&kind) {
         true => list,
         false => Vec::new(),
     };

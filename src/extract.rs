@@ -21,6 +21,7 @@ use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::formats::{self, Converted, html::Pick};
 use crate::jq::{self, Jq};
 use crate::number;
 
@@ -31,6 +32,30 @@ use crate::number;
 pub enum Format {
     Json,
     Text,
+    /// RSS, Atom or JSON Feed: the feed's items (see [`formats::feed`]).
+    Feed,
+    /// XML as JSON the xmltodict way (see [`formats::xml`]).
+    Xml,
+    /// What the `css` selectors pick from a page (see [`formats::html`]).
+    Html,
+}
+
+impl Format {
+    /// The name as the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Text => "text",
+            Format::Feed => "feed",
+            Format::Xml => "xml",
+            Format::Html => "html",
+        }
+    }
+
+    /// Formats made into JSON before the JSON rules apply.
+    pub fn is_converted(self) -> bool {
+        matches!(self, Format::Feed | Format::Xml | Format::Html)
+    }
 }
 
 /// What kind of document an endpoint produced.
@@ -92,6 +117,8 @@ pub struct Document {
 pub enum ExtractError {
     #[error("the response is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    #[error(transparent)]
+    Format(#[from] formats::FormatError),
     #[error("the `{name}` filter `{source_text}` failed: {message}")]
     Filter {
         name: &'static str,
@@ -176,6 +203,8 @@ pub struct Rules {
     pub keep_lines: Option<Regex>,
     /// Text: each replacement is applied to every kept line, in order.
     pub replace: Vec<(Regex, String)>,
+    /// HTML: what the `css` selectors pick.
+    pub html: Option<Pick>,
 }
 
 /// `items` yields the items of a JSON document, `key` each item's identity.
@@ -194,6 +223,7 @@ impl Rules {
         items: None,
         keep_lines: None,
         replace: Vec::new(),
+        html: None,
     };
 
     pub fn is_none(&self) -> bool {
@@ -204,6 +234,7 @@ impl Rules {
             items,
             keep_lines,
             replace,
+            html,
         } = self;
         format.is_none()
             && select.is_none()
@@ -211,6 +242,7 @@ impl Rules {
             && items.is_none()
             && keep_lines.is_none()
             && replace.is_empty()
+            && html.is_none()
     }
 
     /// JSON-only rules make a JSON document, text-only rules a text one.
@@ -218,6 +250,8 @@ impl Rules {
         match self.format {
             Some(Format::Json) => Kind::Json,
             Some(Format::Text) => Kind::Text,
+            // Made into JSON by `convert` first.
+            Some(Format::Feed | Format::Xml | Format::Html) => Kind::Json,
             None if self.select.is_some() || self.items.is_some() => Kind::Json,
             None if self.keep_lines.is_some() || !self.replace.is_empty() => Kind::Text,
             None => sniff(body, content_type),
@@ -231,8 +265,31 @@ pub fn extract(
     content_type: Option<&str>,
     rules: &Rules,
 ) -> Result<Document, ExtractError> {
+    extract_with_warning(body, content_type, rules).map(|(document, _)| document)
+}
+
+/// [`extract`], and what the poll should warn about: the CSS selectors
+/// that matched nothing on a page.
+pub fn extract_with_warning(
+    body: &[u8],
+    content_type: Option<&str>,
+    rules: &Rules,
+) -> Result<(Document, Option<String>), ExtractError> {
+    if let Some(format) = converted_format(content_type, rules) {
+        let Converted {
+            mut value,
+            unmatched,
+        } = convert(body, format, rules)?;
+        number::canonicalise(&mut value);
+        if format == Format::Html {
+            normalise_strings(&mut value, rules);
+        }
+        let default_items = (format == Format::Feed).then(|| &*FEED_ITEMS);
+        let document = from_value(value, rules, default_items)?;
+        return Ok((document, unmatched_warning(&unmatched)));
+    }
     let plain_json = rules.select.is_none() && rules.ignore.is_empty() && rules.items.is_none();
-    match rules.kind(body, content_type) {
+    let document = match rules.kind(body, content_type) {
         // The fast path: no tree of `Value`s for a document kept as it is.
         Kind::Json if plain_json => {
             let mut writer = Writer {
@@ -254,16 +311,7 @@ pub fn extract(
             // Numbers as the response wrote them → canonical text. (jq
             // outputs come back canonical: see `jq::Jq::run`.)
             number::canonicalise(&mut value);
-            if let Some(select) = &rules.select {
-                value = run(select, "select", &value).map(jq::collapse)?;
-            }
-            for pointer in &rules.ignore {
-                remove_pointer(&mut value, pointer);
-            }
-            match &rules.items {
-                Some(item_rules) => items_document(&value, item_rules),
-                None => Ok(Document::from_json(Kind::Json, &value)),
-            }
+            from_value(value, rules, None)
         }
         Kind::Text => {
             let text = normalise_text(&String::from_utf8_lossy(body), rules).into_bytes();
@@ -284,6 +332,82 @@ pub fn extract(
                 duplicate_keys: Vec::new(),
             })
         }
+    }?;
+    Ok((document, None))
+}
+
+/// What a page's selectors did not find, as the poll's warning.
+fn unmatched_warning(unmatched: &[String]) -> Option<String> {
+    let (first, rest) = unmatched.split_first()?;
+    let mut names = format!("`{first}`");
+    for name in rest {
+        names.push_str(&format!(", `{name}`"));
+    }
+    Some(format!(
+        "CSS selector(s) {names} matched nothing on the page"
+    ))
+}
+
+/// A JSON value through `select`, `ignore` and `items` (or, without
+/// `items`, the format's own item rules).
+fn from_value(
+    mut value: Value,
+    rules: &Rules,
+    default_items: Option<&ItemRules>,
+) -> Result<Document, ExtractError> {
+    if let Some(select) = &rules.select {
+        value = run(select, "select", &value).map(jq::collapse)?;
+    }
+    for pointer in &rules.ignore {
+        remove_pointer(&mut value, pointer);
+    }
+    match rules.items.as_ref().or(default_items) {
+        Some(item_rules) => items_document(&value, item_rules),
+        None => Ok(Document::from_json(Kind::Json, &value)),
+    }
+}
+
+/// A feed is item mode by default: its items, known by their id.
+static FEED_ITEMS: std::sync::LazyLock<ItemRules> = std::sync::LazyLock::new(|| ItemRules {
+    items: ".[]".parse().expect("`.[]` compiles"),
+    key: ".id".parse().expect("`.id` compiles"),
+});
+
+/// The format made into JSON here, if any: the endpoint's, or a feed's
+/// Content-Type when no text rule asks for the body as text.
+pub fn converted_format(content_type: Option<&str>, rules: &Rules) -> Option<Format> {
+    match rules.format {
+        Some(format) if format.is_converted() => Some(format),
+        Some(_) => None,
+        None if rules.keep_lines.is_some() || !rules.replace.is_empty() => None,
+        None => formats::is_feed_media_type(&media_type(content_type)).then_some(Format::Feed),
+    }
+}
+
+fn convert(body: &[u8], format: Format, rules: &Rules) -> Result<Converted, ExtractError> {
+    Ok(match (format, &rules.html) {
+        (Format::Feed, _) => formats::feed::to_json(body)?.into(),
+        (Format::Html, Some(pick)) => formats::html::to_json(body, pick)?,
+        // `format = "html"` without `css` is refused by the config; as XML
+        // otherwise.
+        _ => formats::xml::to_json(body)?.into(),
+    })
+}
+
+/// HTML: `match` and `replace` on every text picked.
+fn normalise_strings(value: &mut Value, rules: &Rules) {
+    match value {
+        Value::String(text) => {
+            let normalised = normalise_text(text, rules);
+            *text = normalised.trim_end_matches('\n').to_string();
+        }
+        Value::Array(values) => values
+            .iter_mut()
+            .for_each(|value| normalise_strings(value, rules)),
+        Value::Object(members) => members
+            .values_mut()
+            .for_each(|value| normalise_strings(value, rules)),
+        _ => {}
     }
 }
 
@@ -307,7 +431,10 @@ fn run(filter: &Jq, name: &'static str, input: &Value) -> Result<Vec<Value>, Ext
 /// Incremental mode: the response as JSON, and its items as `(key, item)`
 /// in the response's order (after `select` and `ignore`, as in item mode).
 pub fn new_items(body: &[u8], rules: &Rules) -> Result<(Value, Vec<(Value, Value)>), ExtractError> {
-    let mut response: Value = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
+    let mut response: Value = match rules.format.filter(|format| format.is_converted()) {
+        Some(format) => convert(body, format, rules)?.value,
+        None => serde_json::from_slice(body).map_err(ExtractError::NotJson)?,
+    };
     number::canonicalise(&mut response);
     let narrowed = match (&rules.select, rules.ignore.is_empty()) {
         (None, true) => None,
@@ -614,11 +741,16 @@ fn normalise_text(text: &str, rules: &Rules) -> String {
 
 /// JSON when the Content-Type says so (`application/json`, `+json`), text
 /// when it is textual or the body is UTF-8, bytes otherwise.
-fn sniff(body: &[u8], content_type: Option<&str>) -> Kind {
-    let media_type = content_type
+/// The media type of a Content-Type, lowercase, without parameters.
+fn media_type(content_type: Option<&str>) -> String {
+    content_type
         .and_then(|value| value.split(';').next())
         .map(|value| value.trim().to_ascii_lowercase())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn sniff(body: &[u8], content_type: Option<&str>) -> Kind {
+    let media_type = media_type(content_type);
     if media_type == "application/json"
         || media_type.ends_with("+json")
         || media_type == "text/json"

@@ -9,6 +9,7 @@
 //! - [`oauth`]: the `Authorization` of a poll; OAuth2 tokens, cached and
 //!   shared.
 //! - [`extract`]: response body → canonical document (pure).
+//! - [`formats`]: feeds, XML and HTML pages → JSON for `extract` (pure).
 //! - [`number`]: the canonical text of a JSON number, exact whatever its
 //!   size (pure).
 //! - [`diff`]: two documents → JSON Patch or unified diff (pure).
@@ -53,6 +54,7 @@ pub mod event;
 pub mod event_type;
 pub mod extract;
 pub mod fetch;
+pub mod formats;
 pub mod hosts;
 pub mod jq;
 pub mod locks;

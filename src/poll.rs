@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::config::{Endpoint, Incremental, Subscription, Vars, WhenPrevious};
+use crate::config::{Endpoint, Incremental, ItemEvent, Subscription, Vars, WhenPrevious};
 use crate::diff::{Change, diff};
 use crate::event::{self, Event};
 use crate::extract::{self, Document, ExtractError, Kind};
@@ -176,7 +176,17 @@ async fn compare(
                 (bytes, content_type, validators)
             }
         };
-    let document = extract::extract(&bytes, content_type.as_deref(), endpoint.rules())?;
+    let (document, unmatched) =
+        extract::extract_with_warning(&bytes, content_type.as_deref(), endpoint.rules())?;
+    let feed = extract::converted_format(content_type.as_deref(), endpoint.rules())
+        == Some(extract::Format::Feed);
+    let on = endpoint.item_events(feed);
+    if let Some(unmatched) = unmatched {
+        notes.warning = Some(match notes.warning.take() {
+            Some(fetched) => format!("{fetched}; {unmatched}"),
+            None => unmatched,
+        });
+    }
     let now_ms = clock::now_ms();
     let new_snapshot = |version: u64, notified: u64| Snapshot {
         version,
@@ -199,7 +209,7 @@ async fn compare(
 
     let Some(previous) = previous else {
         let events = match endpoint.emit_initial {
-            true => events(endpoint, None, &document, None, 1, now_ms, None)?,
+            true => events(endpoint, on, None, &document, 1, now_ms, None)?,
             false => Vec::new(),
         };
         return Ok(Observation::New {
@@ -266,14 +276,25 @@ async fn compare(
         base = Some((previous.version, document));
     }
     let (base_version, base_document) = base.expect("set above");
+    // A feed compared as text before feeds were read by their Content-Type:
+    // its items start afresh instead of a diff between text and items.
+    if base_document.kind == Kind::Text && document.kind == Kind::Items {
+        return Ok(Observation::New {
+            reason: NewReason::Rebaseline,
+            snapshot: new_snapshot(version, version),
+            seen: fresh_seen(&document),
+            document,
+            events: Vec::new(),
+        });
+    }
     let mut seen = seen_limit
         .map(|_| store.seen(&endpoint.name).map(Box::new))
         .transpose()?;
     let events = events(
         endpoint,
-        Some(&base_document),
+        on,
+        Some((base_version, &base_document)),
         &document,
-        Some(base_version),
         version,
         now_ms,
         seen.as_deref(),
@@ -426,13 +447,14 @@ fn remember<'d>(
 /// diff, narrowed by `when`, made into events.
 fn events(
     endpoint: &Endpoint,
-    previous: Option<&Document>,
+    on: &[ItemEvent],
+    previous: Option<(u64, &Document)>,
     current: &Document,
-    previous_version: Option<u64>,
     version: u64,
     now_ms: u64,
     seen: Option<&SeenKeys>,
 ) -> Result<Vec<Event>, ExtractError> {
+    let (previous_version, previous) = previous.unzip();
     let Some(mut change) = diff(previous, current) else {
         return Ok(Vec::new());
     };
@@ -475,7 +497,7 @@ fn events(
         }
     };
     Ok(change
-        .map(|change| event::for_change(endpoint, previous_version, version, change, now_ms))
+        .map(|change| event::for_change(endpoint, on, previous_version, version, change, now_ms))
         .unwrap_or_default())
 }
 

@@ -90,6 +90,8 @@ pub struct PollState {
     retries: u32,
     /// Duplicate item keys are reported once, not at every poll.
     reported_duplicates: Vec<Value>,
+    /// So is a poll's warning (a selector that matched nothing).
+    reported_warning: Option<String>,
     /// When the last successful poll started: templates' `last_success`.
     last_success_ms: Option<u64>,
 }
@@ -122,6 +124,7 @@ impl PollState {
             health: Health::load(store, endpoint),
             retries: 0,
             reported_duplicates: Vec::new(),
+            reported_warning: None,
             last_success_ms,
         }
     }
@@ -234,6 +237,12 @@ impl Poller {
             state
                 .reported_duplicates
                 .clone_from(&document.duplicate_keys);
+        }
+        if notes.warning != state.reported_warning {
+            if let Some(warning) = &notes.warning {
+                warn!(warning = %warning, "the poll succeeded with a warning");
+            }
+            state.reported_warning.clone_from(&notes.warning);
         }
         let mut events = observation.events().to_vec();
         if let Some(recovered) = state.health.succeeded(&self.store, endpoint, mode).await {

@@ -283,6 +283,9 @@ pub struct PreviewView {
     pub error: Option<String>,
     /// The webhook bodies it would queue.
     pub events: Vec<String>,
+    /// What the poll warned about (a selector that matched nothing).
+    #[serde(default)]
+    pub warning: Option<String>,
     /// The extracted document's kind and text, when asked for.
     pub document: Option<(String, String)>,
     /// An incremental endpoint's cursor after this poll (in a dry run:
@@ -305,6 +308,7 @@ impl PreviewView {
             result: String::new(),
             version: None,
             error: None,
+            warning: report.warning.clone(),
             events: report.events.iter().map(|event| event.body()).collect(),
             document: None,
             cursor: None,

@@ -500,6 +500,9 @@ fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
             None => errln!("{name}: {result}, {} event(s)", view.events.len()),
         },
     }
+    if let Some(warning) = &view.warning {
+        errln!("{name}: warning: {warning}");
+    }
     if let Some(cursor) = &view.cursor {
         errln!("{name}: cursor {cursor}");
     }

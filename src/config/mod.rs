@@ -7,11 +7,11 @@
 
 mod cluster;
 mod diff;
+mod html;
 mod nats;
 mod template;
 mod values;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::Read as _;
@@ -221,6 +221,10 @@ struct EndpointConfig {
     #[serde(rename = "match")]
     keep_lines: Option<Spanned<Pattern>>,
     replace: Option<Spanned<Vec<(Pattern, String)>>>,
+    /// `format = "html"`: what to pick from the page (see `html`).
+    css: Option<Spanned<html::CssConfig>>,
+    attr: Option<Spanned<String>>,
+    items_css: Option<Spanned<crate::formats::html::Css>>,
     when: Option<Jq>,
     when_previous: Option<Spanned<WhenPrevious>>,
     seen: Option<Spanned<SeenConfig>>,
@@ -788,8 +792,9 @@ pub struct Endpoint {
     /// Item mode: the keys remembered so that `item.added` is sent once
     /// per item ever; `None` (`seen = 0`): only the last document counts.
     pub seen: Option<SeenLimit>,
-    /// Item mode: which item events are sent.
-    pub on: Cow<'static, [ItemEvent]>,
+    /// Item mode: which item events are sent, as written (see
+    /// [`Endpoint::item_events`] for what none means).
+    pub on: Option<Vec<ItemEvent>>,
     /// Item mode: one `items.changed` event per poll instead of one per item.
     pub batch: bool,
     /// Failed scheduled polls in a row before `endpoint.failing` is sent;
@@ -816,6 +821,17 @@ pub struct Endpoint {
 static NO_RULES: Rules = Rules::NONE;
 
 impl Endpoint {
+    /// The item events sent: those `on` lists, or else all three, but
+    /// for a feed (by `format` or by its `Content-Type`), whose items are
+    /// news: only what is added, not how entries are edited.
+    pub fn item_events(&self, feed: bool) -> &[ItemEvent] {
+        match &self.on {
+            Some(on) => on,
+            None if feed => &[ItemEvent::Added],
+            None => &[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed],
+        }
+    }
+
     /// How the body becomes the document that is compared.
     pub fn rules(&self) -> &Rules {
         self.rules.as_deref().unwrap_or(&NO_RULES)
@@ -2110,18 +2126,16 @@ impl<'s> Compiler<'s> {
                 query: raw.query.take().unwrap_or_default().into_iter().collect(),
                 headers: templated_headers,
             };
-            let on: Cow<'static, [ItemEvent]> = match raw.on {
-                Some(on) if on.get_ref().is_empty() => {
+            let on = raw.on.map(|on| {
+                if on.get_ref().is_empty() {
                     self.problem(
                         on.span().start,
                         context.clone(),
                         "`on` is empty: list `added`, `removed` and/or `changed`",
                     );
-                    Cow::Borrowed(&[])
                 }
-                Some(on) => Cow::Owned(on.into_inner()),
-                None => Cow::Borrowed(&[ItemEvent::Added, ItemEvent::Removed, ItemEvent::Changed]),
-            };
+                on.into_inner()
+            });
             let (Some(schedule), Some(url)) = (schedule, url) else {
                 continue;
             };
@@ -2335,14 +2349,37 @@ impl<'s> Compiler<'s> {
                 context.clone(),
                 format!("`{json}` works on JSON, but `format = \"text\"`"),
             ),
-            (Some(Format::Json), _, Some((text, span))) => self.problem(
-                span.start,
-                context.clone(),
-                format!("`{text}` works on text, but `format = \"json\"`"),
-            ),
+            (Some(format @ (Format::Json | Format::Feed | Format::Xml)), _, Some((text, span))) => {
+                self.problem(
+                    span.start,
+                    context.clone(),
+                    format!(
+                        "`{text}` works on text, but `format = \"{}\"`",
+                        format.name()
+                    ),
+                )
+            }
             _ => {}
         }
-        if raw.items.is_none() && !broken.contains("items") {
+        let html = html::HtmlKeys {
+            css: raw.css.take(),
+            attr: raw.attr.take(),
+            items_css: raw.items_css.take(),
+        };
+        let item_mode_by_format = format == Some(Format::Feed) || html.items_css.is_some();
+        let html = match html.compile(
+            format == Some(Format::Html),
+            raw.format.as_ref().map_or(0, |format| format.span().start),
+        ) {
+            Ok(pick) => pick,
+            Err(mistakes) => {
+                for (start, message) in mistakes {
+                    self.problem(start, context.clone(), message);
+                }
+                None
+            }
+        };
+        if raw.items.is_none() && !item_mode_by_format && !broken.contains("items") {
             let item_only = [
                 ("key", raw.key.as_ref().map(|v| v.span())),
                 ("seen", raw.seen.as_ref().map(|v| v.span())),
@@ -2359,14 +2396,20 @@ impl<'s> Compiler<'s> {
                 }
             }
         }
-        let items = raw.items.take().map(|items| ItemRules {
+        // A feed or a page's blocks are items by themselves (`.[]`); a
+        // feed's are known by `.id` unless `key` says otherwise.
+        let feed = format == Some(Format::Feed);
+        let default_items = (item_mode_by_format && (!feed || raw.key.is_some()))
+            .then(|| Spanned::new(0..0, ".[]".parse().expect("`.[]` compiles")));
+        let default_key = if feed { ".id" } else { "." };
+        let items = raw.items.take().or(default_items).map(|items| ItemRules {
             items: items.into_inner(),
             // Without a key, an item is its own identity: only additions
             // and removals are seen.
-            key: raw
-                .key
-                .take()
-                .map_or_else(|| ".".parse().expect("`.` compiles"), Spanned::into_inner),
+            key: raw.key.take().map_or_else(
+                || default_key.parse().expect("the default key compiles"),
+                Spanned::into_inner,
+            ),
         });
         Rules {
             format,
@@ -2385,6 +2428,7 @@ impl<'s> Compiler<'s> {
                 .into_iter()
                 .map(|(pattern, replacement)| (pattern.0, replacement))
                 .collect(),
+            html,
         }
     }
 
@@ -2778,6 +2822,10 @@ fn definition_hash(
     if let Some(paging) = paging {
         field(b"paginate");
         field(paging.describe().as_bytes());
+    }
+    if let Some(pick) = &rules.html {
+        field(b"css");
+        field(pick.describe().as_bytes());
     }
     if let Some(keep) = &rules.keep_lines {
         field(b"match");

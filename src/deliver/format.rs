@@ -346,15 +346,15 @@ pub fn summary(event: &Value) -> String {
     let endpoint = data["endpoint"].as_str().unwrap_or("pollhook");
     let what = match event["type"].as_str().unwrap_or_default() {
         "endpoint.changed" => document_change(data),
-        "item.added" => format!("added {}{}", label(&data["key"]), link(&data["item"])),
-        "item.removed" => format!("removed {}", label(&data["key"])),
+        "item.added" => format!("added {}{}", item_label(data), link(&data["item"])),
+        "item.removed" => format!("removed {}", item_label(data)),
         "item.changed" => match values_changed(&data["patch"], |path| {
             data["previous"].pointer(path).cloned()
         }) {
-            Some(values) => format!("{}: {values}", label(&data["key"])),
+            Some(values) => format!("{}: {values}", item_label(data)),
             None => format!(
                 "changed {}{}",
-                label(&data["key"]),
+                item_label(data),
                 patch_detail(&data["patch"])
             ),
         },
@@ -614,6 +614,19 @@ fn rough_duration(seconds: u64) -> String {
         "0s".to_string()
     } else {
         parts.join(" ")
+    }
+}
+
+/// An item known by its `id` (a feed's entry, most APIs' records) is
+/// named by its `title` when it has one: `1.91.0`, not
+/// `tag:github.com,2008:Repository/724712/1.91.0`; any other by its key.
+fn item_label(data: &Value) -> String {
+    let item = &data["item"];
+    match item["title"].as_str() {
+        Some(title) if !title.trim().is_empty() && item["id"] == data["key"] => {
+            cut(title.trim(), LABEL_CHARS)
+        }
+        _ => label(&data["key"]),
     }
 }
 
@@ -891,6 +904,15 @@ mod tests {
                         "item": {"guid": "a", "permalink": "http://example.com/a", "title": "ftp://no"}}),
                 ),
                 "feed: added a — http://example.com/a",
+            ),
+            (
+                event(
+                    "item.added",
+                    json!({"endpoint": "rust", "url": "u", "version": 4, "key": "tag:github.com,2008:Repository/724712/1.91.0",
+                        "item": {"id": "tag:github.com,2008:Repository/724712/1.91.0", "title": "Rust 1.91.0",
+                            "link": "https://github.com/rust-lang/rust/releases/tag/1.91.0"}}),
+                ),
+                "rust: added Rust 1.91.0 — https://github.com/rust-lang/rust/releases/tag/1.91.0",
             ),
             (
                 event(

@@ -11,6 +11,7 @@ mod dashboard;
 mod delivery;
 mod disk;
 mod email;
+mod feeds;
 mod formats;
 mod incremental;
 mod mqtt;
