@@ -83,7 +83,8 @@ pub async fn serve(
         .route("/api/v1/dead/{id}/replay", post(replay))
         .route("/api/v1/replay", post(replay_matching))
         .route("/api/v1/targets/{name}/resume", post(resume))
-        .route("/api/v1/reload", post(reload));
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/cluster", get(cluster));
     let mut public = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
@@ -247,6 +248,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
+}
+
+/// The shards this instance polls and how many endpoints that is.
+async fn cluster(State(state): State<AdminState>) -> Json<crate::cluster::ClusterView> {
+    Json(crate::locks::read(&state.context.cluster).clone())
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use futures_util::StreamExt as _;
 use sd_notify::NotifyState;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::clock;
+use crate::cluster::{self, ClusterView, Held};
 use crate::config::{Config, ConfigDiff, Endpoint, Target};
 use crate::deliver;
 use crate::event::Event;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     pub control: mpsc::Sender<Control>,
     pub wakes: Arc<Wakes>,
+    /// The shards polled here and their endpoints, for the admin API.
+    pub cluster: cluster::SharedView,
     /// What every poll shares: the global and per-host caps, the client.
     poller: Arc<Poller>,
 }
@@ -75,8 +78,12 @@ impl Shared {
             .values()
             .filter(|status| status.consecutive_failures > 0)
             .count();
+        let shards = crate::locks::read(&self.cluster)
+            .line()
+            .map(|line| format!(" ({line})"))
+            .unwrap_or_default();
         format!(
-            "polling {} endpoints, {failing} failing, {} queued",
+            "polling {} endpoints, {failing} failing, {} queued{shards}",
             endpoints.len(),
             self.store.outbox_len()
         )
@@ -137,6 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ready: Arc::new(AtomicBool::new(false)),
         control,
         wakes: Arc::default(),
+        cluster: Arc::default(),
         poller: Arc::new(Poller::new(store.clone(), &config)?),
     });
     let tracker = TaskTracker::new();
@@ -151,6 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         wakes: shared.wakes.clone(),
         poller: shared.poller.clone(),
         config_path: config.path.clone(),
+        cluster: shared.cluster.clone(),
     };
     let admin_address =
         crate::admin::serve(&config.admin, context, shutdown.clone(), &tracker).await?;
@@ -164,8 +173,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         polls: Polls::default(),
         targets: HashMap::new(),
         reloads: 0,
+        held: Held::at_start(&config),
+        source: watch::channel(Arc::new(config.clone())).0,
+        releasing: Vec::new(),
     };
-    running.apply(config);
+    let node = start_node(&config, &shared, &running);
+    running.apply(config, true);
     tracker.spawn(recover_store(shared.clone(), shutdown.clone()));
     shared.ready.store(true, Ordering::SeqCst);
     // The CLI finds a running daemon's API here, even on a port chosen by the
@@ -203,6 +216,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     let _ = reply.send(running.reload());
                 }
                 Control::PollNow(name) => running.poll_now(&name),
+                Control::Shards(shards, reply) => running.hold(shards, reply),
             },
             Some(due) = running.polls.wheel.next() => running.start_poll(due.into_inner()),
             Some(ended) = running.polls.running.join_next_with_id() => running.poll_ended(ended),
@@ -218,10 +232,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shared.ready.store(false, Ordering::SeqCst);
     notify(&[NotifyState::Stopping]);
     info!("shutting down");
+    // A node asking for shards now is answered by the channel's end.
+    drop(requests);
     // Running polls see the shutdown too; they are tracked, so this also
     // waits for them to write what they decided.
     tracker.close();
     tracker.wait().await;
+    // Only once nothing polls: the node gives the leases up.
+    if let Some((stop, handle)) = node {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    }
     checkpoint_polls(&shared);
     store.flush().await?;
     let _ = std::fs::remove_file(&address_file);
@@ -299,6 +320,39 @@ struct Running {
     targets: HashMap<String, Dispatcher>,
     /// How many times [`Running::apply`] ran: 0 until start-up is done.
     reloads: u64,
+    /// In a cluster: the shards whose endpoints are polled here.
+    held: Option<Held>,
+    /// The whole config, of which `config` is the held shards' part.
+    source: watch::Sender<Arc<Config>>,
+    /// Shard changes answered once these polls (of endpoints no longer
+    /// held) have ended.
+    releasing: Vec<(std::collections::HashSet<Arc<str>>, oneshot::Sender<()>)>,
+}
+
+/// With `[cluster] nats`: the node that holds this instance's shards,
+/// stopped (by the token) only after the polls are.
+fn start_node(
+    config: &Config,
+    shared: &Shared,
+    running: &Running,
+) -> Option<(CancellationToken, JoinHandle<()>)> {
+    let (Some(nats), Some(home)) = (config.cluster.nats.clone(), config.cluster.shard) else {
+        return None;
+    };
+    let stop = CancellationToken::new();
+    let node = cluster::node::Node {
+        nats,
+        home,
+        store: shared.store.clone(),
+        config: running.source.subscribe(),
+        control: shared.control.clone(),
+        shutdown: stop.clone(),
+    };
+    let span = info_span!("cluster", shard = %home);
+    Some((
+        stop,
+        tokio::spawn(cluster::node::run(node).instrument(span)),
+    ))
 }
 
 impl Running {
@@ -310,7 +364,7 @@ impl Running {
         ]);
         let result = match Config::load(&self.config.path) {
             Ok(config) => {
-                let summary = self.apply(config);
+                let summary = self.apply(config, true);
                 return_free_memory();
                 info!(%summary, "config reloaded");
                 Ok(summary)
@@ -328,12 +382,53 @@ impl Running {
         result
     }
 
-    /// Makes the running tasks match `config`: the one path for start-up and
-    /// reload. Returns a summary of what changed.
-    fn apply(&mut self, config: Config) -> String {
-        for warning in &config.warnings {
-            warn!("{warning}");
+    /// Polls the endpoints of `shards` from now on, through the same path
+    /// as a reload of the config as it was.
+    /// Answers `reply` once no poll of an endpoint left out is running, so
+    /// that a shard given up is no longer polled here when it is let go.
+    fn hold(&mut self, shards: std::collections::BTreeSet<u32>, reply: oneshot::Sender<()>) {
+        let Some(held) = &mut self.held else {
+            let _ = reply.send(());
+            return;
+        };
+        held.shards = shards;
+        let config = Config::clone(&self.source.borrow());
+        let summary = self.apply(config, false);
+        info!(%summary, "shards changed");
+        let still: std::collections::HashSet<Arc<str>> = self
+            .polls
+            .cancels
+            .keys()
+            .filter(|name| self.config.endpoint(name).is_none())
+            .cloned()
+            .collect();
+        match still.is_empty() {
+            true => {
+                let _ = reply.send(());
+            }
+            false => self.releasing.push((still, reply)),
         }
+    }
+
+    /// Makes the running tasks match `config` (of which it keeps the held
+    /// shards' endpoints): the one path for start-up, reload and a change
+    /// of shards (not the `operator`'s: no warnings again, no resumes).
+    /// Returns a summary of what changed.
+    fn apply(&mut self, config: Config, operator: bool) -> String {
+        if operator {
+            for warning in &config.warnings {
+                warn!("{warning}");
+            }
+        }
+        self.source.send_replace(Arc::new(config.clone()));
+        let config = match &self.held {
+            Some(held) => held.restrict(config),
+            None => config,
+        };
+        *crate::locks::write(&self.shared.cluster) = ClusterView::new(&config, self.held.as_ref());
+        self.shared
+            .metrics
+            .show_shards(&crate::locks::read(&self.shared.cluster));
         let reloading = self.reloads > 0;
         let diff = match reloading {
             true => ConfigDiff::new(&self.config, &config),
@@ -367,7 +462,7 @@ impl Running {
             .chain(&targets.unchanged)
         {
             // A reload is an operator's word that a paused target may go on.
-            if reloading && matches!(self.shared.store.resume(&target.name), Ok(true)) {
+            if reloading && operator && matches!(self.shared.store.resume(&target.name), Ok(true)) {
                 info!(target = %target.name, "target resumed by the reload");
             }
         }
@@ -524,6 +619,11 @@ impl Running {
             return;
         };
         self.polls.cancels.remove(&name);
+        self.releasing.retain_mut(|(names, _)| {
+            names.remove(&name);
+            !names.is_empty()
+        });
+        // A dropped answer is an answer too: the node waits for either.
         let now = Instant::now();
         let shared = &self.shared;
         let outcome = |endpoint: &Arc<Endpoint>| match polled {

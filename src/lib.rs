@@ -21,12 +21,15 @@
 //! - [`store`]: the only module that opens sled: snapshots, history, outbox.
 //! - [`deliver`]: writes outbox rows in each target's format (envelope, Slack,
 //!   Discord, ntfy, Apprise, template), signs and sends them (or emails
-//!   them, or publishes them to an MQTT broker), retrying until the
+//!   them, or publishes them to an MQTT broker or a JetStream stream), retrying until the
 //!   receiver acknowledges; a target's own health becomes events for the
 //!   others.
 //! - [`daemon`]: the schedule (a timer wheel, a task per running poll), one
 //!   dispatcher per target, and the supervisor that starts, reloads and
 //!   stops them.
+//! - [`cluster`]: which endpoints this instance polls (shards by a fixed
+//!   hash of the name), and with NATS, shard leases, take-over and the
+//!   mirrored snapshots.
 //! - [`status`]: what the daemon, the admin API and the metrics share.
 //! - [`views`]: the admin API's wire types, and the views and commands the
 //!   API and the offline CLI share.
@@ -40,6 +43,7 @@
 pub mod admin;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dashboard;

@@ -203,6 +203,13 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     outbox_depth: Gauge,
     dead_letters: Gauge,
+    shard_endpoints: Family<ShardLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    /// `2/5`: a shard polled here.
+    pub shard: String,
 }
 
 impl Default for Metrics {
@@ -241,6 +248,12 @@ impl Metrics {
             "Webhooks whose every attempt failed",
             dead_letters.clone(),
         );
+        let shard_endpoints = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "shard_endpoints",
+            "Endpoints polled here, by shard (in a cluster)",
+            shard_endpoints.clone(),
+        );
         Metrics {
             registry,
             statuses,
@@ -248,6 +261,19 @@ impl Metrics {
             deliveries,
             outbox_depth,
             dead_letters,
+            shard_endpoints,
+        }
+    }
+
+    /// The shards polled here, each with its endpoints.
+    pub fn show_shards(&self, view: &crate::cluster::ClusterView) {
+        self.shard_endpoints.clear();
+        for (shard, endpoints) in &view.counts {
+            self.shard_endpoints
+                .get_or_create(&ShardLabels {
+                    shard: shard.clone(),
+                })
+                .set(*endpoints as i64);
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Context {
     /// For previews: the daemon's poller (its politeness) and config file.
     pub poller: Arc<Poller>,
     pub config_path: PathBuf,
+    /// The shards polled here.
+    pub cluster: crate::cluster::SharedView,
 }
 
 /// Why a command could not be done.

@@ -45,6 +45,9 @@ pub enum Control {
     Reload(oneshot::Sender<Result<String, String>>),
     /// Poll this endpoint now, or right after its running poll.
     PollNow(String),
+    /// From the cluster's node: poll the endpoints of these shards (and no
+    /// others); answered once applied.
+    Shards(std::collections::BTreeSet<u32>, oneshot::Sender<()>),
 }
 
 /// Each running target's wake: rows were queued, or it was resumed.

@@ -86,7 +86,14 @@ struct ConfigArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: poll every endpoint on its schedule and deliver changes.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// This instance's shard of the endpoints, `i/n` (instead of
+        /// `[cluster] shard`).
+        #[arg(long, env = "POLLHOOK_SHARD")]
+        shard: Option<crate::config::Shard>,
+    },
     /// Validate the config file and print every mistake in it.
     Check(ConfigArg),
     /// Poll now and print the events that would be sent, as JSON lines.
@@ -236,8 +243,16 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(ConfigArg { config }) => {
-            let config = Config::load(&config)?;
+        Command::Run { config, shard } => {
+            let mut config = Config::load(&config.config)?;
+            config.cluster.shard = shard.or(config.cluster.shard);
+            if config.cluster.nats.is_some() && config.cluster.shard.is_none() {
+                errln!(
+                    "{}: `[cluster] nats` needs this instance's shard: set `shard = \"i/n\"` in `[cluster]` or run with `--shard i/n`",
+                    config.path.display()
+                );
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             crate::daemon::run(config, shutdown).await?;

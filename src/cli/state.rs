@@ -87,13 +87,32 @@ fn time(ms: Option<u64>) -> String {
 
 pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
     let (views, running) = match AdminClient::discover(config).await {
-        Some(client) => (
-            client
-                .json::<Vec<EndpointView>>("GET", "/api/v1/endpoints")
-                .await?,
-            true,
-        ),
+        Some(client) => {
+            let cluster = client
+                .json::<crate::cluster::ClusterView>("GET", "/api/v1/cluster")
+                .await?;
+            if let Some(line) = cluster.line() {
+                outln!("{line}")?;
+            }
+            (
+                client
+                    .json::<Vec<EndpointView>>("GET", "/api/v1/endpoints")
+                    .await?,
+                true,
+            )
+        }
         None => {
+            // Without NATS the shard is the config's; with it, a running
+            // daemon knows what it holds.
+            let held = crate::cluster::Held::at_start(config);
+            let shown = match &held {
+                Some(held) => held.restrict(config.clone()),
+                None => config.clone(),
+            };
+            if let Some(line) = crate::cluster::ClusterView::new(&shown, held.as_ref()).line() {
+                outln!("{line}")?;
+            }
+            let config = &shown;
             // Not running: what the config and the store (if any) still say.
             let store = match Store::exists(&config.state_dir) {
                 true => Some(Store::open(&config.state_dir)?),

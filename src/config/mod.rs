@@ -5,8 +5,10 @@
 //! broken table does not hide the mistakes in the others: all problems are
 //! reported at once, each with file, line, column and the endpoint it is in.
 
+mod cluster;
 mod diff;
 mod html;
+mod nats;
 mod template;
 mod values;
 
@@ -34,7 +36,9 @@ use crate::jq::Jq;
 pub use crate::schedule::CronExpr;
 use crate::schedule::Schedule;
 use crate::seen::{self, SeenLimit};
+pub use cluster::{Cluster, ClusterNats, DEFAULT_LEASE, MAX_SHARDS, Shard};
 pub use diff::{Changes, ConfigDiff};
+pub use nats::{DEFAULT_STREAM, DEFAULT_SUBJECT, NatsTarget};
 use template::UrlText;
 pub use template::{Text, Vars};
 pub use values::{
@@ -85,6 +89,7 @@ struct TopConfig {
     #[serde(default)]
     defaults: DefaultsConfig,
     admin: Option<Spanned<AdminConfig>>,
+    cluster: Option<Spanned<cluster::ClusterConfig>>,
 }
 
 /// `[admin]`: the HTTP API the CLI and monitoring talk to.
@@ -555,6 +560,11 @@ struct TargetConfig {
     client_cert: Option<Spanned<PathBuf>>,
     client_key: Option<Spanned<PathBuf>>,
     tls_insecure: Option<bool>,
+    /// NATS: the stream that takes the events (they go on `subject`),
+    /// whether to create it, and a `.creds` file to log in with.
+    stream: Option<Spanned<String>>,
+    create_stream: Option<Spanned<bool>>,
+    creds: Option<Spanned<PathBuf>>,
     /// MQTT: the broker's credentials, the client id, each event's topic
     /// (a template) and Home Assistant discovery.
     username: Option<Spanned<EnvString>>,
@@ -732,6 +742,8 @@ pub struct Config {
     /// How long deliveries in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub admin: Admin,
+    /// `[cluster]`: the shard this instance polls, failover through NATS.
+    pub cluster: Cluster,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub targets: Vec<Arc<Target>>,
     /// Things that are allowed but probably wrong, as `check` prints them
@@ -925,6 +937,8 @@ pub enum TargetKind {
     Mqtt(Box<MqttTarget>),
     /// A mail server: each event is an email.
     Email(Box<Email>),
+    /// A NATS server with JetStream: each event is published to a stream.
+    Nats(Box<NatsTarget>),
 }
 
 /// One of an endpoint's targets, with the event types it takes.
@@ -1233,6 +1247,7 @@ impl<'s> Compiler<'s> {
             )
             .unwrap_or(DEFAULT_PER_HOST);
         let admin = self.compile_admin(top.admin);
+        let cluster = self.compile_cluster(top.cluster);
         Some(Config {
             path: path.to_path_buf(),
             state_dir: top.state_dir.unwrap_or_else(default_state_dir),
@@ -1243,6 +1258,7 @@ impl<'s> Compiler<'s> {
                 .shutdown_grace
                 .map_or(DEFAULT_SHUTDOWN_GRACE, |grace| grace.0),
             admin,
+            cluster,
             endpoints,
             targets,
             warnings: Vec::new(),
@@ -1437,8 +1453,44 @@ impl<'s> Compiler<'s> {
                 .as_ref()
                 .is_some_and(|url| matches!(url.url().scheme(), "smtp" | "smtps"));
             let mqtt_only = [("auth", auth)];
+            let by_nats = url.as_ref().is_some_and(nats::is_nats);
+            let nats_keys = nats::NatsKeys {
+                subject: raw.subject.take_if(|_| by_nats),
+                stream: raw.stream.take(),
+                create_stream: raw.create_stream.take(),
+                creds: raw.creds.take(),
+            };
+            if !by_nats {
+                self.only_for_nats(&nats_keys, &context);
+            }
             let kind = match (&url, by_email) {
                 (None, _) => None,
+                (Some(url), false) if by_nats => {
+                    self.only_for_email(&raw, &context);
+                    // Only to report stray MQTT keys.
+                    self.compile_kind(url, raw.name.get_ref(), mqtt_keys, [], &context);
+                    let refused = http_only
+                        .into_iter()
+                        .chain(client_certificate)
+                        .chain([("content_type", content_type)]);
+                    for (key, offset) in refused {
+                        if let Some(offset) = offset {
+                            self.problem(
+                                offset,
+                                context.clone(),
+                                format!(
+                                    "`{key}` is for HTTP targets, not NATS (`nats://`, `tls://`)"
+                                ),
+                            );
+                        }
+                    }
+                    let ca_file = transport
+                        .as_ref()
+                        .and_then(|transport| transport.ca_file.clone());
+                    let nats =
+                        self.compile_nats(url, nats_keys, raw.auth.as_ref(), ca_file, &context);
+                    Some(TargetKind::Nats(Box::new(nats)))
+                }
                 (Some(url), false) => {
                     self.only_for_email(&raw, &context);
                     let refused = http_only.iter().chain(&mqtt_only).copied();
@@ -1635,6 +1687,27 @@ impl<'s> Compiler<'s> {
             to: to?,
             subject,
         }))
+    }
+
+    /// `stream`, `create_stream` and `creds` on a target that is not NATS.
+    fn only_for_nats(&mut self, keys: &nats::NatsKeys, context: &Option<String>) {
+        let nats_only = [
+            ("stream", keys.stream.as_ref().map(|v| v.span().start)),
+            (
+                "create_stream",
+                keys.create_stream.as_ref().map(|v| v.span().start),
+            ),
+            ("creds", keys.creds.as_ref().map(|v| v.span().start)),
+        ];
+        for (key, offset) in nats_only {
+            if let Some(offset) = offset {
+                self.problem(
+                    offset,
+                    context.clone(),
+                    format!("`{key}` is only used with a `nats://` or `tls://` url"),
+                );
+            }
+        }
     }
 
     /// `from`, `to` and `subject` on a target that does not send email.

@@ -138,7 +138,8 @@ impl HttpUrl {
 
 /// A target's `url`: `http(s)://` for a webhook, `smtp://` (STARTTLS) or
 /// `smtps://` (TLS) for email, `mqtt(s)://` for an MQTT broker (whose user
-/// name and password have keys of their own).
+/// name and password have keys of their own), `nats://` or `tls://` for a
+/// NATS server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetUrl(pub HttpUrl);
 
@@ -146,8 +147,24 @@ impl FromStr for TargetUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let parsed = parse_url(text, &["http", "https", "smtp", "smtps", "mqtt", "mqtts"])?;
+        let parsed = parse_url(
+            text,
+            &[
+                "http", "https", "smtp", "smtps", "mqtt", "mqtts", "nats", "tls",
+            ],
+        )?;
         let url = parsed.url();
+        if matches!(url.scheme(), "nats" | "tls") {
+            let written = redact_written_url(text);
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(format!("invalid URL `{written}`: it names no NATS server"));
+            }
+            if !matches!(url.path(), "" | "/") || url.query().is_some() {
+                return Err(format!(
+                    "invalid URL `{written}`: a NATS server's URL has no path or query; the subject goes in `subject`"
+                ));
+            }
+        }
         if matches!(url.scheme(), "mqtt" | "mqtts") {
             let written = redact_written_url(text);
             let problem = if url.host_str().is_none_or(str::is_empty) {

@@ -9,7 +9,8 @@
 //! before it is sent; one that cannot be is dead-lettered at once.
 //! A row whose attempt's result cannot be written (a full disk) is held
 //! back in memory for a while, since the store still says it is due.
-//! An `smtp://` or `smtps://` target gets email instead ([`email`]).
+//! An `smtp://` or `smtps://` target gets email instead ([`email`]), a
+//! `nats://` or `tls://` one a JetStream publish ([`nats`]).
 //! A target's failing attempts and dead letters become events for the other
 //! targets that take them ([`health`]).
 
@@ -17,8 +18,10 @@ pub mod email;
 pub mod format;
 pub mod health;
 pub mod mqtt;
+pub mod nats;
 pub mod retry;
 pub mod sign;
+pub mod subject;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,6 +85,8 @@ pub enum Link {
     Mqtt(mqtt::Connection),
     /// A connection to the mail server per attempt (see [`email`]).
     Email(Box<crate::config::Email>),
+    /// A connection of the target's own to its NATS server (see [`nats`]).
+    Nats(nats::Connection),
 }
 
 impl Link {
@@ -95,6 +100,7 @@ impl Link {
                 Link::Mqtt(mqtt::Connection::open(target.clone(), mqtt, store))
             }
             TargetKind::Email(email) => Link::Email(email.clone()),
+            TargetKind::Nats(target) => Link::Nats(nats::Connection::open(target)),
         }
     }
 
@@ -104,6 +110,7 @@ impl Link {
             Link::Http(clients) => attempt(clients, target, row).await,
             Link::Mqtt(connection) => connection.attempt(row).await,
             Link::Email(email) => email::attempt(target, email, row).await,
+            Link::Nats(connection) => connection.attempt(target, row).await,
         }
     }
 

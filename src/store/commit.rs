@@ -12,6 +12,9 @@ impl Store {
     /// make the store forget (it would come back as a new event, new id).
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<Vec<OutboxKey>, StoreError> {
         let result = self.commit_unwatched(commit).await;
+        if result.is_ok() {
+            self.note_commit(commit.endpoint);
+        }
         self.watch(result)
     }
 

@@ -62,6 +62,9 @@ impl Store {
         commit: &CursorCommit<'_>,
     ) -> Result<Vec<OutboxKey>, StoreError> {
         let result = self.commit_cursor_unwatched(commit).await;
+        if result.is_ok() {
+            self.note_commit(commit.endpoint);
+        }
         self.watch(result)
     }
 

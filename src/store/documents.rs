@@ -281,6 +281,7 @@ impl Store {
             trees
                 .snapshots
                 .insert(endpoint, encode_snapshot(snapshot))?;
+            self.note_commit(endpoint);
             Ok(())
         })
     }

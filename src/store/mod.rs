@@ -61,6 +61,7 @@ mod cursors;
 mod documents;
 mod encoding;
 mod migrate;
+mod mirrored;
 mod outbox;
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,7 @@ pub use cursors::{CursorCommit, CursorState};
 pub use documents::Stored;
 use documents::*;
 use encoding::*;
+pub use mirrored::{Committed, Mirrored};
 use outbox::*;
 pub use tokens::RotatedToken;
 
@@ -301,6 +303,8 @@ pub struct Store {
     /// When [`Store::recover`] may reopen the database next, and the wait
     /// after that.
     next_reopen: std::sync::Mutex<(tokio::time::Instant, std::time::Duration)>,
+    /// The endpoints written since a cluster's mirror last asked.
+    committed: std::sync::OnceLock<Arc<Committed>>,
 }
 
 /// The handles of one opening of the sled database.
@@ -459,6 +463,7 @@ impl Store {
             failure: Default::default(),
             recoveries: Default::default(),
             next_reopen: std::sync::Mutex::new((tokio::time::Instant::now(), REOPEN_FIRST)),
+            committed: Default::default(),
         };
         // Version 0 is an empty store. Each step takes the store one schema
         // further and can be run again if a crash interrupts it.

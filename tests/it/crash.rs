@@ -7,25 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pollhook::store::Store;
-use tokio::process::Command;
 
 use crate::support::{Api, FAST_RETRY, Receiver, Reply, SECRET, eventually};
 
 /// Starts `pollhook run`, its log appended to `daemon.log` beside the config.
 fn run_daemon(config: &std::path::Path) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.with_file_name("daemon.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pollhook"))
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(log)
-        .env_remove("POLLHOOK_CONFIG")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    crate::support::run_binary(config, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

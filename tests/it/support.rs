@@ -532,6 +532,25 @@ every = "100ms"
     )
 }
 
+/// Starts `pollhook run -c config` and `args` as a process of its own, its
+/// log appended to `daemon.log` beside the config.
+pub fn run_binary(config: &Path, args: &[&str]) -> tokio::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("daemon.log"))
+        .unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pollhook"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .env_remove("POLLHOOK_CONFIG")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// A CA of the test's own, which signs server and client certificates.
 pub struct TestCa {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,

@@ -390,7 +390,7 @@ every = "1m"
         "pollhook.toml:35:15: target `relay`: `client_cert` is for HTTP targets, not email",
         "pollhook.toml:30:1: target `relay`: `proxy` is for HTTP targets, not email",
         "pollhook.toml:38:1: target `broker`: `proxy` is only used with an `http://` or `https://` url",
-        "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp`, `smtps`, `mqtt`, or `mqtts`",
+        "pollhook.toml:28:7: target `ftp`: invalid URL `ftp://user:***@127.0.0.1/`: scheme `ftp` is not `http`, `https`, `smtp`, `smtps`, `mqtt`, `mqtts`, `nats`, or `tls`",
         ],
     )
     .await;

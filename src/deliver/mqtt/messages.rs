@@ -137,19 +137,7 @@ fn with_id(event_id: &str, body: &str) -> Vec<u8> {
 /// endpoint, else its target, else `pollhook`), `type`, `id`, `data`,
 /// `timestamp` and `event`.
 fn event_topic(template: &str, event: &Value, event_id: &str) -> Result<String, String> {
-    let data = &event["data"];
-    let endpoint = data["endpoint"]
-        .as_str()
-        .or_else(|| data["target"].as_str())
-        .unwrap_or("pollhook");
-    let context = json!({
-        "endpoint": endpoint,
-        "type": event["type"],
-        "id": event_id,
-        "data": data,
-        "timestamp": event["timestamp"],
-        "event": event,
-    });
+    let context = crate::deliver::subject::topic_context(event, event_id, str::to_string);
     let topic = format::render_text(template, &context)
         .map_err(|error| format!("cannot render `topic`: {error}"))?;
     check_topic(&topic)?;
