@@ -391,6 +391,35 @@ async fn once_names_what_could_not_be_read_and_what_matched_nothing() {
     }
 }
 
+/// A selector that matches nothing is logged when it first does, not at
+/// every poll, and is no change: the daemon polls on and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_that_matches_nothing_is_logged_once_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = Api::start(reply("text/html", &sample("product.html"))).await;
+    let receiver = Receiver::start().await;
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[[target]]\nname = \"hook\"\nurl = \"{}\"\n\
+             [[endpoint]]\nname = \"gone\"\nurl = \"{}\"\nevery = \"100ms\"\n\
+             format = \"html\"\ncss = {{ price = \"span.sale-price\" }}\n",
+            dir.path().join("state").display(),
+            receiver.url(),
+            page.url(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = crate::support::run_binary(&config, &[]);
+    page.wait_for_requests(6).await;
+    daemon.kill().await.unwrap();
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let warned = log.matches("`span.sale-price` matched nothing").count();
+    assert_eq!(warned, 1, "{log}");
+    assert!(receiver.all().is_empty(), "{:?}", receiver.all());
+}
+
 /// Every mistake in the new keys, at once, each at its line and column.
 #[tokio::test]
 async fn check_names_every_mistake_in_the_format_keys_at_its_place() {
