@@ -44,6 +44,11 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
+        NatsServer::start_with(&[]).await
+    }
+
+    /// With `args` too (`--user`, `--auth`, `--tls`, ...).
+    pub async fn start_with(args: &[&str]) -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -53,6 +58,7 @@ impl NatsServer {
         let child = Command::new(nats_server())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -209,6 +215,59 @@ async fn a_subject_template_and_a_server_that_is_down() {
             .unwrap()
             .contains("cannot connect to the NATS server"),
     );
+}
+
+/// Each way in that `nats-server` checks: user and password, a token, TLS
+/// with a private CA (`tls://` and `ca_file`). A wrong secret is a failed
+/// attempt that does not show it.
+#[tokio::test]
+async fn the_server_s_login_and_tls_are_honoured() {
+    let clients = pollhook::deliver::clients().unwrap();
+    let attempt = |server_url: String, keys: &str| {
+        let text = format!(
+            "[[target]]\nname = \"stream\"\nurl = \"{server_url}\"\ntimeout = \"5s\"\n\
+             create_stream = true\n{keys}\n\
+             [[endpoint]]\nname = \"prices\"\nurl = \"http://127.0.0.1:9/\"\nevery = \"1m\"\n"
+        );
+        let dir = std::env::temp_dir();
+        let config =
+            Config::compile(&text, &dir.join("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let target = config.targets[0].clone();
+        let link = Link::open(&clients, &target, None);
+        async move { link.attempt(&target, &row("msg_1", "prices", 2)).await }
+    };
+
+    let server = NatsServer::start_with(&["--user", "pollhook", "--pass", "hunter2"]).await;
+    let ok = attempt(
+        server.url(),
+        "auth = { basic = { username = \"pollhook\", password = \"hunter2\" } }",
+    )
+    .await;
+    assert!(ok.acknowledged, "{:?}", ok.error);
+    let refused = attempt(
+        server.url(),
+        "auth = { basic = { username = \"pollhook\", password = \"wrong-secret\" } }",
+    )
+    .await;
+    assert!(!refused.acknowledged);
+    let error = refused.error.unwrap();
+    assert!(!error.contains("wrong-secret"), "{error}");
+
+    let server = NatsServer::start_with(&["--auth", "s3cr3t-token"]).await;
+    let ok = attempt(server.url(), "auth = { bearer = \"s3cr3t-token\" }").await;
+    assert!(ok.acknowledged, "{:?}", ok.error);
+    let refused = attempt(server.url(), "").await;
+    assert!(!refused.acknowledged);
+
+    let certs = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = crate::support::TestCa::new().write(certs.path(), "nats");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let server = NatsServer::start_with(&["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
+    let url = server.url().replace("nats://", "tls://");
+    let untrusted = attempt(url.clone(), "").await;
+    assert!(!untrusted.acknowledged);
+    let ok = attempt(url, &format!("ca_file = \"{}\"", ca.display())).await;
+    assert!(ok.acknowledged, "{:?}", ok.error);
 }
 
 #[test]
