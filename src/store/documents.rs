@@ -15,17 +15,21 @@ impl Store {
         })
     }
 
-    /// Records when endpoints last polled, in one batch: a checkpoint, so
-    /// that after a restart each resumes its schedule where it was.
+    /// Records when endpoints last polled: a checkpoint, so that after a
+    /// restart each resumes its schedule where it was. One insert each,
+    /// not one batch: each stands alone, and sled holds a whole batch (and
+    /// its log reservation) in memory, 37 MiB at 10,000 endpoints, which
+    /// was the daemon's peak RSS.
     pub fn record_polls<'a>(
         &self,
         polls: impl IntoIterator<Item = (&'a str, u64)>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (endpoint, at_ms) in polls {
-            batch.insert(endpoint, &at_ms.to_be_bytes());
-        }
-        self.watched(|trees| Ok(trees.polled.apply_batch(batch)?))
+        self.watched(|trees| {
+            for (endpoint, at_ms) in polls {
+                trees.polled.insert(endpoint, &at_ms.to_be_bytes())?;
+            }
+            Ok(())
+        })
     }
 
     /// When `endpoint` last polled, as of the last checkpoint.
