@@ -1,7 +1,9 @@
 //! NATS JetStream targets against a real `nats-server -js`, started here on
 //! 127.0.0.1 with a store in a temp dir: a missing stream named, a stream
 //! made, duplicates kept out by `Nats-Msg-Id`, and exactly one message per
-//! webhook-id across kill -9 and restarts of the real binary.
+//! webhook-id across kill -9 and restarts of the real binary; logins by
+//! password, token, TLS with a private CA and a `.creds` file in operator
+//! mode.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use async_nats::jetstream;
 use pollhook::config::Config;
 use pollhook::deliver::Link;
 use pollhook::store::OutboxRow;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::support::{Api, Reply, eventually, run_binary};
@@ -268,6 +270,111 @@ async fn the_server_s_login_and_tls_are_honoured() {
     assert!(!untrusted.acknowledged);
     let ok = attempt(url, &format!("ca_file = \"{}\"", ca.display())).await;
     assert!(ok.acknowledged, "{:?}", ok.error);
+}
+
+/// A NATS server in operator mode, as NGS/Synadia Cloud and `nsc` set
+/// them up: an operator trusts an account, which signs its users. A
+/// `.creds` file holds a user's JWT and its NKey seed; one the account
+/// signed logs in, one signed by an account the server does not know is
+/// refused.
+#[tokio::test]
+async fn a_creds_file_logs_in_to_a_server_in_operator_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(&operator, &system, json!({"type": "account", "version": 2}));
+    let operator_jwt = jwt(
+        &operator,
+        &operator,
+        json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account,
+        json!({
+            "type": "account",
+            "version": 2,
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                "wildcards": true, "conn": -1, "leaf": -1,
+                "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+            }
+        }),
+    );
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: {operator_jwt}\nsystem_account: {system}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {system}: {system_jwt}\n  {}: {account_jwt}\n}}\n",
+            account.public_key(),
+            system = system.public_key(),
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with(&["-c", conf.to_str().unwrap()]).await;
+
+    let clients = pollhook::deliver::clients().unwrap();
+    let attempt = |creds: PathBuf| {
+        let config = nats_config(
+            &server,
+            &format!("create_stream = true\ncreds = \"{}\"", creds.display()),
+        );
+        let target = config.targets[0].clone();
+        let link = Link::open(&clients, &target, None);
+        async move { link.attempt(&target, &row("msg_1", "prices", 2)).await }
+    };
+    let ok = attempt(creds_file(dir.path(), "user", &account)).await;
+    assert!(ok.acknowledged, "{:?}", ok.error);
+    let stranger = creds_file(dir.path(), "stranger", &nkeys::KeyPair::new_account());
+    let refused = attempt(stranger).await;
+    assert!(!refused.acknowledged && !refused.unsendable);
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains("cannot connect to the NATS server"),
+        "{error}"
+    );
+}
+
+/// A NATS JWT: `issuer` signs `nats` claims about `subject`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &nkeys::KeyPair, nats: Value) -> String {
+    use base64::Engine;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": subject.public_key(),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "sub": subject.public_key(),
+        "name": "pollhook-test",
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", encode(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", encode(&signature))
+}
+
+/// A new user of `account`, written as `nsc` writes a `.creds` file.
+fn creds_file(dir: &Path, name: &str, account: &nkeys::KeyPair) -> PathBuf {
+    let user = nkeys::KeyPair::new_user();
+    let user_jwt = jwt(
+        account,
+        &user,
+        json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let path = dir.join(format!("{name}.creds"));
+    std::fs::write(
+        &path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    path
 }
 
 #[test]
