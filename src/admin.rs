@@ -80,6 +80,8 @@ pub async fn serve(
         .route("/api/v1/events", get(events))
         .route("/api/v1/endpoints/{name}/poll", post(poll_now))
         .route("/api/v1/endpoints/{name}/preview", post(preview))
+        .route("/api/v1/endpoints/{name}/pause", post(pause_endpoint))
+        .route("/api/v1/endpoints/{name}/resume", post(resume_endpoint))
         .route("/api/v1/dead/{id}/replay", post(replay))
         .route("/api/v1/replay", post(replay_matching))
         .route("/api/v1/targets/{name}/resume", post(resume))
@@ -445,6 +447,28 @@ fn replay_response(state: &AdminState, filter: &DeadFilter<'_>) -> Response {
 
 async fn resume(State(state): State<AdminState>, UrlPath(name): UrlPath<String>) -> Response {
     match state.context.resume(&name) {
+        Ok(resumed) => Json(serde_json::json!({"resumed": resumed})).into_response(),
+        Err(error) => command_error(error),
+    }
+}
+
+async fn pause_endpoint(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match state.context.pause_endpoint(&name).await {
+        Ok(since_ms) => {
+            Json(serde_json::json!({"paused": true, "since_ms": since_ms})).into_response()
+        }
+        Err(error) => command_error(error),
+    }
+}
+
+async fn resume_endpoint(
+    State(state): State<AdminState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match state.context.resume_endpoint(&name).await {
         Ok(resumed) => Json(serde_json::json!({"resumed": resumed})).into_response(),
         Err(error) => command_error(error),
     }

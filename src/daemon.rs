@@ -160,6 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         poller: shared.poller.clone(),
         config_path: config.path.clone(),
         cluster: shared.cluster.clone(),
+        pausing: Default::default(),
     };
     let admin_address =
         crate::admin::serve(&config.admin, context, shutdown.clone(), &tracker).await?;
@@ -216,6 +217,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     let _ = reply.send(running.reload());
                 }
                 Control::PollNow(name) => running.poll_now(&name),
+                Control::Pause(name) => running.pause(&name),
+                Control::Resume(name) => running.resume(&name),
                 Control::Shards(shards, reply) => running.hold(shards, reply),
             },
             Some(due) = running.polls.wheel.next() => running.start_poll(due.into_inner()),
@@ -478,6 +481,13 @@ impl Running {
             self.targets.insert(target.name.clone(), task);
         }
 
+        let paused = match diff.endpoints.added.is_empty() {
+            true => HashMap::new(),
+            false => self.shared.store.paused_endpoints().unwrap_or_else(|error| {
+                warn!(error = %crate::error_chain(&error), "cannot read which endpoints are paused; they are polled");
+                HashMap::new()
+            }),
+        };
         {
             let mut statuses = write(&self.shared.endpoints);
             for name in &diff.endpoints.removed {
@@ -487,7 +497,10 @@ impl Running {
                 statuses
                     .entry(endpoint.name.clone())
                     .and_modify(|status| status.endpoint = endpoint.clone())
-                    .or_insert_with(|| EndpointStatus::new(endpoint.clone()));
+                    .or_insert_with(|| EndpointStatus {
+                        paused_since_ms: paused.get(&*endpoint.name).copied(),
+                        ..EndpointStatus::new(endpoint.clone())
+                    });
             }
             if !diff.endpoints.added.is_empty() {
                 // Inserted one at a time, a B-tree's nodes are left half
@@ -509,6 +522,7 @@ impl Running {
             &diff.endpoints,
             |endpoint| first_poll(&shared, endpoint),
             |endpoint| PollState::load(&shared.store, endpoint),
+            |endpoint| paused.contains_key(&*endpoint.name),
         );
         self.act(actions);
 
@@ -644,6 +658,20 @@ impl Running {
     /// Polls an endpoint now, or right after the poll it is running.
     fn poll_now(&mut self, name: &str) {
         let (_, actions) = self.polls.schedule.poll_now(name, Instant::now());
+        self.act(actions);
+    }
+
+    fn pause(&mut self, name: &str) {
+        let (_, actions) = self.polls.schedule.pause(name);
+        self.act(actions);
+    }
+
+    fn resume(&mut self, name: &str) {
+        let shared = &self.shared;
+        let (_, actions) = self
+            .polls
+            .schedule
+            .resume(name, |endpoint| first_poll(shared, endpoint));
         self.act(actions);
     }
 }

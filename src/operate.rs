@@ -1,6 +1,6 @@
 //! What the admin API and the dashboard read of, and ask of, the running
 //! daemon: the [`Context`] the daemon hands them, and the commands both
-//! run (poll now, preview, replay, resume), so that a button on a page and
+//! run (poll now, pause, preview, replay, resume), so that a button on a page and
 //! a `POST /api/v1/...` do the same thing.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poller::{Mode, PollState, Poller};
-use crate::status::{Control, EndpointStatus, LiveEvent, Statuses, Wakes, read};
+use crate::status::{Control, EndpointStatus, LiveEvent, Statuses, Wakes, read, write};
 use crate::store::{DeadFilter, Store, StoreError};
 use crate::views::{self, EndpointView, PreviewView, Replayed};
 
@@ -35,6 +35,9 @@ pub struct Context {
     pub config_path: PathBuf,
     /// The shards polled here.
     pub cluster: crate::cluster::SharedView,
+    /// Held while an endpoint is paused or resumed, so that the store and
+    /// the schedule hear of pauses in the same order.
+    pub pausing: tokio::sync::Mutex<()>,
 }
 
 /// Why a command could not be done.
@@ -75,8 +78,40 @@ impl Context {
     /// Asks the supervisor to poll `name` now (or right after its running poll).
     pub async fn poll_now(&self, name: &str) -> Result<(), CommandError> {
         self.status(name)?;
+        self.ask(Control::PollNow(name.to_string())).await
+    }
+
+    /// Pauses a running endpoint: durably (a restart keeps it paused),
+    /// then out of the schedule. Since when it is paused.
+    pub async fn pause_endpoint(&self, name: &str) -> Result<u64, CommandError> {
+        self.status(name)?;
+        let _pausing = self.pausing.lock().await;
+        let since = self
+            .store
+            .pause_endpoint(name, crate::clock::now_ms())
+            .await?;
+        self.ask(Control::Pause(name.to_string())).await?;
+        if let Some(status) = write(&self.statuses).get_mut(name) {
+            status.paused_since_ms = Some(since);
+        }
+        Ok(since)
+    }
+
+    /// Resumes a paused endpoint; false when it was not paused.
+    pub async fn resume_endpoint(&self, name: &str) -> Result<bool, CommandError> {
+        self.status(name)?;
+        let _pausing = self.pausing.lock().await;
+        let resumed = self.store.resume_endpoint(name).await?;
+        self.ask(Control::Resume(name.to_string())).await?;
+        if let Some(status) = write(&self.statuses).get_mut(name) {
+            status.paused_since_ms = None;
+        }
+        Ok(resumed)
+    }
+
+    async fn ask(&self, request: Control) -> Result<(), CommandError> {
         self.control
-            .send(Control::PollNow(name.to_string()))
+            .send(request)
             .await
             .map_err(|_| CommandError::ShuttingDown)
     }

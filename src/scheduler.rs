@@ -12,6 +12,11 @@
 //!   over when that poll has ended.
 //! - An endpoint removed while it polls keeps its slot until the poll has
 //!   ended, so that, back at once, it still never polls twice at once.
+//! - A paused endpoint waits for nothing: it is out of the timer wheel
+//!   until resumed, through config changes too. A poll running when it is
+//!   paused finishes (a poll-now asked for is dropped); a poll-now while
+//!   paused polls once, and it stays paused. Resumed, it polls on its grid
+//!   from its last poll (at once if that is overdue).
 //!
 //! Each slot carries the state `S` an endpoint keeps between polls (its
 //! health); it goes with the poll and comes back when the poll ends.
@@ -50,11 +55,22 @@ struct Slot<S> {
     /// `None`: removed from the config while its poll was running.
     endpoint: Option<Arc<Endpoint>>,
     phase: Phase<S>,
+    /// Paused by an operator: after any poll it goes back to `Paused`.
+    paused: bool,
 }
 
 enum Phase<S> {
-    Waiting { due: Instant, state: S },
-    Polling { then: Then },
+    Waiting {
+        due: Instant,
+        state: S,
+    },
+    Polling {
+        then: Then,
+    },
+    /// Not in the timer wheel: paused, and no poll-now asked for.
+    Paused {
+        state: S,
+    },
 }
 
 /// What an endpoint does when its running poll ends.
@@ -90,12 +106,14 @@ impl<S> Scheduler<S> {
     }
 
     /// Makes the schedule follow a config change. New endpoints wait for
-    /// `first_due` with the state `load` gives them.
+    /// `first_due` with the state `load` gives them, or are paused when
+    /// `paused` says so.
     pub fn apply(
         &mut self,
         endpoints: &Changes<Endpoint>,
         first_due: impl Fn(&Endpoint) -> Instant,
         load: impl Fn(&Endpoint) -> S,
+        paused: impl Fn(&Endpoint) -> bool,
     ) -> Vec<Action<S>> {
         let mut actions = Vec::new();
         for name in &endpoints.removed {
@@ -104,7 +122,7 @@ impl<S> Scheduler<S> {
             };
             let name: Arc<str> = name.as_str().into();
             match slot.phase {
-                Phase::Waiting { .. } => {
+                Phase::Waiting { .. } | Phase::Paused { .. } => {
                     self.slots.remove(&name);
                     actions.push(Action::Unwait { name });
                 }
@@ -119,14 +137,26 @@ impl<S> Scheduler<S> {
             let due = first_due(endpoint);
             let Some(slot) = self.slots.get_mut(&name) else {
                 let state = load(endpoint);
+                let paused = paused(endpoint);
+                let phase = match paused {
+                    true => Phase::Paused { state },
+                    false => {
+                        actions.push(Action::Wait {
+                            name: name.clone(),
+                            due,
+                        });
+                        Phase::Waiting { due, state }
+                    }
+                };
+                let endpoint = Some(endpoint.clone());
                 self.slots.insert(
-                    name.clone(),
+                    name,
                     Slot {
-                        endpoint: Some(endpoint.clone()),
-                        phase: Phase::Waiting { due, state },
+                        endpoint,
+                        phase,
+                        paused,
                     },
                 );
-                actions.push(Action::Wait { name, due });
                 continue;
             };
             slot.endpoint = Some(endpoint.clone());
@@ -135,6 +165,7 @@ impl<S> Scheduler<S> {
                     *waiting = due;
                     actions.push(Action::Wait { name, due });
                 }
+                Phase::Paused { .. } => {}
                 Phase::Polling { then } => {
                     *then = Then::Restart;
                     actions.push(Action::Cancel { name });
@@ -159,13 +190,8 @@ impl<S> Scheduler<S> {
                 due: *due,
             }];
         }
-        let endpoint = endpoint.clone();
-        let polling = Phase::Polling {
-            then: Then::Schedule,
-        };
-        let Phase::Waiting { due, state } = std::mem::replace(&mut slot.phase, polling) else {
-            unreachable!("matched as waiting above");
-        };
+        let (endpoint, due) = (endpoint.clone(), *due);
+        let state = slot.phase.take_state();
         vec![Action::Start {
             endpoint,
             due,
@@ -195,8 +221,12 @@ impl<S> Scheduler<S> {
         };
         let (state, next) = outcome(endpoint);
         let due = match then {
-            Then::Schedule => next,
             Then::PollNow => now,
+            _ if slot.paused => {
+                slot.phase = Phase::Paused { state };
+                return Vec::new();
+            }
+            Then::Schedule => next,
             Then::Restart => first_due(endpoint),
         };
         slot.phase = Phase::Waiting { due, state };
@@ -209,25 +239,86 @@ impl<S> Scheduler<S> {
     /// Polls `name` now, or right after its running poll. False when no
     /// such endpoint is in the config.
     pub fn poll_now(&mut self, name: &str, now: Instant) -> (bool, Vec<Action<S>>) {
-        let Some(name) = self.slots.get_key_value(name).map(|(name, _)| name.clone()) else {
-            return (false, Vec::new());
-        };
-        let Some(slot) = self
-            .slots
-            .get_mut(&name)
-            .filter(|slot| slot.endpoint.is_some())
-        else {
+        let Some((name, slot)) = self.slot(name) else {
             return (false, Vec::new());
         };
         match &mut slot.phase {
-            Phase::Waiting { due, .. } => {
-                *due = now;
-                (true, vec![Action::Wait { name, due: now }])
-            }
+            Phase::Waiting { due, .. } => *due = now,
             Phase::Polling { then } => {
                 *then = Then::PollNow;
-                (true, Vec::new())
+                return (true, Vec::new());
             }
+            Phase::Paused { .. } => {
+                let state = slot.phase.take_state();
+                slot.phase = Phase::Waiting { due: now, state };
+            }
+        }
+        (true, vec![Action::Wait { name, due: now }])
+    }
+
+    /// Pauses `name` (it stays paused across config changes until
+    /// [`resume`](Scheduler::resume)d). False when no such endpoint is in
+    /// the config.
+    pub fn pause(&mut self, name: &str) -> (bool, Vec<Action<S>>) {
+        let Some((name, slot)) = self.slot(name) else {
+            return (false, Vec::new());
+        };
+        slot.paused = true;
+        match &mut slot.phase {
+            Phase::Waiting { .. } => {
+                let state = slot.phase.take_state();
+                slot.phase = Phase::Paused { state };
+                return (true, vec![Action::Unwait { name }]);
+            }
+            // A poll-now asked for earlier is dropped; a restart stays.
+            Phase::Polling { then } if *then == Then::PollNow => *then = Then::Schedule,
+            Phase::Polling { .. } | Phase::Paused { .. } => {}
+        }
+        (true, Vec::new())
+    }
+
+    /// Resumes `name`: a paused one waits for `first_due`; one that polls
+    /// waits for what its poll decides. False when no such endpoint is in
+    /// the config.
+    pub fn resume(
+        &mut self,
+        name: &str,
+        first_due: impl FnOnce(&Endpoint) -> Instant,
+    ) -> (bool, Vec<Action<S>>) {
+        let Some((name, slot)) = self.slot(name) else {
+            return (false, Vec::new());
+        };
+        slot.paused = false;
+        let (Some(endpoint), Phase::Paused { .. }) = (&slot.endpoint, &slot.phase) else {
+            return (true, Vec::new());
+        };
+        let due = first_due(endpoint);
+        let state = slot.phase.take_state();
+        slot.phase = Phase::Waiting { due, state };
+        (true, vec![Action::Wait { name, due }])
+    }
+
+    /// The slot of an endpoint in the config, and its name.
+    fn slot(&mut self, name: &str) -> Option<(Arc<str>, &mut Slot<S>)> {
+        let name = self.slots.get_key_value(name)?.0.clone();
+        let slot = self
+            .slots
+            .get_mut(&name)
+            .filter(|slot| slot.endpoint.is_some())?;
+        Some((name, slot))
+    }
+}
+
+impl<S> Phase<S> {
+    /// The state of a waiting or paused endpoint, taken out; the phase is
+    /// to be set again at once.
+    fn take_state(&mut self) -> S {
+        let polling = Phase::Polling {
+            then: Then::Schedule,
+        };
+        match std::mem::replace(self, polling) {
+            Phase::Waiting { state, .. } | Phase::Paused { state } => state,
+            Phase::Polling { .. } => unreachable!("only a waiting or paused phase has a state"),
         }
     }
 }
@@ -287,6 +378,8 @@ mod tests {
         scheduler: Scheduler<u32>,
         clock: Clock,
         config: Config,
+        /// Endpoints the store says are paused when they are added.
+        stored_pauses: Vec<&'static str>,
     }
 
     impl Check {
@@ -295,6 +388,7 @@ mod tests {
                 scheduler: Scheduler::default(),
                 clock: Clock(Instant::now()),
                 config: config(&[]),
+                stored_pauses: Vec::new(),
             }
         }
 
@@ -305,7 +399,10 @@ mod tests {
             let diff = ConfigDiff::new(&self.config, &new);
             self.config = new;
             let due = self.clock.at(now + 10);
-            let actions = self.scheduler.apply(&diff.endpoints, |_| due, |_| 0);
+            let paused = |endpoint: &Endpoint| self.stored_pauses.contains(&&*endpoint.name);
+            let actions = self
+                .scheduler
+                .apply(&diff.endpoints, |_| due, |_| 0, paused);
             show(actions, &self.clock)
         }
 
@@ -327,6 +424,82 @@ mod tests {
             let (known, actions) = self.scheduler.poll_now(name, self.clock.at(now));
             (known, show(actions, &self.clock))
         }
+
+        fn pause(&mut self, name: &str) -> (bool, Vec<String>) {
+            let (known, actions) = self.scheduler.pause(name);
+            (known, show(actions, &self.clock))
+        }
+
+        /// Resumes; on its grid, the endpoint would poll 10 s after `now`.
+        fn resume(&mut self, name: &str, now: u64) -> (bool, Vec<String>) {
+            let due = self.clock.at(now + 10);
+            let (known, actions) = self.scheduler.resume(name, |_| due);
+            (known, show(actions, &self.clock))
+        }
+    }
+
+    fn said(actions: &[&str]) -> (bool, Vec<String>) {
+        (
+            true,
+            actions.iter().map(|action| action.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_paused_endpoint_waits_for_nothing_until_resumed_and_polls_once_when_asked() {
+        let mut check = Check::new();
+        check.apply(&[("a", "1m")], 0);
+        assert_eq!(check.pause("a"), said(&["unwait a"]));
+        assert_eq!(check.due("a", 10), Vec::<String>::new(), "a stale wake");
+        assert_eq!(
+            check.apply(&[("a", "2m")], 11),
+            Vec::<String>::new(),
+            "a change keeps the pause"
+        );
+        assert_eq!(check.pause("a"), said(&[]), "paused already");
+        assert_eq!(check.poll_now("a", 20), said(&["wait a @20"]));
+        assert_eq!(check.due("a", 20), ["start a @20 s0"]);
+        assert_eq!(
+            check.ended("a", 1, 140, 21),
+            Vec::<String>::new(),
+            "paused again"
+        );
+        assert_eq!(check.resume("a", 30), said(&["wait a @40"]));
+        assert_eq!(check.due("a", 40), ["start a @40 s1"]);
+        assert_eq!(check.ended("a", 2, 160, 41), ["wait a @160"]);
+        assert_eq!(check.resume("a", 42), said(&[]), "not paused");
+        assert_eq!(check.pause("nosuch"), (false, Vec::new()));
+        assert_eq!(check.resume("nosuch", 42), (false, Vec::new()));
+    }
+
+    #[test]
+    fn a_poll_running_when_paused_ends_and_its_poll_now_is_dropped() {
+        let mut check = Check::new();
+        check.apply(&[("a", "1m")], 0);
+        check.due("a", 10);
+        check.poll_now("a", 11);
+        assert_eq!(check.pause("a"), said(&[]));
+        assert_eq!(check.ended("a", 1, 70, 12), Vec::<String>::new());
+        // Paused and resumed while polling: the poll's own next time holds.
+        check.resume("a", 13);
+        check.poll_now("a", 13);
+        check.due("a", 13);
+        check.pause("a");
+        assert_eq!(check.resume("a", 14), said(&[]));
+        assert_eq!(check.ended("a", 2, 75, 15), ["wait a @75"]);
+    }
+
+    #[test]
+    fn endpoints_paused_in_the_store_start_paused() {
+        let mut check = Check::new();
+        check.stored_pauses = vec!["a"];
+        assert_eq!(check.apply(&[("a", "1m"), ("b", "1m")], 0), ["wait b @10"]);
+        assert_eq!(check.due("a", 10), Vec::<String>::new());
+        assert_eq!(check.resume("a", 20), said(&["wait a @30"]));
+        // Removed while paused, it leaves the schedule.
+        check.pause("a");
+        assert_eq!(check.apply(&[("b", "1m")], 21), ["unwait a"]);
+        assert_eq!(check.scheduler.len(), 1);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct EndpointStatus {
     pub last_warning: Option<String>,
     pub consecutive_failures: u32,
     pub next_poll_ms: Option<u64>,
+    /// Since when an operator has paused it (it is not polled).
+    pub paused_since_ms: Option<u64>,
     pub counts: EndpointCounts,
 }
 
@@ -45,6 +47,11 @@ pub enum Control {
     Reload(oneshot::Sender<Result<String, String>>),
     /// Poll this endpoint now, or right after its running poll.
     PollNow(String),
+    /// Stop polling this endpoint until it is resumed (the store has the
+    /// pause already).
+    Pause(String),
+    /// Poll this paused endpoint again.
+    Resume(String),
     /// From the cluster's node: poll the endpoints of these shards (and no
     /// others); answered once applied.
     Shards(std::collections::BTreeSet<u32>, oneshot::Sender<()>),
@@ -156,6 +163,7 @@ impl EndpointStatus {
             last_warning: None,
             consecutive_failures: 0,
             next_poll_ms: None,
+            paused_since_ms: None,
             counts: EndpointCounts::default(),
         }
     }

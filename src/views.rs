@@ -33,7 +33,11 @@ pub struct EndpointView {
     #[serde(default)]
     pub marks: Vec<String>,
     pub consecutive_failures: u32,
+    /// None while paused: a paused endpoint polls only when asked.
     pub next_poll_ms: Option<u64>,
+    /// Since when an operator has paused it.
+    #[serde(default)]
+    pub paused_since_ms: Option<u64>,
     pub version: Option<u64>,
     pub last_change_ms: Option<u64>,
     pub pending_deliveries: usize,
@@ -71,7 +75,10 @@ impl EndpointView {
                 .into_iter()
                 .collect(),
             consecutive_failures: status.map_or(0, |status| status.consecutive_failures),
-            next_poll_ms: status.and_then(|status| status.next_poll_ms),
+            next_poll_ms: status
+                .filter(|status| status.paused_since_ms.is_none())
+                .and_then(|status| status.next_poll_ms),
+            paused_since_ms: status.and_then(|status| status.paused_since_ms),
             version: snapshot.map(|snapshot| snapshot.version),
             last_change_ms: snapshot.map(|snapshot| snapshot.changed_at_ms),
             pending_deliveries: pending.get(&*endpoint.name).copied().unwrap_or(0),

@@ -179,11 +179,19 @@ enum Command {
         config: ConfigArg,
         target: String,
     },
-    /// Deliver again to a target that was paused after answering 410 Gone.
+    /// Stop polling an endpoint until `resume` (kept across restarts).
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        endpoint: String,
+    },
+    /// Poll a paused endpoint again, or deliver again to a target that was
+    /// paused after answering 410 Gone.
     Resume {
         #[command(flatten)]
         config: ConfigArg,
-        target: String,
+        /// An endpoint's or a target's name.
+        name: String,
     },
     /// Watch a local demo API and print the webhooks it causes; no internet needed.
     Demo {
@@ -337,8 +345,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Test { config, target } => {
             test_target(&Config::load(&config.config)?, &target).await
         }
-        Command::Resume { config, target } => {
-            state::resume(&Config::load_to_find_the_daemon(&config.config)?, &target).await
+        Command::Pause { config, endpoint } => {
+            state::pause(&Config::load_to_find_the_daemon(&config.config)?, &endpoint).await
+        }
+        Command::Resume { config, name } => {
+            state::resume(&Config::load_to_find_the_daemon(&config.config)?, &name).await
         }
         Command::Demo { duration, tick } => {
             let parse = |text: &str, what: &str| -> anyhow::Result<std::time::Duration> {

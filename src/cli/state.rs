@@ -122,18 +122,24 @@ pub async fn status(config: &Config) -> anyhow::Result<ExitCode> {
                 Some(store) => store.pending_by_endpoint()?,
                 None => Default::default(),
             };
+            let paused = match &store {
+                Some(store) => store.paused_endpoints()?,
+                None => Default::default(),
+            };
             let mut views = Vec::new();
             for endpoint in &config.endpoints {
                 let (snapshot, cursor) = match &store {
                     Some(store) => EndpointView::stored(store, endpoint)?,
                     None => (None, None),
                 };
-                views.push(EndpointView::new(
+                let mut view = EndpointView::new(
                     endpoint,
                     None,
                     (snapshot.as_ref(), cursor.as_ref()),
                     &pending,
-                ));
+                );
+                view.paused_since_ms = paused.get(&*endpoint.name).copied();
+                views.push(view);
             }
             (views, false)
         }
@@ -503,24 +509,68 @@ pub async fn replay(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn resume(config: &Config, target: &str) -> anyhow::Result<ExitCode> {
-    let resumed = match source(config).await? {
+/// `pollhook pause`: the endpoint is not polled until resumed, across
+/// restarts.
+pub async fn pause(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    known_endpoint(config, name)?;
+    let since_ms = match source(config).await? {
         Source::Daemon(client) => {
             let answer: serde_json::Value = client
-                .json("POST", &format!("/api/v1/targets/{target}/resume"))
+                .json("POST", &format!("/api/v1/endpoints/{name}/pause"))
                 .await?;
-            answer["resumed"].as_bool().unwrap_or(false)
+            answer["since_ms"].as_u64()
         }
-        Source::Store(store) => {
-            let resumed = store.resume(target)?;
-            store.flush().await?;
-            resumed
-        }
+        Source::Store(store) => Some(store.pause_endpoint(name, clock::now_ms()).await?),
     };
-    if resumed {
-        outln!("target `{target}` resumed: its queued webhooks are delivered again")?;
-    } else {
-        outln!("target `{target}` was not paused")?;
+    outln!(
+        "endpoint `{name}` paused since {}: it is not polled until `pollhook resume {name}`",
+        time(since_ms)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pollhook resume`: a paused endpoint is polled again, a target paused
+/// after a 410 is delivered to again (both, when both have the name).
+pub async fn resume(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let endpoint = config.endpoint(name).is_some();
+    let target = config.targets.iter().any(|target| target.name == name);
+    if !endpoint && !target {
+        anyhow::bail!("no endpoint or target named `{name}` in the config");
+    }
+    let source = source(config).await?;
+    if endpoint {
+        let resumed = match &source {
+            Source::Daemon(client) => {
+                let answer: serde_json::Value = client
+                    .json("POST", &format!("/api/v1/endpoints/{name}/resume"))
+                    .await?;
+                answer["resumed"].as_bool().unwrap_or(false)
+            }
+            Source::Store(store) => store.resume_endpoint(name).await?,
+        };
+        match resumed {
+            true => outln!("endpoint `{name}` resumed: it is polled again")?,
+            false => outln!("endpoint `{name}` was not paused")?,
+        }
+    }
+    if target {
+        let resumed = match &source {
+            Source::Daemon(client) => {
+                let answer: serde_json::Value = client
+                    .json("POST", &format!("/api/v1/targets/{name}/resume"))
+                    .await?;
+                answer["resumed"].as_bool().unwrap_or(false)
+            }
+            Source::Store(store) => {
+                let resumed = store.resume(name)?;
+                store.flush().await?;
+                resumed
+            }
+        };
+        match resumed {
+            true => outln!("target `{name}` resumed: its queued webhooks are delivered again")?,
+            false => outln!("target `{name}` was not paused")?,
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -581,10 +631,13 @@ fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
 
 /// The `NOTES` of `status`: an endpoint's marks and its last poll's warning.
 fn notes(view: &EndpointView) -> String {
-    let notes: Vec<&str> = view
-        .marks
-        .iter()
-        .map(String::as_str)
+    let paused = view
+        .paused_since_ms
+        .map(|since| format!("paused since {}", clock::rfc3339(since)));
+    let notes: Vec<&str> = paused
+        .as_deref()
+        .into_iter()
+        .chain(view.marks.iter().map(String::as_str))
         .chain(view.last_warning.as_deref())
         .collect();
     match notes.is_empty() {

@@ -70,6 +70,8 @@ pub fn router(
         .route("/", get(pages::endpoints))
         .route("/endpoints/{name}", get(pages::endpoint))
         .route("/endpoints/{name}/poll", post(pages::poll_now))
+        .route("/endpoints/{name}/pause", post(pages::pause))
+        .route("/endpoints/{name}/resume", post(pages::resume_endpoint))
         .route("/endpoints/{name}/preview", post(pages::preview))
         .route("/deliveries", get(pages::deliveries))
         .route("/deliveries/replay", post(pages::replay))

@@ -42,7 +42,7 @@ pub struct ListQuery {
 struct ListRow {
     #[serde(flatten)]
     view: EndpointView,
-    /// `ok`, `failing` or `never polled`.
+    /// `ok`, `failing`, `paused` or `never polled`.
     state: &'static str,
     /// When its failure run began, once `endpoint.failing` was sent.
     failing_since_ms: Option<u64>,
@@ -86,6 +86,7 @@ pub async fn endpoints(
         .map(|status| {
             let view = context.view(status, &none);
             let (state, failing_since_ms) = match (view.last_poll_ms, view.consecutive_failures) {
+                _ if view.paused_since_ms.is_some() => ("paused", None),
                 (None, _) => ("never polled", None),
                 (Some(_), 0) => ("ok", None),
                 (Some(_), _) => (
@@ -335,6 +336,36 @@ pub async fn poll_now(
     }
     match dashboard.context.poll_now(&name).await {
         Ok(()) => Redirect::to(&format!("/endpoints/{name}?polled=true")).into_response(),
+        Err(error) => command_error(error),
+    }
+}
+
+pub async fn pause(
+    State(dashboard): State<Dashboard>,
+    Extension(visitor): Extension<Visitor>,
+    Path(name): Path<String>,
+    Form(posted): Form<Posted>,
+) -> Response {
+    if !visitor.posted(&posted.csrf) {
+        return forged();
+    }
+    match dashboard.context.pause_endpoint(&name).await {
+        Ok(_) => Redirect::to(&format!("/endpoints/{name}")).into_response(),
+        Err(error) => command_error(error),
+    }
+}
+
+pub async fn resume_endpoint(
+    State(dashboard): State<Dashboard>,
+    Extension(visitor): Extension<Visitor>,
+    Path(name): Path<String>,
+    Form(posted): Form<Posted>,
+) -> Response {
+    if !visitor.posted(&posted.csrf) {
+        return forged();
+    }
+    match dashboard.context.resume_endpoint(&name).await {
+        Ok(_) => Redirect::to(&format!("/endpoints/{name}")).into_response(),
         Err(error) => command_error(error),
     }
 }

@@ -63,6 +63,7 @@ mod encoding;
 mod migrate;
 mod mirrored;
 mod outbox;
+mod paused;
 #[cfg(test)]
 mod tests;
 mod tokens;

@@ -338,6 +338,8 @@ async fn with_a_token_every_route_but_health_needs_it() {
     for route in [
         "/api/v1/reload",
         "/api/v1/endpoints/data/poll",
+        "/api/v1/endpoints/data/pause",
+        "/api/v1/endpoints/data/resume",
         "/api/v1/targets/receiver/resume",
     ] {
         assert_eq!(
@@ -923,4 +925,95 @@ async fn a_restart_resumes_each_schedule_from_its_last_poll() {
         store.last_poll_ms("recent").unwrap(),
         Some(started_ms - 5 * minute)
     );
+}
+
+/// `pollhook pause` and `resume`, with the daemon and without: a paused
+/// endpoint is not polled (while another goes on) across a restart, shows
+/// as paused with no next poll, polls once when asked, and polls again
+/// once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_endpoint_is_not_polled_until_resumed_even_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paused, other) = (
+        Api::start(Reply::json("{}")).await,
+        Api::start(Reply::json("{}")).await,
+    );
+    let receiver = Receiver::start().await;
+    let endpoints = endpoint("held", &paused, "") + &endpoint("other", &other, "");
+    let config = dir.path().join("config.toml");
+    let cli = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            let mut all = args.to_vec();
+            all.extend(["-c", config.to_str().unwrap()]);
+            let output = crate::cli::run(&all).await;
+            let out = crate::cli::text(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{args:?}: {out}{}",
+                crate::cli::text(&output.stderr)
+            );
+            out
+        }
+    };
+    // While the other endpoint polls five times, the paused one polls at
+    // most once (a poll that was running when it was paused).
+    let stays_paused = |before: usize| {
+        let (paused, other) = (&paused, &other);
+        async move {
+            let target = other.requests() + 5;
+            eventually("the other endpoint polls on", || other.requests() >= target).await;
+            assert!(paused.requests() <= before + 1, "polled while paused");
+            paused.requests()
+        }
+    };
+
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
+    eventually("both poll", || {
+        paused.requests() > 0 && other.requests() > 0
+    })
+    .await;
+    assert!(
+        cli(&["pause", "held"])
+            .await
+            .contains("endpoint `held` paused since")
+    );
+    let before = stays_paused(paused.requests()).await;
+    let view = get_json(format!("{admin}/api/v1/endpoints/held")).await;
+    assert!(view["paused_since_ms"].as_u64().is_some(), "{view}");
+    assert!(view["next_poll_ms"].is_null(), "{view}");
+    assert!(cli(&["status"]).await.contains("paused since"));
+    let before = stays_paused(before).await;
+
+    // Asked to, it polls once and stays paused.
+    let (status, _) = post(format!("{admin}/api/v1/endpoints/held/poll"), None).await;
+    assert_eq!(status, 202);
+    eventually("the poll asked for", || paused.requests() > before).await;
+    let before = stays_paused(paused.requests()).await;
+
+    daemon.stop().await;
+    let (daemon, _) = start_daemon(dir.path(), &endpoints, &receiver).await;
+    let before = stays_paused(before).await;
+    assert!(
+        cli(&["resume", "held"])
+            .await
+            .contains("endpoint `held` resumed")
+    );
+    eventually("polled again", || paused.requests() >= before + 3).await;
+    assert!(cli(&["resume", "held"]).await.contains("was not paused"));
+    daemon.stop().await;
+
+    // Without the daemon, the store keeps the pause for its next start.
+    assert!(cli(&["pause", "held"]).await.contains("paused since"));
+    let status = crate::cli::run(&["status", "-c", config.to_str().unwrap()]).await;
+    assert!(crate::cli::text(&status.stdout).contains("paused since"));
+    let before = paused.requests();
+    let (daemon, admin) = start_daemon(dir.path(), &endpoints, &receiver).await;
+    stays_paused(before).await;
+    let (status, answer) = post(format!("{admin}/api/v1/endpoints/held/resume"), None).await;
+    assert_eq!((status, &answer["resumed"]), (200, &Value::Bool(true)));
+    eventually("polled again", || paused.requests() > before + 1).await;
+    let (status, _) = post(format!("{admin}/api/v1/endpoints/nosuch/pause"), None).await;
+    assert_eq!(status, 404);
+    daemon.stop().await;
 }

@@ -1,7 +1,7 @@
 //! The web dashboard of the real daemon, in a real browser (headless
 //! Chromium through chromedriver): the endpoint list, an endpoint's change,
-//! "replay", "poll now", the live page; and, over plain HTTP, that nothing
-//! is given or done without the token.
+//! "replay", "poll now", "pause" and "resume", the live page; and, over
+//! plain HTTP, that nothing is given or done without the token.
 
 use std::path::Path;
 use std::time::Duration;
@@ -189,6 +189,32 @@ async fn poll_now_polls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_the_polls_and_the_list_shows_it_until_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(Reply::json(r#"{"n":1}"#)).await;
+    let receiver = Receiver::start().await;
+    let endpoints = endpoint("busy", &api, "every = \"100ms\"");
+    let (daemon, admin) = start(dir.path(), &endpoints, &receiver).await;
+    let browser = Browser::start().await;
+    browser.log_in(&admin, TOKEN).await;
+    browser.goto(&format!("{admin}/endpoints/busy")).await;
+    browser.click("#pause").await;
+    assert!(browser.text("#paused").await.contains("paused"));
+    assert!(endpoint_view(&admin, "busy").await["paused_since_ms"].is_u64());
+    // A poll that was running may still end; then nothing.
+    let polled = api.requests();
+    browser.goto(&format!("{admin}/")).await;
+    assert_eq!(browser.text("tr.state-paused th").await, "busy");
+    assert!(api.requests() <= polled + 1, "polled while paused");
+    browser.goto(&format!("{admin}/endpoints/busy")).await;
+    browser.click("#resume").await;
+    assert_eq!(browser.count("#paused").await, 0);
+    eventually("polled again", || api.requests() > polled + 2).await;
+    browser.close().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_page_shows_a_new_event_without_reload() {
     let dir = tempfile::tempdir().unwrap();
     let api = Api::start(Reply::json(r#"{"v":1}"#)).await;
@@ -265,6 +291,8 @@ async fn without_the_token_every_page_and_action_is_refused() {
     }
     let actions = [
         "/endpoints/data/poll",
+        "/endpoints/data/pause",
+        "/endpoints/data/resume",
         "/endpoints/data/preview",
         "/deliveries/replay",
         "/deliveries/resume",
