@@ -105,7 +105,9 @@ pub fn to_json(body: &[u8], pick: &Pick) -> Result<Converted, FormatError> {
             "it holds binary data (a NUL byte)".to_string(),
         ));
     }
-    let page = Html::parse_document(&String::from_utf8_lossy(body));
+    // The charset a `<meta>` names, as a browser's prescan finds it.
+    let text = super::decode(body, |head| super::value_after(head, b"charset"));
+    let page = Html::parse_document(&text);
     let root = page.root_element();
     let mut unmatched = Vec::new();
     let value = match pick {
@@ -206,6 +208,27 @@ mod tests {
           € </span><p id="stock">In stock</p>
         <ul><li class="r"><h2>1.2</h2><a href="/1.2">notes</a></li>
             <li class="r"><h2>1.1</h2></li></ul></body></html>"#;
+
+    #[test]
+    fn a_page_is_read_in_the_charset_its_meta_names() {
+        let price = Pick::All(field(".price", None));
+        for head in [
+            &b"<meta charset=\"windows-1252\">"[..],
+            b"<meta http-equiv=Content-Type content='text/html; charset=ISO-8859-1'>",
+            b"<META CHARSET=latin1>",
+        ] {
+            let page = [head, b"<span class=price>19,99 \x80</span>"].concat();
+            let value = to_json(&page, &price).unwrap().value;
+            assert_eq!(
+                value,
+                json!(["19,99 \u{20ac}"]),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let utf8 = to_json("<span class=price>19,99 \u{20ac}</span>".as_bytes(), &price);
+        assert_eq!(utf8.unwrap().value, json!(["19,99 \u{20ac}"]));
+    }
 
     #[test]
     fn picks_text_attributes_tables_and_items() {

@@ -46,6 +46,36 @@ impl From<Value> for Converted {
 /// The format a Content-Type names, among those converted here. Only
 /// feeds are recognised: a plain XML or HTML answer is compared as text
 /// unless the endpoint says `format = "xml"` or `"html"`.
+/// A document's text: in the encoding of its byte order mark, else the one
+/// `declared` finds in its first KiB, else UTF-8. Bytes that are not of
+/// the encoding become U+FFFD.
+fn decode(body: &[u8], declared: fn(&[u8]) -> Option<&[u8]>) -> std::borrow::Cow<'_, str> {
+    if let Some((encoding, bom)) = encoding_rs::Encoding::for_bom(body) {
+        return encoding.decode_without_bom_handling(&body[bom..]).0;
+    }
+    let head = &body[..body.len().min(1024)];
+    let encoding = declared(head)
+        .and_then(encoding_rs::Encoding::for_label)
+        .unwrap_or(encoding_rs::UTF_8);
+    encoding.decode_without_bom_handling(body).0
+}
+
+/// The value of the first `name=value` in `text` (`name` in any case, the
+/// value quoted or not).
+fn value_after<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let at = text
+        .windows(name.len())
+        .position(|window| window.eq_ignore_ascii_case(name))?;
+    let rest = text[at + name.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b"=")?.trim_ascii_start();
+    let (value, ends): (&[u8], &[u8]) = match rest.first()? {
+        quote @ (b'"' | b'\'') => (&rest[1..], std::slice::from_ref(quote)),
+        _ => (rest, b" \t\r\n;\"'>/"),
+    };
+    let end = value.iter().position(|byte| ends.contains(byte))?;
+    Some(&value[..end])
+}
+
 pub fn is_feed_media_type(media_type: &str) -> bool {
     matches!(
         media_type,

@@ -26,7 +26,7 @@ struct Open {
 
 /// Converts an XML document to JSON.
 pub fn to_json(body: &[u8]) -> Result<Value, FormatError> {
-    let text = String::from_utf8_lossy(body);
+    let text = decode(body);
     let mut reader = Reader::from_str(&text);
     let error = |reader: &Reader<&[u8]>, message: String| FormatError::Xml {
         position: reader.error_position(),
@@ -104,6 +104,16 @@ pub fn to_json(body: &[u8]) -> Result<Value, FormatError> {
         ));
     }
     root.ok_or_else(|| error(&reader, "no root element".to_string()))
+}
+
+/// The document's text, in the encoding its byte order mark or its XML
+/// declaration names (`<?xml version="1.0" encoding="ISO-8859-1"?>`).
+fn decode(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    super::decode(body, |head| {
+        let declaration = head.strip_prefix(b"<?xml")?;
+        let end = declaration.iter().position(|byte| *byte == b'>')?;
+        super::value_after(&declaration[..end], b"encoding")
+    })
 }
 
 /// Refuses an XML body nested deeper than [`MAX_DEPTH`] before a parser
@@ -227,6 +237,22 @@ mod tests {
             json!({"g:E": {"@xmlns:g": "urn:x", "g:s": "a & b A"}}),
         );
         check("<a><![CDATA[<x>]]></a>", json!({"a": "<x>"}));
+    }
+
+    #[test]
+    fn the_declared_encoding_or_the_byte_order_mark_is_read() {
+        let latin1 = b"<?xml version=\"1.0\" encoding='ISO-8859-1' ?><city>Z\xfcrich</city>";
+        assert_eq!(to_json(latin1).unwrap(), json!({"city": "Z\u{fc}rich"}));
+        let mut utf16 = vec![0xff, 0xfe];
+        utf16.extend("<p>\u{20ac}1</p>".encode_utf16().flat_map(u16::to_le_bytes));
+        assert_eq!(to_json(&utf16).unwrap(), json!({"p": "\u{20ac}1"}));
+        check("<p>Z\u{fc}rich</p>", json!({"p": "Z\u{fc}rich"}));
+        let unknown = b"<?xml version=\"1.0\" encoding=\"no-such\"?><p>\xc3\xbc</p>";
+        assert_eq!(
+            to_json(unknown).unwrap(),
+            json!({"p": "\u{fc}"}),
+            "read as UTF-8"
+        );
     }
 
     #[test]
