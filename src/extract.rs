@@ -432,7 +432,13 @@ fn run(filter: &Jq, name: &'static str, input: &Value) -> Result<Vec<Value>, Ext
 /// in the response's order (after `select` and `ignore`, as in item mode).
 pub fn new_items(body: &[u8], rules: &Rules) -> Result<(Value, Vec<(Value, Value)>), ExtractError> {
     let mut response: Value = match rules.format.filter(|format| format.is_converted()) {
-        Some(format) => convert(body, format, rules)?.value,
+        Some(format) => {
+            let mut value = convert(body, format, rules)?.value;
+            if format == Format::Html {
+                normalise_strings(&mut value, rules);
+            }
+            value
+        }
         None => serde_json::from_slice(body).map_err(ExtractError::NotJson)?,
     };
     number::canonicalise(&mut response);
@@ -449,7 +455,8 @@ pub fn new_items(body: &[u8], rules: &Rules) -> Result<(Value, Vec<(Value, Value
             Some(value)
         }
     };
-    let Some(item_rules) = &rules.items else {
+    let feed = (rules.format == Some(Format::Feed)).then(|| &*FEED_ITEMS);
+    let Some(item_rules) = rules.items.as_ref().or(feed) else {
         return Ok((response, Vec::new()));
     };
     let mut items = Vec::new();
@@ -1080,6 +1087,42 @@ mod tests {
             .iter()
             .map(|entry| (entry["key"].clone(), entry["item"].clone()))
             .collect()
+    }
+
+    #[test]
+    fn incremental_pages_and_feeds_have_their_items_as_in_item_mode() {
+        let text = r#"[[endpoint]]
+name = "e"
+url = "http://127.0.0.1:1/"
+every = "1m"
+mode = "incremental"
+format = "html"
+items_css = "li"
+css = { v = "b" }
+key = ".v"
+replace = [["^release ", ""]]
+"#;
+        let config = crate::config::Config::compile(text, std::path::Path::new("c.toml")).unwrap();
+        let body = b"<ul><li><b>release 1.2</b></li><li><b> release  1.1 </b></li></ul>";
+        let (_, items) = new_items(body, config.endpoints[0].rules()).unwrap();
+        let keys: Vec<Value> = items.into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, [json!("1.2"), json!("1.1")]);
+
+        // A feed's entries are its items, known by their ids.
+        let feed = text
+            .lines()
+            .take(5)
+            .chain(["format = \"feed\""])
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = crate::config::Config::compile(&feed, std::path::Path::new("c.toml")).unwrap();
+        let atom = br#"<feed xmlns="http://www.w3.org/2005/Atom"><id>f</id><title>t</title>
+            <updated>2026-01-01T00:00:00Z</updated>
+            <entry><id>tag:1.91</id><title>1.91</title><updated>2026-01-01T00:00:00Z</updated></entry>
+            </feed>"#;
+        let (_, items) = new_items(atom, config.endpoints[0].rules()).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].0, json!("tag:1.91"));
     }
 
     #[test]

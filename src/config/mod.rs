@@ -2253,7 +2253,8 @@ impl<'s> Compiler<'s> {
     }
 
     /// `mode` and `cursor`: an incremental endpoint needs `items` and
-    /// `key`, and has no use for what compares one answer with the last.
+    /// `key` (a feed has both, a page's `items_css` blocks are its items),
+    /// and has no use for what compares one answer with the last.
     fn compile_incremental(
         &mut self,
         raw: &mut EndpointConfig,
@@ -2272,11 +2273,16 @@ impl<'s> Compiler<'s> {
             }
             return None;
         };
-        let missing: Vec<&str> = [("items", raw.items.is_none()), ("key", raw.key.is_none())]
-            .into_iter()
-            .filter(|(key, missing)| *missing && !broken.contains(key))
-            .map(|(key, _)| key)
-            .collect();
+        let feed = raw.format.as_ref().map(|format| *format.get_ref()) == Some(Format::Feed);
+        let items_by_format = feed || raw.items_css.is_some();
+        let missing: Vec<&str> = [
+            ("items", raw.items.is_none() && !items_by_format),
+            ("key", raw.key.is_none() && !feed),
+        ]
+        .into_iter()
+        .filter(|(key, missing)| *missing && !broken.contains(key))
+        .map(|(key, _)| key)
+        .collect();
         if !missing.is_empty() {
             self.problem(
                 mode.span().start,
