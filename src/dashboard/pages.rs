@@ -325,47 +325,25 @@ fn forged() -> Response {
     )
 }
 
-pub async fn poll_now(
+/// "Poll now", "Pause polling" and "Resume polling" on an endpoint's page.
+pub async fn endpoint_action(
     State(dashboard): State<Dashboard>,
     Extension(visitor): Extension<Visitor>,
-    Path(name): Path<String>,
+    Path((name, action)): Path<(String, String)>,
     Form(posted): Form<Posted>,
 ) -> Response {
     if !visitor.posted(&posted.csrf) {
         return forged();
     }
-    match dashboard.context.poll_now(&name).await {
-        Ok(()) => Redirect::to(&format!("/endpoints/{name}?polled=true")).into_response(),
-        Err(error) => command_error(error),
-    }
-}
-
-pub async fn pause(
-    State(dashboard): State<Dashboard>,
-    Extension(visitor): Extension<Visitor>,
-    Path(name): Path<String>,
-    Form(posted): Form<Posted>,
-) -> Response {
-    if !visitor.posted(&posted.csrf) {
-        return forged();
-    }
-    match dashboard.context.pause_endpoint(&name).await {
-        Ok(_) => Redirect::to(&format!("/endpoints/{name}")).into_response(),
-        Err(error) => command_error(error),
-    }
-}
-
-pub async fn resume_endpoint(
-    State(dashboard): State<Dashboard>,
-    Extension(visitor): Extension<Visitor>,
-    Path(name): Path<String>,
-    Form(posted): Form<Posted>,
-) -> Response {
-    if !visitor.posted(&posted.csrf) {
-        return forged();
-    }
-    match dashboard.context.resume_endpoint(&name).await {
-        Ok(_) => Redirect::to(&format!("/endpoints/{name}")).into_response(),
+    let context = &dashboard.context;
+    let done = match action.as_str() {
+        "poll" => context.poll_now(&name).await.map(|()| "?polled=true"),
+        "pause" => context.pause_endpoint(&name).await.map(|_| ""),
+        "resume" => context.resume_endpoint(&name).await.map(|_| ""),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match done {
+        Ok(query) => Redirect::to(&format!("/endpoints/{name}{query}")).into_response(),
         Err(error) => command_error(error),
     }
 }
