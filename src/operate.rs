@@ -1,7 +1,7 @@
 //! What the admin API and the dashboard read of, and ask of, the running
 //! daemon: the [`Context`] the daemon hands them, and the commands both
-//! run (poll now, pause, preview, replay, resume), so that a button on a page and
-//! a `POST /api/v1/...` do the same thing.
+//! run (poll now, pause, preview, replay, resume), so that a button on a
+//! page and a `POST /api/v1/...` do the same thing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
