@@ -276,16 +276,8 @@ pub fn extract_with_warning(
     rules: &Rules,
 ) -> Result<(Document, Option<String>), ExtractError> {
     if let Some(format) = converted_format(content_type, rules) {
-        let Converted {
-            mut value,
-            unmatched,
-        } = convert(body, format, rules)?;
-        number::canonicalise(&mut value);
-        if format == Format::Html {
-            normalise_strings(&mut value, rules);
-        }
-        let default_items = (format == Format::Feed).then(|| &*FEED_ITEMS);
-        let document = from_value(value, rules, default_items)?;
+        let Converted { value, unmatched } = convert(body, format, rules)?;
+        let document = from_value(value, rules, Some(format))?;
         return Ok((document, unmatched_warning(&unmatched)));
     }
     let plain_json = rules.select.is_none() && rules.ignore.is_empty() && rules.items.is_none();
@@ -353,7 +345,7 @@ fn unmatched_warning(unmatched: &[String]) -> Option<String> {
 fn from_value(
     mut value: Value,
     rules: &Rules,
-    default_items: Option<&ItemRules>,
+    format: Option<Format>,
 ) -> Result<Document, ExtractError> {
     if let Some(select) = &rules.select {
         value = run(select, "select", &value).map(jq::collapse)?;
@@ -361,7 +353,7 @@ fn from_value(
     for pointer in &rules.ignore {
         remove_pointer(&mut value, pointer);
     }
-    match rules.items.as_ref().or(default_items) {
+    match item_rules(rules, format) {
         Some(item_rules) => items_document(&value, item_rules),
         None => Ok(Document::from_json(Kind::Json, &value)),
     }
@@ -384,14 +376,28 @@ pub fn converted_format(content_type: Option<&str>, rules: &Rules) -> Option<For
     }
 }
 
+/// A feed, an XML document or the values picked from a page as JSON, its
+/// numbers canonical and a page's texts through `match` and `replace`.
 fn convert(body: &[u8], format: Format, rules: &Rules) -> Result<Converted, ExtractError> {
-    Ok(match (format, &rules.html) {
+    let mut converted: Converted = match (format, &rules.html) {
         (Format::Feed, _) => formats::feed::to_json(body)?.into(),
         (Format::Html, Some(pick)) => formats::html::to_json(body, pick)?,
         // `format = "html"` without `css` is refused by the config; as XML
         // otherwise.
         _ => formats::xml::to_json(body)?.into(),
-    })
+    };
+    number::canonicalise(&mut converted.value);
+    if format == Format::Html {
+        normalise_strings(&mut converted.value, rules);
+    }
+    Ok(converted)
+}
+
+/// The item rules of `rules`; a feed's entries are items by themselves,
+/// known by `.id`.
+fn item_rules(rules: &Rules, format: Option<Format>) -> Option<&ItemRules> {
+    let feed = (format == Some(Format::Feed)).then(|| &*FEED_ITEMS);
+    rules.items.as_ref().or(feed)
 }
 
 /// HTML: `match` and `replace` on every text picked.
@@ -431,17 +437,15 @@ fn run(filter: &Jq, name: &'static str, input: &Value) -> Result<Vec<Value>, Ext
 /// Incremental mode: the response as JSON, and its items as `(key, item)`
 /// in the response's order (after `select` and `ignore`, as in item mode).
 pub fn new_items(body: &[u8], rules: &Rules) -> Result<(Value, Vec<(Value, Value)>), ExtractError> {
-    let mut response: Value = match rules.format.filter(|format| format.is_converted()) {
-        Some(format) => {
-            let mut value = convert(body, format, rules)?.value;
-            if format == Format::Html {
-                normalise_strings(&mut value, rules);
-            }
-            value
+    let format = rules.format.filter(|format| format.is_converted());
+    let response: Value = match format {
+        Some(format) => convert(body, format, rules)?.value,
+        None => {
+            let mut response = serde_json::from_slice(body).map_err(ExtractError::NotJson)?;
+            number::canonicalise(&mut response);
+            response
         }
-        None => serde_json::from_slice(body).map_err(ExtractError::NotJson)?,
     };
-    number::canonicalise(&mut response);
     let narrowed = match (&rules.select, rules.ignore.is_empty()) {
         (None, true) => None,
         (select, _) => {
@@ -455,8 +459,7 @@ pub fn new_items(body: &[u8], rules: &Rules) -> Result<(Value, Vec<(Value, Value
             Some(value)
         }
     };
-    let feed = (rules.format == Some(Format::Feed)).then(|| &*FEED_ITEMS);
-    let Some(item_rules) = rules.items.as_ref().or(feed) else {
+    let Some(item_rules) = item_rules(rules, format) else {
         return Ok((response, Vec::new()));
     };
     let mut items = Vec::new();
