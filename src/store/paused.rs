@@ -11,16 +11,19 @@ impl Store {
     /// Pauses `endpoint` as of `since_ms`, durably before it returns; the
     /// time of the first pause when it was paused already.
     pub async fn pause_endpoint(&self, endpoint: &str, since_ms: u64) -> Result<u64, StoreError> {
-        let since = self.watched(|trees| {
+        let earlier = self.watched(|trees| {
             let tree = trees.db.open_tree(TREE)?;
             if let Some(since) = tree.get(endpoint)? {
-                return decode_since(&since);
+                return decode_since(&since).map(Some);
             }
             tree.insert(endpoint, &since_ms.to_be_bytes())?;
-            Ok(since_ms)
+            Ok(None)
         })?;
+        if let Some(since) = earlier {
+            return Ok(since);
+        }
         self.flush().await?;
-        Ok(since)
+        Ok(since_ms)
     }
 
     /// Resumes `endpoint`, durably before it returns; false when it was not
