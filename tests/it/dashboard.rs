@@ -142,6 +142,8 @@ async fn replay_on_a_dead_letter_makes_the_receiver_get_it() {
     // The first poll is somewhere in the first hour: ask for it now.
     browser.goto(&format!("{admin}/endpoints/orders")).await;
     browser.click("#poll-now").await;
+    // Leaving before the form's answer arrives could cancel it.
+    browser.text("[role=status]").await;
     let text = browser
         .reload_until(&format!("{admin}/deliveries"), "Dead letters (1)")
         .await;
@@ -208,6 +210,8 @@ async fn pause_stops_the_polls_and_the_list_shows_it_until_resume() {
     assert!(api.requests() <= polled + 1, "polled while paused");
     browser.goto(&format!("{admin}/endpoints/busy")).await;
     browser.click("#resume").await;
+    // The answer to the form is the page again, now with a Pause button.
+    browser.text("#pause").await;
     assert_eq!(browser.count("#paused").await, 0);
     eventually("polled again", || api.requests() > polled + 2).await;
     browser.close().await;
