@@ -102,7 +102,9 @@ impl Clients {
     pub fn new(builder: fn() -> reqwest::ClientBuilder) -> Result<Clients, reqwest::Error> {
         Ok(Clients {
             builder,
-            default: builder().build()?,
+            default: builder()
+                .use_preconfigured_tls(crate::tls::for_http(crate::tls::default_config()))
+                .build()?,
             by_transport: Default::default(),
         })
     }
@@ -138,23 +140,16 @@ fn with_transport(
         })?;
         builder = builder.proxy(proxy);
     }
-    if let Some(path) = &transport.ca_file {
-        for certificate in crate::config::read_ca_file(path)? {
-            builder = builder.add_root_certificate(certificate);
-        }
-    }
-    if let Some(identity) = &transport.identity {
-        builder = builder.identity(identity.read()?);
-    }
-    if transport.insecure {
-        builder = builder.danger_accept_invalid_certs(true);
-    }
-    builder.build().map_err(|error| crate::error_chain(&error))
+    let tls = crate::tls::client_config(Some(transport))?;
+    builder
+        .use_preconfigured_tls(crate::tls::for_http(tls))
+        .build()
+        .map_err(|error| crate::error_chain(&error))
 }
 
 /// The client of polls with no transport options of their own.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    builder().build()
+    Ok(Clients::for_polls()?.default)
 }
 
 /// What every poll's client is built from. It follows no redirects itself:

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -393,10 +395,10 @@ pub struct ClientIdentity {
 }
 
 /// The CA certificates of a `ca_file`; an error names the file.
-pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path)
         .map_err(|error| format!("cannot read `ca_file` `{}`: {error}", path.display()))?;
-    match reqwest::Certificate::from_pem_bundle(&pem) {
+    match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
         Ok(certificates) if !certificates.is_empty() => Ok(certificates),
         _ => Err(format!(
             "`ca_file` `{}` holds no PEM certificate",
@@ -406,23 +408,28 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
 }
 
 impl ClientIdentity {
-    /// The certificate and key, read and parsed; an error names the files,
-    /// never what they hold.
-    pub fn read(&self) -> Result<reqwest::Identity, String> {
+    /// The certificate chain and its key, read and parsed; an error names
+    /// the files, never what they hold.
+    pub fn read(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
         let read = |key: &str, path: &Path| {
             std::fs::read(path)
                 .map_err(|error| format!("cannot read `{key}` `{}`: {error}", path.display()))
         };
-        let mut pem = read("client_cert", &self.cert)?;
-        pem.push(b'\n');
-        pem.extend(read("client_key", &self.key)?);
-        reqwest::Identity::from_pem(&pem).map_err(|_| {
-            format!(
-                "`client_cert` `{}` and `client_key` `{}` must hold a PEM certificate and its private key",
-                self.cert.display(),
-                self.key.display()
-            )
-        })
+        let chain = CertificateDer::pem_slice_iter(&read("client_cert", &self.cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|chain| !chain.is_empty());
+        let key = PrivateKeyDer::from_pem_slice(&read("client_key", &self.key)?).ok();
+        chain.zip(key).ok_or_else(|| self.unusable())
+    }
+
+    /// Why the pair cannot be used.
+    pub fn unusable(&self) -> String {
+        format!(
+            "`client_cert` `{}` and `client_key` `{}` must hold a PEM certificate and its private key",
+            self.cert.display(),
+            self.key.display()
+        )
     }
 }
 

@@ -74,6 +74,16 @@ pub(crate) async fn https_server(ca: &Ca, client_ca: Option<&Ca>) -> (String, Ar
 }
 
 async fn once(dir: &std::path::Path, extra: &str, url: &str) -> (bool, String) {
+    once_with(dir, extra, url, &[]).await
+}
+
+/// [`once`] with more environment variables.
+async fn once_with(
+    dir: &std::path::Path,
+    extra: &str,
+    url: &str,
+    env: &[(&str, &std::path::Path)],
+) -> (bool, String) {
     let path = dir.join("pollhook.toml");
     std::fs::write(
         &path,
@@ -82,6 +92,7 @@ async fn once(dir: &std::path::Path, extra: &str, url: &str) -> (bool, String) {
     .unwrap();
     let output = binary()
         .args(["once", "-c", path.to_str().unwrap(), "device"])
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
@@ -108,6 +119,11 @@ async fn a_private_ca_is_trusted_through_ca_file_and_only_then() {
     let (ok, stderr) = once(dir.path(), "tls_insecure = true", &url).await;
     assert!(ok, "{stderr}");
     assert!(stderr.contains("`tls_insecure = true`"), "warned: {stderr}");
+
+    // The system's CAs are trusted too: here the file OpenSSL would read.
+    let ca_file = dir.path().join("ca.pem");
+    let (ok, stderr) = once_with(dir.path(), "", &url, &[("SSL_CERT_FILE", &ca_file)]).await;
+    assert!(ok, "{stderr}");
 }
 
 /// A server that asks for a client certificate gets one from

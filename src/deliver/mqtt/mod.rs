@@ -396,7 +396,7 @@ fn options(mqtt: &MqttTarget, transport: Option<&Transport>, for_daemon: bool) -
         // its certificates were for, and says why here.
         let tls = crate::tls::client_config(transport).unwrap_or_else(|error| {
             warn!(broker = %mqtt.host, "{error}");
-            crate::tls::client_config(None).expect("the default TLS configuration builds")
+            crate::tls::default_config()
         });
         options.set_transport(rumqttc::Transport::Tls(TlsConfiguration::Rustls(Arc::new(
             tls,
