@@ -102,9 +102,7 @@ impl Clients {
     pub fn new(builder: fn() -> reqwest::ClientBuilder) -> Result<Clients, reqwest::Error> {
         Ok(Clients {
             builder,
-            default: builder()
-                .use_preconfigured_tls(crate::tls::for_http(crate::tls::default_config()))
-                .build()?,
+            default: with_default_tls(builder())?,
             by_transport: Default::default(),
         })
     }
@@ -147,9 +145,16 @@ fn with_transport(
         .map_err(|error| crate::error_chain(&error))
 }
 
+/// A client from `builder` with the TLS settings of no transport.
+fn with_default_tls(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, reqwest::Error> {
+    builder
+        .use_preconfigured_tls(crate::tls::for_http(crate::tls::default_config()))
+        .build()
+}
+
 /// The client of polls with no transport options of their own.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    Ok(Clients::for_polls()?.default)
+    with_default_tls(builder())
 }
 
 /// What every poll's client is built from. It follows no redirects itself:
