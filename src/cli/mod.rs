@@ -424,14 +424,26 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         let _done = polls_done.clone().drop_guard();
         let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);
         let mut failed = false;
+        // How many polls had each result, in the order the results came.
+        let mut tally: Vec<(String, usize)> = Vec::new();
         while let Some((endpoint, report)) = polls.next().await {
             if report.queued > 0 {
                 wakes.wake_targets_of(&endpoint);
             }
             // Named endpoints show what is compared, to help tune the filters.
             let view = PreviewView::new(&store, &endpoint.name, &report, !names.is_empty())?;
-            failed |= show_preview(&view)?;
+            failed |= show_preview(&view, !names.is_empty())?;
+            match tally.iter_mut().find(|(result, _)| *result == view.result) {
+                Some((_, count)) => *count += 1,
+                None => tally.push((view.result, 1)),
+            }
         }
+        let polled: usize = tally.iter().map(|(_, count)| count).sum();
+        let tally: Vec<String> = tally
+            .iter()
+            .map(|(result, count)| format!(", {count} {result}"))
+            .collect();
+        errln!("{polled} endpoint(s) polled{}", tally.concat());
         // What benches/once/breakdown.py splits a pass at.
         tracing::debug!("every endpoint polled");
         anyhow::Ok(failed)
@@ -462,6 +474,7 @@ async fn preview_by_the_daemon(
     errln!(
         "pollhook runs: previewing through it, with its config file as it is now and its stored snapshots"
     );
+    let named = !names.is_empty();
     let names: Vec<String> = match names.is_empty() {
         true => config
             .endpoints
@@ -482,7 +495,7 @@ async fn preview_by_the_daemon(
         if names.len() > 1 {
             view.document = None;
         }
-        failed |= show_preview(&view)?;
+        failed |= show_preview(&view, named)?;
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -494,13 +507,16 @@ async fn preview_by_the_daemon(
 /// Prints a preview as `once` does: a line on stderr, the extracted
 /// document (when it has one) on stderr, the events on stdout. True when
 /// the poll failed.
-fn show_preview(view: &PreviewView) -> std::io::Result<bool> {
+/// Shows one poll of `once`: an unchanged endpoint only when `named` (from
+/// cron, a line per unchanged endpoint would be mailed at every pass).
+fn show_preview(view: &PreviewView, named: bool) -> std::io::Result<bool> {
     let name = &view.endpoint;
     match view.result.as_str() {
         "failed" => errln!(
             "{name}: poll failed: {}",
             view.error.as_deref().unwrap_or_default()
         ),
+        "unchanged" if !named => {}
         "unchanged" | "cancelled" => errln!("{name}: {}", view.result),
         result => match view.version {
             Some(version) => errln!(

@@ -400,10 +400,19 @@ async fn once_prints_events_and_sends_only_when_asked() {
         text(&output.stderr)
     );
 
-    // Now the baseline is stored: nothing changed, nothing to print.
+    // Now the baseline is stored: nothing changed, nothing to print but
+    // the tally (from cron, a line per unchanged endpoint would be mailed),
+    // except for an endpoint asked for by name.
     let output = run(&["once", "-c", config]).await;
     assert!(output.status.success());
     assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+    assert_eq!(text(&output.stderr), "1 endpoint(s) polled, 1 unchanged\n");
+    let output = run(&["once", "-c", config, "data"]).await;
+    assert!(
+        text(&output.stderr).starts_with("data: unchanged\n"),
+        "{}",
+        text(&output.stderr)
+    );
 
     let output = run(&["once", "-c", config, "nope"]).await;
     assert_eq!(output.status.code(), Some(1));
