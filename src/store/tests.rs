@@ -44,6 +44,30 @@ fn due_ids(store: &Store, now_ms: u64, limit: usize) -> (Vec<String>, Option<u64
     )
 }
 
+/// The record of a first attempt at `at_ms` 100 that was answered `status`.
+fn attempt_record(event_id: &str, status: u16) -> AttemptRecord {
+    AttemptRecord {
+        event_id: event_id.into(),
+        attempt: 1,
+        at_ms: 100,
+        status: Some(status),
+        duration_ms: 3,
+        response: String::new(),
+        error: None,
+        next_attempt_ms: None,
+    }
+}
+
+/// The event ids in `sink`'s attempt log, oldest first.
+fn logged_ids(store: &Store) -> Vec<String> {
+    store
+        .attempt_log("sink")
+        .unwrap()
+        .into_iter()
+        .map(|attempt| attempt.event_id)
+        .collect()
+}
+
 /// An attempt's record and its row's fate are one write: after it,
 /// both are there.
 #[tokio::test]
@@ -55,16 +79,7 @@ async fn an_attempt_is_settled_in_one_transaction_with_its_record() {
         ("sink", queued_row("dead", 100)),
     ];
     let keys = store.commit_health("api", None, &rows).await.unwrap();
-    let record = |event_id: &str| AttemptRecord {
-        event_id: event_id.into(),
-        attempt: 1,
-        at_ms: 100,
-        status: Some(410),
-        duration_ms: 3,
-        response: "gone".into(),
-        error: None,
-        next_attempt_ms: None,
-    };
+    let record = |event_id: &str| attempt_record(event_id, 410);
     let mut waiting = rows[0].1.clone();
     waiting.next_attempt_ms = 150;
     let pause = Pause {
@@ -83,13 +98,7 @@ async fn an_attempt_is_settled_in_one_transaction_with_its_record() {
     store
         .settle(&keys[1], 100, Fate::Dead(&rows[1].1), Some(&record("dead")))
         .unwrap();
-    let logged: Vec<String> = store
-        .attempt_log("sink")
-        .unwrap()
-        .into_iter()
-        .map(|attempt| attempt.event_id)
-        .collect();
-    assert_eq!(logged, ["gone", "dead"]);
+    assert_eq!(logged_ids(&store), ["gone", "dead"]);
     assert_eq!(store.dead_rows(Some("sink")).unwrap().len(), 1);
     assert_eq!(store.outbox_len(), 1);
     assert_eq!(due_ids(&store, 149, 10), (vec![], Some(150)));
@@ -170,26 +179,15 @@ async fn a_delivered_row_goes_after_its_record_and_leaves_no_due_entry_behind() 
         ("sink", queued_row("next", 100)),
     ];
     let keys = store.commit_health("api", None, &rows).await.unwrap();
-    let record = AttemptRecord {
-        event_id: "sent".into(),
-        attempt: 1,
-        at_ms: 100,
-        status: Some(204),
-        duration_ms: 1,
-        response: String::new(),
-        error: None,
-        next_attempt_ms: None,
-    };
     store
-        .settle(&keys[0], 100, Fate::Delivered, Some(&record))
+        .settle(
+            &keys[0],
+            100,
+            Fate::Delivered,
+            Some(&attempt_record("sent", 204)),
+        )
         .unwrap();
-    let logged: Vec<String> = store
-        .attempt_log("sink")
-        .unwrap()
-        .into_iter()
-        .map(|attempt| attempt.event_id)
-        .collect();
-    assert_eq!(logged, ["sent"]);
+    assert_eq!(logged_ids(&store), ["sent"]);
     assert_eq!(store.outbox_len(), 2);
 
     // The crash: `cut`'s row removed, its due entry not.
