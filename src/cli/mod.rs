@@ -424,26 +424,18 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
         let _done = polls_done.clone().drop_guard();
         let mut polls = poller.poll_all(endpoints, mode, config.max_concurrent_polls);
         let mut failed = false;
-        // How many polls had each result, in the order the results came.
-        let mut tally: Vec<(String, usize)> = Vec::new();
+        let named = !names.is_empty();
+        let mut tally = Tally::default();
         while let Some((endpoint, report)) = polls.next().await {
             if report.queued > 0 {
                 wakes.wake_targets_of(&endpoint);
             }
             // Named endpoints show what is compared, to help tune the filters.
-            let view = PreviewView::new(&store, &endpoint.name, &report, !names.is_empty())?;
-            failed |= show_preview(&view, !names.is_empty())?;
-            match tally.iter_mut().find(|(result, _)| *result == view.result) {
-                Some((_, count)) => *count += 1,
-                None => tally.push((view.result, 1)),
-            }
+            let view = PreviewView::new(&store, &endpoint.name, &report, named)?;
+            failed |= show_preview(&view, named)?;
+            tally.count(view.result);
         }
-        let polled: usize = tally.iter().map(|(_, count)| count).sum();
-        let tally: Vec<String> = tally
-            .iter()
-            .map(|(result, count)| format!(", {count} {result}"))
-            .collect();
-        errln!("{polled} endpoint(s) polled{}", tally.concat());
+        tally.show();
         // What benches/once/breakdown.py splits a pass at.
         tracing::debug!("every endpoint polled");
         anyhow::Ok(failed)
@@ -490,13 +482,16 @@ async fn preview_by_the_daemon(
         })
         .buffered(8);
     let mut failed = false;
+    let mut tally = Tally::default();
     while let Some(view) = previews.next().await {
         let mut view = view?;
         if names.len() > 1 {
             view.document = None;
         }
         failed |= show_preview(&view, named)?;
+        tally.count(view.result);
     }
+    tally.show();
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -504,11 +499,34 @@ async fn preview_by_the_daemon(
     })
 }
 
-/// Prints a preview as `once` does: a line on stderr, the extracted
-/// document (when it has one) on stderr, the events on stdout. True when
-/// the poll failed.
-/// Shows one poll of `once`: an unchanged endpoint only when `named` (from
-/// cron, a line per unchanged endpoint would be mailed at every pass).
+/// How many polls of a `once` pass had each result, in the order the
+/// results came: what stands for the lines of the unchanged endpoints.
+#[derive(Default)]
+struct Tally(Vec<(String, usize)>);
+
+impl Tally {
+    fn count(&mut self, result: String) {
+        match self.0.iter_mut().find(|(seen, _)| *seen == result) {
+            Some((_, count)) => *count += 1,
+            None => self.0.push((result, 1)),
+        }
+    }
+
+    /// E.g. `1000 endpoint(s) polled, 100 changed, 900 unchanged`.
+    fn show(&self) {
+        let polled: usize = self.0.iter().map(|(_, count)| count).sum();
+        let mut line = format!("{polled} endpoint(s) polled");
+        for (result, count) in &self.0 {
+            line.push_str(&format!(", {count} {result}"));
+        }
+        errln!("{line}");
+    }
+}
+
+/// Prints a preview as `once` does: a line on stderr (for an unchanged
+/// endpoint only when `named`: from cron, a line per unchanged endpoint
+/// would be mailed at every pass), the extracted document (when it has
+/// one) on stderr, the events on stdout. True when the poll failed.
 fn show_preview(view: &PreviewView, named: bool) -> std::io::Result<bool> {
     let name = &view.endpoint;
     match view.result.as_str() {

@@ -826,6 +826,10 @@ async fn once_previews_through_the_running_daemon() {
         stderr.contains("data: changed, version 2, 1 event(s)"),
         "{stderr}"
     );
+    assert!(
+        stderr.ends_with("1 endpoint(s) polled, 1 changed\n"),
+        "{stderr}"
+    );
     let event: serde_json::Value = serde_json::from_str(text(&preview.stdout).trim()).unwrap();
     assert_eq!(
         event["data"]["patch"],
