@@ -155,7 +155,7 @@ impl Store {
         };
         self.watched(|trees| {
             if matches!(fate, Fate::Delivered) {
-                return self.settle_delivered(trees, &target, key, due_ms, logged.as_deref());
+                return self.settle_delivered(trees, key, due_ms, logged.as_deref());
             }
             let removed = (
                 &trees.outbox,
@@ -211,20 +211,20 @@ impl Store {
     fn settle_delivered(
         &self,
         trees: &Trees,
-        target: &str,
         key: &OutboxKey,
         due_ms: u64,
         logged: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        let target = target_of(&key.0);
         if let Some(logged) = logged {
-            let log_key = OutboxKey::new(target, trees.db.generate_id()?);
+            let log_key = OutboxKey::new(&target, trees.db.generate_id()?);
             trees.attempts.insert(log_key.0.as_slice(), logged)?;
         }
         let removed = trees.outbox.remove(key.0.as_slice())?.is_some();
         trees.due.remove(due_key(key, due_ms))?;
         self.count_queued(0, usize::from(removed));
         if logged.is_some() {
-            self.count_logged_attempt(trees, target)?;
+            self.count_logged_attempt(trees, &target)?;
         }
         Ok(())
     }
