@@ -330,7 +330,7 @@ fn record(
         RetryAction::Pause => "paused",
     };
     metrics.delivery(&target.name, result);
-    // Decided first, then written with the attempt (see `Store::settle`).
+    // Decided first, then written in one transaction with the attempt.
     let pause;
     let fate = match action {
         RetryAction::Success => Fate::Delivered,

@@ -1,5 +1,5 @@
 //! The outbox and what goes with it: the `due` index, dead letters, the
-//! attempt log and paused targets; settling an attempt with its record.
+//! attempt log and paused targets; settling an attempt in one transaction.
 
 use super::*;
 
@@ -64,8 +64,6 @@ impl Store {
                     continue;
                 }
                 let Some(value) = trees.outbox.get(&key.0)? else {
-                    // Left by a crash in the middle of settling a delivery.
-                    trees.due.remove(due_key(&key, due_ms))?;
                     continue;
                 };
                 rows.push((key, decode_json(&value, "outbox")?));
@@ -131,9 +129,8 @@ impl Store {
     /// Settles an attempt of the row at `key`, which was due at `due_ms`:
     /// its `fate` and the attempt's entry in the attempt log are written in
     /// ONE transaction, so a crash never leaves a row rescheduled without
-    /// its attempt logged, or paused without its target paused; a delivered
-    /// row goes after its record, without one (see `settle_delivered`).
-    /// Only the dispatcher calls this (and tests, without an attempt).
+    /// its attempt logged, or paused without its target paused. Only the
+    /// dispatcher calls this (and tests, without an attempt).
     pub fn settle(
         &self,
         key: &OutboxKey,
@@ -154,9 +151,6 @@ impl Store {
             _ => None,
         };
         self.watched(|trees| {
-            if matches!(fate, Fate::Delivered) {
-                return self.settle_delivered(trees, key, due_ms, logged.as_deref());
-            }
             let removed = (
                 &trees.outbox,
                 &trees.due,
@@ -199,34 +193,6 @@ impl Store {
             }
             Ok(())
         })
-    }
-
-    /// [`Store::settle`] for a delivered row, without a transaction: each
-    /// transaction seals log buffers of its own, which sled writes through
-    /// one by one, where plain writes share them (settling a pass's 100
-    /// deliveries in transactions cost more than its 900 unchanged polls).
-    /// In this order a crash can only leave the attempt logged with the row
-    /// still queued (it is sent again, at least once as ever), or a `due`
-    /// entry without its row, which [`Store::due_rows`] drops.
-    fn settle_delivered(
-        &self,
-        trees: &Trees,
-        key: &OutboxKey,
-        due_ms: u64,
-        logged: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        let target = target_of(&key.0);
-        if let Some(logged) = logged {
-            let log_key = OutboxKey::new(&target, trees.db.generate_id()?);
-            trees.attempts.insert(log_key.0.as_slice(), logged)?;
-        }
-        let removed = trees.outbox.remove(key.0.as_slice())?.is_some();
-        trees.due.remove(due_key(key, due_ms))?;
-        self.count_queued(0, usize::from(removed));
-        if logged.is_some() {
-            self.count_logged_attempt(trees, &target)?;
-        }
-        Ok(())
     }
 
     /// Dead letters, oldest first, of one target or all.

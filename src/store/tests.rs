@@ -166,38 +166,6 @@ async fn due_rows_come_in_due_order_and_follow_every_move_of_their_row() {
     assert_eq!(Store::open(dir.path()).unwrap().outbox_len(), 3);
 }
 
-/// A delivered row is settled without a transaction: its record first,
-/// then the row, then its `due` entry. A crash between the last two leaves
-/// an entry without a row, which the next look at the due rows drops.
-#[tokio::test]
-async fn a_delivered_row_goes_after_its_record_and_leaves_no_due_entry_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let rows = [
-        ("sink", queued_row("sent", 100)),
-        ("sink", queued_row("cut", 100)),
-        ("sink", queued_row("next", 100)),
-    ];
-    let keys = store.commit_health("api", None, &rows).await.unwrap();
-    store
-        .settle(
-            &keys[0],
-            100,
-            Fate::Delivered,
-            Some(&attempt_record("sent", 204)),
-        )
-        .unwrap();
-    assert_eq!(logged_ids(&store), ["sent"]);
-    assert_eq!(store.outbox_len(), 2);
-
-    // The crash: `cut`'s row removed, its due entry not.
-    let trees = store.trees().unwrap();
-    trees.outbox.remove(&keys[1].0).unwrap();
-    assert_eq!((trees.outbox.len(), trees.due.len()), (1, 2));
-    assert_eq!(due_ids(&store, 100, 10), (vec!["next".into()], None));
-    assert_eq!((trees.outbox.len(), trees.due.len()), (1, 1));
-}
-
 #[test]
 fn a_store_opens_with_every_document_directory_made() {
     let dir = tempfile::tempdir().unwrap();
