@@ -344,6 +344,7 @@ impl Trees {
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES);
         let is_lock = |error: &sled::Error| matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        discard_unfinished_snapshots(&dir.join("db"));
         let mut opened = config.open();
         for _ in 0..100 {
             match &opened {
@@ -762,6 +763,44 @@ fn quietly<T>(work: impl FnOnce() -> T) -> Result<T, String> {
 /// runs. A lock whose holder is not such a process is this process's own:
 /// a store it has just closed (sled finishes the last writes on its own
 /// threads), perhaps after a CLI command of ours wrote its pid there.
+/// Removes the sled snapshot an open killed midway left behind.
+///
+/// sled writes its snapshot only while it opens, to `snap.<lsn>.generating`,
+/// and renames it once it is complete and synced; until then the snapshot
+/// before it stays. A kill before the rename leaves the file, which sled
+/// 0.34 takes for the newest snapshot and refuses the database over
+/// (spacejam/sled#1527). Without it the directory is as it was when that
+/// open began, so the next open starts where the killed one did. Only while
+/// no one holds the database's lock: another process's snapshot is never
+/// taken from under it.
+fn discard_unfinished_snapshots(db_dir: &Path) {
+    let Ok(file) = std::fs::File::open(db_dir.join("db")) else {
+        return;
+    };
+    if file.try_lock().is_err() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(db_dir) else {
+        return;
+    };
+    for path in entries.filter_map(|entry| Some(entry.ok()?.path())) {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(file = %path.display(), "removed a sled snapshot an interrupted start left unfinished")
+                }
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "cannot remove a sled snapshot an interrupted start left unfinished")
+                }
+            }
+        }
+    }
+}
+
 fn held_by_another_process(pid_file: &Path) -> bool {
     match read_pid(pid_file) {
         Some(pid) if pid != std::process::id() => Path::new(&format!("/proc/{pid}")).exists(),

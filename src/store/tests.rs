@@ -187,6 +187,30 @@ fn a_store_opens_with_every_document_directory_made() {
     assert_eq!(shards, 256);
 }
 
+/// sled writes its snapshot to `snap.<lsn>.generating` while it opens and
+/// renames it once complete; a kill before the rename leaves the file, and
+/// sled 0.34 would take it for its newest snapshot and refuse the database.
+#[tokio::test]
+async fn a_snapshot_left_unfinished_by_a_kill_is_no_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let document = json(r#"{"v":1}"#);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        commit(&store, 1, &document, 5).await;
+    }
+    write_pid(dir.path());
+    for (lsn, content) in [
+        ("0000000000000000", &b""[..]),
+        ("FFFFFFFFFFFFFFFF", b"half a snapshot"),
+    ] {
+        let unfinished = dir.path().join(format!("db/snap.{lsn}.generating"));
+        std::fs::write(&unfinished, content).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.document("api.v1", 1).unwrap(), Some(document.clone()));
+        assert!(!unfinished.exists());
+    }
+}
+
 #[tokio::test]
 async fn pending_rows_are_counted_per_endpoint_over_every_target() {
     let dir = tempfile::tempdir().unwrap();
