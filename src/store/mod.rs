@@ -759,10 +759,6 @@ fn quietly<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// Whether the pid file names a process other than this one that still
-/// runs. A lock whose holder is not such a process is this process's own:
-/// a store it has just closed (sled finishes the last writes on its own
-/// threads), perhaps after a CLI command of ours wrote its pid there.
 /// Removes the sled snapshot an open killed midway left behind.
 ///
 /// sled writes its snapshot only while it opens, to `snap.<lsn>.generating`,
@@ -791,16 +787,20 @@ fn discard_unfinished_snapshots(db_dir: &Path) {
         if name.starts_with("snap.") && name.ends_with(".generating") {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
-                    tracing::warn!(file = %path.display(), "removed a sled snapshot an interrupted start left unfinished")
+                    tracing::warn!(file = %path.display(), "removed a sled snapshot an interrupted opening of the database left unfinished")
                 }
                 Err(error) => {
-                    tracing::warn!(file = %path.display(), %error, "cannot remove a sled snapshot an interrupted start left unfinished")
+                    tracing::warn!(file = %path.display(), %error, "cannot remove a sled snapshot an interrupted opening of the database left unfinished")
                 }
             }
         }
     }
 }
 
+/// Whether the pid file names a process other than this one that still
+/// runs. A lock whose holder is not such a process is this process's own:
+/// a store it has just closed (sled finishes the last writes on its own
+/// threads), perhaps after a CLI command of ours wrote its pid there.
 fn held_by_another_process(pid_file: &Path) -> bool {
     match read_pid(pid_file) {
         Some(pid) if pid != std::process::id() => Path::new(&format!("/proc/{pid}")).exists(),
