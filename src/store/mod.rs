@@ -340,11 +340,10 @@ impl Trees {
     /// (up to a second), never another process.
     fn open(dir: &Path, generation: u64) -> Result<Trees, StoreError> {
         let pid_file = dir.join("pollhook.pid");
-        let config = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES);
+        let db_dir = dir.join("db");
+        discard_unfinished_snapshots(&db_dir);
+        let config = sled::Config::new().path(db_dir).cache_capacity(CACHE_BYTES);
         let is_lock = |error: &sled::Error| matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
-        discard_unfinished_snapshots(&dir.join("db"));
         let mut opened = config.open();
         for _ in 0..100 {
             match &opened {
