@@ -68,7 +68,10 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // Patched: one task wakes one waiting thread. `notify_all` woke
+        // all seven idle threads for each sealed log buffer, and six of
+        // them went back to sleep.
+        self.cv.notify_one();
 
         len
     }
