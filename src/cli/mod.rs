@@ -214,8 +214,10 @@ pub fn main() -> ExitCode {
     );
     // `once` runs on one thread: its polls mostly wait on the network, and
     // a worker pool's wake-ups between threads cost more than the threads
-    // win (a pass over 1,000 endpoints took 17 % less CPU). Blocking work
-    // (syncs, sled) has threads of its own either way.
+    // win (on 2 cores a pool took 4-12 % more CPU for a pass over 1,000
+    // endpoints, and made it faster only while the machine was quiet; see
+    // docs/performance.md). Blocking work (syncs, sled) has threads of its
+    // own either way.
     let mut runtime = match cli.command {
         Command::Once { .. } => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
