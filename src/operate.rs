@@ -141,7 +141,7 @@ impl Context {
             .poller
             .poll(endpoint, &mut poll_state, Mode::DryRun, shutdown)
             .await;
-        Ok(PreviewView::new(&self.store, name, &report, true)?)
+        Ok(PreviewView::new(&self.store, endpoint, &report, true)?)
     }
 
     /// Puts back the dead letters `filter` picks and wakes their targets;

@@ -306,10 +306,12 @@ impl PreviewView {
     /// stored one) is shown too.
     pub fn new(
         store: &Store,
-        endpoint: &str,
+        endpoint: &Endpoint,
         report: &Report,
         document: bool,
     ) -> Result<PreviewView, StoreError> {
+        let incremental = endpoint.incremental.is_some();
+        let endpoint = &*endpoint.name;
         let mut view = PreviewView {
             endpoint: endpoint.to_string(),
             result: String::new(),
@@ -330,7 +332,11 @@ impl PreviewView {
             Outcome::Cancelled => view.result = "cancelled".into(),
             Outcome::Observed(Observation::Unchanged { .. }) => {
                 view.result = "unchanged".into();
-                view.cursor = store.cursor(endpoint)?.and_then(|state| state.cursor);
+                // Only incremental endpoints have one: the others need no
+                // read per unchanged endpoint.
+                if incremental {
+                    view.cursor = store.cursor(endpoint)?.and_then(|state| state.cursor);
+                }
                 if let (true, Some(snapshot)) = (document, store.snapshot(endpoint)?) {
                     view.version = Some(snapshot.version);
                     view.document = store

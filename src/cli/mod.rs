@@ -433,7 +433,7 @@ async fn once(path: &Path, names: &[String], send: bool) -> anyhow::Result<ExitC
                 wakes.wake_targets_of(&endpoint);
             }
             // Named endpoints show what is compared, to help tune the filters.
-            let view = PreviewView::new(&store, &endpoint.name, &report, named)?;
+            let view = PreviewView::new(&store, &endpoint, &report, named)?;
             failed |= show_preview(&view, named)?;
             tally.count(view.result);
         }

@@ -32,17 +32,18 @@ impl Store {
         let seen = commit.seen.map(crate::seen::SeenKeys::encode);
         // Before the snapshot refers to it. A crash before the snapshot is
         // written leaves a file that the version's next commit overwrites.
-        let file = self.write_document(
+        let document = self.unwritten_document(
             commit.endpoint,
             version,
             commit.document,
             commit.snapshot.changed_at_ms,
-        )?;
+        );
         if commit.deliveries.is_empty() {
             // A baseline, or a change no event was made of: without rows
             // there is nothing to make atomic, and a plain write shares
             // sled's log buffers where each transaction seals one of its own
             // (the first pass over 10,000 endpoints took 2.5 times as long).
+            document.write()?;
             let trees = self.trees()?;
             // Before the snapshot: a key seen early only keeps back an
             // `item.added` that had no rows to send anyway.
@@ -59,7 +60,7 @@ impl Store {
             return Ok(Vec::new());
         }
         // The events' diff needs the file even after a power cut.
-        self.sync_document(file).await?;
+        self.write_durably(document).await?;
         let keys = self
             .commit_state(
                 |trees| &trees.snapshots,

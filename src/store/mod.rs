@@ -290,7 +290,7 @@ pub struct Store {
     unflushable: std::sync::Mutex<Vec<OutboxKey>>,
     /// Entries in each target's attempt log, counted once per process.
     attempt_counts: std::sync::Mutex<HashMap<String, usize>>,
-    /// Group sync of document files: see [`Store::sync_document`].
+    /// Group sync of document files: see [`Store::write_durably`].
     syncing: tokio::sync::Mutex<()>,
     unsynced: std::sync::Mutex<Vec<Unsynced>>,
     /// Group commit: see [`Store::flush`].

@@ -442,6 +442,62 @@ fn many_changes_committed_at_once_all_become_durable() {
     assert_eq!(store.outbox_rows("sink").unwrap().len(), 500);
 }
 
+/// The document files of changes with events are created on the group
+/// sync's thread: a file whose shard was removed since the store opened is
+/// written in a shard made again, and one that cannot be written fails its
+/// own commit, not the others committed with it.
+#[tokio::test]
+async fn a_group_of_document_files_is_written_each_on_its_own_merits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let names: Vec<String> = (0..8).map(|n| format!("e{n}")).collect();
+    let shard = |name: &str| store.document_path(name, 2).parent().unwrap().to_path_buf();
+    // The first loses its shard; in the second's, its file's name is taken
+    // by a directory, which no file can replace.
+    std::fs::remove_dir(shard(&names[0])).unwrap();
+    std::fs::create_dir(store.document_path(&names[1], 2)).unwrap();
+    let documents: Vec<Document> = (0..8).map(|n| json(&format!(r#"{{"n":{n}}}"#))).collect();
+    let snapshots: Vec<Snapshot> = documents.iter().map(|d| snapshot(2, d)).collect();
+    let commits: Vec<Commit<'_>> = (0..8)
+        .map(|n| Commit {
+            endpoint: &names[n],
+            snapshot: &snapshots[n],
+            document: &documents[n],
+            keep_history: 2,
+            deliveries: vec![("sink", queued_row(&format!("msg_{n}"), 0))],
+            seen: None,
+        })
+        .collect();
+    let results = futures_util::future::join_all(commits.iter().map(|c| store.commit(c))).await;
+    for (n, result) in results.iter().enumerate() {
+        match n {
+            1 => assert!(
+                matches!(
+                    result,
+                    Err(StoreError::DocumentFile {
+                        action: "write",
+                        ..
+                    })
+                ),
+                "{result:?}"
+            ),
+            _ => assert_eq!(
+                result.as_ref().map(Vec::len).ok(),
+                Some(1),
+                "{n}: {result:?}"
+            ),
+        }
+    }
+    for n in [0, 2, 7] {
+        assert_eq!(
+            store.document(&names[n], 2).unwrap(),
+            Some(documents[n].clone())
+        );
+    }
+    assert_eq!(store.snapshot(&names[1]).unwrap(), None);
+    assert_eq!(store.outbox_rows("sink").unwrap().len(), 7);
+}
+
 /// Marks a test store as written by this process, as `Store::open`
 /// does: sled may keep its lock for a moment after the drop, which
 /// `Store::open` waits out for this pid.
